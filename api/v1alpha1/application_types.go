@@ -1,0 +1,255 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Condition types, following the Kubernetes conventions (kstatus-compatible).
+const (
+	ConditionReady       = "Ready"
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
+)
+
+// Sync states reported in status.sync.status.
+const (
+	SyncStatusSynced    = "Synced"
+	SyncStatusOutOfSync = "OutOfSync"
+	SyncStatusUnknown   = "Unknown"
+)
+
+// Health states reported in status.health.status and per resource.
+const (
+	HealthHealthy     = "Healthy"
+	HealthProgressing = "Progressing"
+	HealthDegraded    = "Degraded"
+	HealthUnknown     = "Unknown"
+)
+
+// Annotations the CLI and the webhook receiver set to ask for immediate work.
+const (
+	// ReconcileRequestAnnotation asks the controller to fetch and reconcile now
+	// (set by the git webhook receiver); the value is an opaque token.
+	ReconcileRequestAnnotation = "slipway.dev/reconcile-requested-at"
+	// SyncRequestAnnotation asks for a sync now, even when automated sync is
+	// off or nothing changed in git (set by `slipway app sync`).
+	SyncRequestAnnotation = "slipway.dev/sync-requested-at"
+)
+
+// GitRef selects the revision to deploy. At most one field is set; when none
+// is, the remote's default branch `main` is used.
+// +kubebuilder:validation:XValidation:rule="(has(self.branch) ? 1 : 0) + (has(self.tag) ? 1 : 0) + (has(self.commit) ? 1 : 0) <= 1",message="set at most one of branch, tag and commit"
+type GitRef struct {
+	// Branch to follow.
+	// +optional
+	Branch string `json:"branch,omitempty"`
+	// Tag to deploy.
+	// +optional
+	Tag string `json:"tag,omitempty"`
+	// Commit SHA to deploy (full 40 hex characters).
+	// +kubebuilder:validation:Pattern="^[0-9a-f]{40}$"
+	// +optional
+	Commit string `json:"commit,omitempty"`
+}
+
+// LocalObjectReference names an object in the Application's namespace.
+type LocalObjectReference struct {
+	// Name of the referent.
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+}
+
+// ApplicationSource says where the manifests live.
+type ApplicationSource struct {
+	// URL of the git repository (https://, http:// or ssh://).
+	// +kubebuilder:validation:Pattern="^(https?|ssh)://"
+	URL string `json:"url"`
+	// Ref to deploy: a branch, a tag or a commit. Defaults to branch main.
+	// +optional
+	Ref GitRef `json:"ref,omitempty"`
+	// Path inside the repository holding plain YAML (read recursively) or a
+	// kustomization. Defaults to the repository root.
+	// +optional
+	Path string `json:"path,omitempty"`
+	// Timeout is the deadline of each git operation.
+	// +kubebuilder:default="60s"
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// SecretRef names a Secret in the Application's namespace holding the
+	// credentials: `username` and `password` (HTTPS basic auth or token), or
+	// `identity` and `known_hosts` (SSH).
+	// +optional
+	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`
+}
+
+// ApplicationDestination says where the manifests go.
+type ApplicationDestination struct {
+	// Namespace namespaced objects without a namespace are placed in. It is
+	// created when missing.
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+}
+
+// SyncPolicy says what the controller may do without being asked.
+type SyncPolicy struct {
+	// Automated applies each new revision as soon as it is fetched.
+	// +optional
+	Automated bool `json:"automated,omitempty"`
+	// Prune deletes objects that left git (only objects this Application created).
+	// +optional
+	Prune bool `json:"prune,omitempty"`
+	// SelfHeal re-applies git's state when live objects drift from it.
+	// +optional
+	SelfHeal bool `json:"selfHeal,omitempty"`
+}
+
+// ApplicationSpec is the desired state of an Application.
+type ApplicationSpec struct {
+	Source      ApplicationSource      `json:"source"`
+	Destination ApplicationDestination `json:"destination"`
+	// +optional
+	SyncPolicy SyncPolicy `json:"syncPolicy,omitempty"`
+	// Interval between reconciliations (a jitter of up to 10% is added).
+	// +kubebuilder:default="1m"
+	// +optional
+	Interval *metav1.Duration `json:"interval,omitempty"`
+	// RolloutTimeout bounds how long applied objects may stay Progressing
+	// before the Application is reported Degraded.
+	// +kubebuilder:default="5m"
+	// +optional
+	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
+	// Suspend stops reconciliation; nothing is fetched or applied.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+	// PinnedRevision deploys this commit instead of the head of the ref.
+	// `slipway app rollback` sets it; `slipway app rollback --clear` removes it.
+	// +kubebuilder:validation:Pattern="^[0-9a-f]{40}$"
+	// +optional
+	PinnedRevision string `json:"pinnedRevision,omitempty"`
+}
+
+// SyncStatus compares the live objects with the desired revision.
+type SyncStatus struct {
+	// Status is Synced, OutOfSync or Unknown.
+	Status string `json:"status"`
+	// Revision is the git commit the comparison was made against.
+	// +optional
+	Revision string `json:"revision,omitempty"`
+	// Message explains an OutOfSync status (which objects differ).
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// HealthStatus is the aggregated health of the applied objects.
+type HealthStatus struct {
+	// Status is Healthy, Progressing, Degraded or Unknown.
+	Status string `json:"status"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// ResourceStatus is one applied object and its health.
+type ResourceStatus struct {
+	// +optional
+	Group     string `json:"group,omitempty"`
+	Version   string `json:"version"`
+	Kind      string `json:"kind"`
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	Health    string `json:"health"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// RevisionHistory records one deployment of a revision.
+type RevisionHistory struct {
+	// ID increases with every deployment; `slipway app rollback` accepts it.
+	ID int64 `json:"id"`
+	// Revision is the git commit deployed.
+	Revision string `json:"revision"`
+	// DeployedAt is when the revision was applied.
+	DeployedAt metav1.Time `json:"deployedAt"`
+	// Result is Succeeded or Failed.
+	Result string `json:"result"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// ApplicationStatus is the observed state of an Application.
+type ApplicationStatus struct {
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// +optional
+	Sync SyncStatus `json:"sync,omitempty"`
+	// +optional
+	Health HealthStatus `json:"health,omitempty"`
+	// LastAppliedRevision is the last commit applied successfully.
+	// +optional
+	LastAppliedRevision string `json:"lastAppliedRevision,omitempty"`
+	// LastAppliedAt is when LastAppliedRevision was applied; the rollout
+	// timeout counts from here.
+	// +optional
+	LastAppliedAt *metav1.Time `json:"lastAppliedAt,omitempty"`
+	// LastAttemptedRevision is the last commit fetched and tried.
+	// +optional
+	LastAttemptedRevision string `json:"lastAttemptedRevision,omitempty"`
+	// LastHandledReconcileAt echoes the last handled ReconcileRequestAnnotation.
+	// +optional
+	LastHandledReconcileAt string `json:"lastHandledReconcileAt,omitempty"`
+	// LastHandledSyncAt echoes the last handled SyncRequestAnnotation.
+	// +optional
+	LastHandledSyncAt string `json:"lastHandledSyncAt,omitempty"`
+	// Inventory lists every object the Application applied, as
+	// namespace_name_group_kind identifiers with their API version.
+	// +optional
+	Inventory []InventoryEntry `json:"inventory,omitempty"`
+	// Resources gives the health of each applied object.
+	// +optional
+	Resources []ResourceStatus `json:"resources,omitempty"`
+	// History of deployed revisions, newest first, at most 10.
+	// +optional
+	History []RevisionHistory `json:"history,omitempty"`
+}
+
+// InventoryEntry is one object the Application owns.
+type InventoryEntry struct {
+	// ID is namespace_name_group_kind.
+	ID string `json:"id"`
+	// Version is the API version the object was applied with.
+	Version string `json:"v"`
+}
+
+// Application deploys the manifests of a git path into a namespace and keeps them there.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=app;apps,categories=slipway
+// +kubebuilder:printcolumn:name="Sync",type=string,JSONPath=`.status.sync.status`
+// +kubebuilder:printcolumn:name="Health",type=string,JSONPath=`.status.health.status`
+// +kubebuilder:printcolumn:name="Revision",type=string,JSONPath=`.status.lastAppliedRevision`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Application struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec ApplicationSpec `json:"spec,omitempty"`
+	// +optional
+	Status ApplicationStatus `json:"status,omitempty"`
+}
+
+// ApplicationList is a list of Applications.
+// +kubebuilder:object:root=true
+type ApplicationList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Application `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Application{}, &ApplicationList{})
+}

@@ -1,0 +1,393 @@
+package gitops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/fluxcd/pkg/ssa"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/record"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/gitsource"
+)
+
+// Finalizer lets the controller prune an Application's objects when it is
+// deleted (only when spec.syncPolicy.prune is on).
+const Finalizer = "slipway.dev/finalizer"
+
+// historyLimit bounds status.history.
+const historyLimit = 10
+
+// progressPoll is how often a rollout in progress is checked.
+const progressPoll = 2 * time.Second
+
+// ApplicationReconciler reconciles Application objects.
+type ApplicationReconciler struct {
+	client.Client
+	Loader   *Loader
+	Recorder record.EventRecorder
+	// Concurrency is the number of Applications reconciled in parallel.
+	Concurrency int
+}
+
+// SetupWithManager registers the controller. Metadata changes (the
+// reconcile and sync request annotations) trigger it as well as spec changes.
+func (r *ApplicationReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&slipwayv1.Application{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrency, 1)}).
+		Complete(r)
+}
+
+// +kubebuilder:rbac:groups=slipway.dev,resources=applications,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=slipway.dev,resources=applications/status;applications/finalizers,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+
+// Reconcile brings one Application closer to its desired state.
+func (r *ApplicationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	start := time.Now()
+	app := &slipwayv1.Application{}
+	if err := r.Get(ctx, req.NamespacedName, app); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetState(req.Namespace, req.Name)
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+
+	if !app.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.finalize(ctx, app)
+	}
+	if !controllerutil.ContainsFinalizer(app, Finalizer) {
+		patch := client.MergeFrom(app.DeepCopy())
+		controllerutil.AddFinalizer(app, Finalizer)
+		if err := r.Patch(ctx, app, patch); err != nil {
+			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+	}
+
+	base := app.DeepCopy()
+	defer func() {
+		app.Status.ObservedGeneration = app.Generation
+		if err := r.Status().Patch(ctx, app, client.MergeFrom(base)); err != nil && !apierrors.IsNotFound(err) {
+			retErr = errors.Join(retErr, fmt.Errorf("updating status: %w", err))
+		}
+		recordState(app)
+		outcome := "success"
+		switch {
+		case retErr != nil:
+			outcome = "error"
+		case apimeta.IsStatusConditionTrue(app.Status.Conditions, slipwayv1.ConditionStalled):
+			outcome = "stalled"
+		}
+		reconcileTotal.WithLabelValues(outcome).Inc()
+		reconcileDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	}()
+
+	if app.Spec.Suspend {
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonSuspended, "reconciliation is suspended")
+		return ctrl.Result{}, nil
+	}
+	return r.reconcile(ctx, app)
+}
+
+func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Application) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	syncRequest := app.Annotations[slipwayv1.SyncRequestAnnotation]
+	syncRequested := syncRequest != "" && syncRequest != app.Status.LastHandledSyncAt
+	// Echo the requests as handled whatever happens, so waiting clients see an answer.
+	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
+	app.Status.LastHandledSyncAt = syncRequest
+
+	setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "fetching and rendering the source")
+
+	desired, err := r.Loader.Load(ctx, app)
+	if desired != nil {
+		app.Status.LastAttemptedRevision = desired.Revision
+	}
+	if err != nil {
+		return r.fail(ctx, app, err)
+	}
+
+	revisionChanged := desired.Revision != app.Status.LastAppliedRevision
+	sp := app.Spec.SyncPolicy
+	mayApply := syncRequested || (sp.Automated && (revisionChanged || sp.SelfHeal))
+	rm := resourceManager(r.Client, r.Loader.Mapper)
+
+	if !mayApply {
+		return r.compare(ctx, app, desired, rm)
+	}
+
+	if err := r.ensureNamespace(ctx, app.Spec.Destination.Namespace); err != nil {
+		return r.fail(ctx, app, err)
+	}
+	cs, err := rm.ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
+	if err != nil {
+		r.addHistory(app, desired.Revision, "Failed", err.Error())
+		return r.fail(ctx, app, fmt.Errorf("applying revision %s: %w", short(desired.Revision), err))
+	}
+	if changes := summarize(cs); changes != "" {
+		verb := "applied"
+		if !revisionChanged && !syncRequested {
+			verb = "repaired drift:"
+		}
+		r.event(app, corev1.EventTypeNormal, "Applied", fmt.Sprintf("revision %s %s %s", short(desired.Revision), verb, changes))
+		logger.Info("applied", "revision", desired.Revision, "changes", changes)
+	}
+
+	oldInventory := app.Status.Inventory
+	app.Status.Inventory = inventoryOf(desired.Objects)
+	if leftovers := stale(oldInventory, desired.Objects); len(leftovers) > 0 {
+		if !sp.Prune {
+			// Keep tracking them so a later prune can still find them.
+			app.Status.Inventory = append(app.Status.Inventory, leftovers...)
+		} else if err := r.prune(ctx, app, leftovers); err != nil {
+			app.Status.Inventory = append(app.Status.Inventory, leftovers...)
+			return r.fail(ctx, app, err)
+		}
+	}
+
+	if revisionChanged || syncRequested || app.Status.LastAppliedAt == nil {
+		now := metav1.Now()
+		app.Status.LastAppliedAt = &now
+	}
+	if revisionChanged || syncRequested {
+		r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
+	}
+	app.Status.LastAppliedRevision = desired.Revision
+	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
+	return r.checkHealth(ctx, app)
+}
+
+// compare reports drift without changing anything (automated sync or
+// self-heal is off and nobody asked for a sync).
+func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, desired *Desired, rm *ssa.ResourceManager) (ctrl.Result, error) {
+	var diffs []string
+	for _, o := range desired.Objects {
+		entry, _, _, err := rm.Diff(ctx, o.DeepCopy(), ssa.DefaultDiffOptions())
+		if err != nil {
+			return r.fail(ctx, app, fmt.Errorf("comparing %s with the cluster: %w", describe(o), err))
+		}
+		if entry.Action == ssa.CreatedAction || entry.Action == ssa.ConfiguredAction {
+			diffs = append(diffs, entry.String())
+		}
+	}
+	for _, e := range stale(app.Status.Inventory, desired.Objects) {
+		diffs = append(diffs, e.ID+" would be pruned")
+	}
+	sync := slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
+	if len(diffs) > 0 {
+		sync.Status = slipwayv1.SyncStatusOutOfSync
+		sync.Message = joinLimited(diffs, 10)
+		if app.Status.Sync.Status != slipwayv1.SyncStatusOutOfSync {
+			r.event(app, corev1.EventTypeWarning, ReasonOutOfSync, fmt.Sprintf("live state differs from revision %s: %s", short(desired.Revision), sync.Message))
+		}
+	}
+	app.Status.Sync = sync
+	if len(app.Status.Inventory) == 0 {
+		setCondition(app, slipwayv1.ConditionStalled, metav1.ConditionFalse, ReasonOutOfSync, "")
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonOutOfSync, "")
+		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionFalse, ReasonOutOfSync,
+			fmt.Sprintf("revision %s is not applied: automated sync is off; run `slipway app sync %s`", short(desired.Revision), app.Name))
+		return ctrl.Result{RequeueAfter: interval(app)}, nil
+	}
+	return r.checkHealth(ctx, app)
+}
+
+func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application) (ctrl.Result, error) {
+	resources, health, err := assessHealth(ctx, r.Client, app.Status.Inventory)
+	if err != nil {
+		return r.fail(ctx, app, err)
+	}
+	app.Status.Resources = resources
+	if health.Status == slipwayv1.HealthProgressing && app.Status.LastAppliedAt != nil {
+		if limit := rolloutTimeout(app); time.Since(app.Status.LastAppliedAt.Time) > limit {
+			health = slipwayv1.HealthStatus{Status: slipwayv1.HealthDegraded,
+				Message: fmt.Sprintf("rollout did not finish within %s: %s", limit, health.Message)}
+		}
+	}
+	if health.Status != app.Status.Health.Status && health.Status == slipwayv1.HealthDegraded {
+		r.event(app, corev1.EventTypeWarning, ReasonDegraded, health.Message)
+	}
+	app.Status.Health = health
+	setCondition(app, slipwayv1.ConditionStalled, metav1.ConditionFalse, ReasonSucceeded, "")
+
+	outOfSync := app.Status.Sync.Status == slipwayv1.SyncStatusOutOfSync
+	switch {
+	case health.Status == slipwayv1.HealthProgressing:
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, health.Message)
+		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionUnknown, ReasonProgressing, "waiting for rollout: "+health.Message)
+		return ctrl.Result{RequeueAfter: progressPoll}, nil
+	case health.Status == slipwayv1.HealthDegraded:
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonDegraded, "")
+		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionFalse, ReasonDegraded, health.Message)
+	case outOfSync:
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonOutOfSync, "")
+		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionFalse, ReasonOutOfSync, "live state differs from git: "+app.Status.Sync.Message)
+	default:
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonSucceeded, "")
+		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionTrue, ReasonSucceeded,
+			fmt.Sprintf("revision %s applied and healthy", short(app.Status.LastAppliedRevision)))
+	}
+	return ctrl.Result{RequeueAfter: interval(app)}, nil
+}
+
+// fail records err in the conditions. Stalled errors wait for the next
+// interval (a new commit may fix them); others are retried with backoff.
+func (r *ApplicationReconciler) fail(ctx context.Context, app *slipwayv1.Application, err error) (ctrl.Result, error) {
+	reason := ReasonApplyFailed
+	var se *stalledError
+	var gitErr *gitsource.Error
+	switch {
+	case errors.As(err, &se):
+		reason = se.reason
+	case errors.As(err, &gitErr):
+		reason = ReasonGitOperationFailed
+	}
+	msg := strings.TrimSpace(err.Error())
+	if prev := apimeta.FindStatusCondition(app.Status.Conditions, slipwayv1.ConditionReady); prev == nil || prev.Message != msg || prev.Status != metav1.ConditionFalse {
+		r.event(app, corev1.EventTypeWarning, reason, msg)
+	}
+	setCondition(app, slipwayv1.ConditionReady, metav1.ConditionFalse, reason, msg)
+	setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, reason, "")
+	if app.Status.Sync.Status == "" {
+		app.Status.Sync.Status = slipwayv1.SyncStatusUnknown
+	}
+	if app.Status.Health.Status == "" {
+		app.Status.Health.Status = slipwayv1.HealthUnknown
+	}
+	if se != nil {
+		setCondition(app, slipwayv1.ConditionStalled, metav1.ConditionTrue, reason, msg)
+		log.FromContext(ctx).Info("stalled", "reason", reason, "error", msg)
+		return ctrl.Result{RequeueAfter: interval(app)}, nil
+	}
+	setCondition(app, slipwayv1.ConditionStalled, metav1.ConditionFalse, reason, "")
+	return ctrl.Result{}, err
+}
+
+func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Application, entries []slipwayv1.InventoryEntry) error {
+	objs, err := inventoryObjects(entries)
+	if err != nil {
+		return err
+	}
+	rm := resourceManager(r.Client, nil)
+	opts := ssa.DefaultDeleteOptions()
+	// Only objects still labelled as this Application's are deleted.
+	opts.Inclusions = rm.GetOwnerLabels(app.Name, app.Namespace)
+	cs, err := rm.DeleteAll(ctx, objs, opts)
+	if err != nil {
+		return stalledIfForbidden(fmt.Errorf("pruning objects that left git: %w", err))
+	}
+	if changes := summarize(cs); changes != "" {
+		r.event(app, corev1.EventTypeNormal, "Pruned", changes)
+	}
+	return nil
+}
+
+func stalledIfForbidden(err error) error {
+	if apierrors.IsForbidden(err) {
+		return stalled(ReasonPruneFailed, err)
+	}
+	return err
+}
+
+func (r *ApplicationReconciler) finalize(ctx context.Context, app *slipwayv1.Application) error {
+	if !controllerutil.ContainsFinalizer(app, Finalizer) {
+		return nil
+	}
+	if app.Spec.SyncPolicy.Prune && !app.Spec.Suspend {
+		if err := r.prune(ctx, app, app.Status.Inventory); err != nil {
+			return err
+		}
+	}
+	forgetState(app.Namespace, app.Name)
+	patch := client.MergeFrom(app.DeepCopy())
+	controllerutil.RemoveFinalizer(app, Finalizer)
+	return client.IgnoreNotFound(r.Patch(ctx, app, patch))
+}
+
+func (r *ApplicationReconciler) ensureNamespace(ctx context.Context, name string) error {
+	ns := &corev1.Namespace{}
+	err := r.Get(ctx, client.ObjectKey{Name: name}, ns)
+	if apierrors.IsNotFound(err) {
+		ns.Name = name
+		err = r.Create(ctx, ns)
+		if apierrors.IsAlreadyExists(err) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("ensuring destination namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+func (r *ApplicationReconciler) addHistory(app *slipwayv1.Application, revision, result, message string) {
+	var next int64 = 1
+	if len(app.Status.History) > 0 {
+		next = app.Status.History[0].ID + 1
+	}
+	entry := slipwayv1.RevisionHistory{ID: next, Revision: revision, DeployedAt: metav1.Now(), Result: result, Message: truncate(message, 512)}
+	app.Status.History = append([]slipwayv1.RevisionHistory{entry}, app.Status.History...)
+	if len(app.Status.History) > historyLimit {
+		app.Status.History = app.Status.History[:historyLimit]
+	}
+}
+
+func (r *ApplicationReconciler) event(app *slipwayv1.Application, eventType, reason, msg string) {
+	if r.Recorder != nil {
+		r.Recorder.Event(app, eventType, reason, truncate(msg, 1024))
+	}
+}
+
+func setCondition(app *slipwayv1.Application, condType string, status metav1.ConditionStatus, reason, msg string) {
+	apimeta.SetStatusCondition(&app.Status.Conditions, metav1.Condition{
+		Type: condType, Status: status, Reason: reason, Message: truncate(msg, 32768), ObservedGeneration: app.Generation,
+	})
+}
+
+// interval is spec.interval plus up to 10% jitter, so Applications created
+// together do not all hit git and the API server at the same moment.
+func interval(app *slipwayv1.Application) time.Duration {
+	d := time.Minute
+	if app.Spec.Interval != nil && app.Spec.Interval.Duration > 0 {
+		d = app.Spec.Interval.Duration
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/10+1))
+}
+
+func rolloutTimeout(app *slipwayv1.Application) time.Duration {
+	if app.Spec.RolloutTimeout != nil && app.Spec.RolloutTimeout.Duration > 0 {
+		return app.Spec.RolloutTimeout.Duration
+	}
+	return 5 * time.Minute
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func joinLimited(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
+}

@@ -1,0 +1,35 @@
+package gitops
+
+import (
+	"fmt"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"slipway.dev/slipway/internal/gitsource"
+)
+
+// Options configure the GitOps engine.
+type Options struct {
+	// GitCacheDir holds the cached clones.
+	GitCacheDir string
+	// Concurrency is how many Applications are reconciled in parallel.
+	Concurrency int
+}
+
+// Setup registers the Application controller with mgr.
+func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
+	r := &ApplicationReconciler{
+		Client: mgr.GetClient(),
+		Loader: &Loader{
+			Client:  mgr.GetClient(),
+			Mapper:  mgr.GetRESTMapper(),
+			Fetcher: gitsource.NewFetcher(opts.GitCacheDir),
+		},
+		Recorder:    mgr.GetEventRecorderFor("slipway"),
+		Concurrency: opts.Concurrency,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the Application controller: %w", err)
+	}
+	return r, nil
+}

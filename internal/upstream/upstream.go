@@ -1,0 +1,287 @@
+// Package upstream provides the pinned upstream binaries the lab and the
+// tests run: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+// and KWOK. They come from a directory of release binaries when the user has
+// one, or are built once from the Go module proxy and cached.
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"slipway.dev/slipway/internal/version"
+)
+
+// Binaries every lab and test needs, by file name.
+var (
+	ControlPlane = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+	All          = append(append([]string{}, ControlPlane...), "kwok")
+)
+
+// KWOKStages is the file, next to the binaries, holding KWOK's stage configs.
+const KWOKStages = "kwok-stages.yaml"
+
+// CacheDir is ${XDG_CACHE_HOME:-$HOME/.cache}/slipway.
+func CacheDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "slipway")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".cache", "slipway")
+	}
+	return filepath.Join(os.TempDir(), "slipway-cache")
+}
+
+// DefaultBinDir is where built binaries are cached, one directory per pinned set.
+func DefaultBinDir() string {
+	return filepath.Join(CacheDir(), "bin", fmt.Sprintf("kubernetes-%s_etcd-%s_kwok-%s", version.Kubernetes, version.Etcd, version.KWOK))
+}
+
+// Missing lists which of names (by default every binary and the KWOK
+// stages file) are absent from dir.
+func Missing(dir string, names ...string) []string {
+	if len(names) == 0 {
+		names = append(append([]string{}, All...), KWOKStages)
+	}
+	var missing []string
+	for _, name := range names {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			missing = append(missing, name)
+		}
+	}
+	return missing
+}
+
+// Progress receives one line per step of a long build.
+type Progress func(format string, args ...any)
+
+// Ensure makes every binary present in dir, building what is missing.
+// A build needs only Go and the module proxy; a cold one takes minutes.
+func Ensure(ctx context.Context, dir string, progress Progress) error {
+	missing := Missing(dir)
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating binary cache %s: %w", dir, err)
+	}
+	want := map[string]bool{}
+	for _, m := range missing {
+		want[m] = true
+	}
+	workRoot := filepath.Join(CacheDir(), "build")
+	var k8s []string
+	for _, c := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		if want[c] {
+			k8s = append(k8s, c)
+		}
+	}
+	if len(k8s) > 0 {
+		if err := buildKubernetes(ctx, filepath.Join(workRoot, "kubernetes"), dir, k8s, progress); err != nil {
+			return err
+		}
+	}
+	if want["etcd"] {
+		if err := buildEtcd(ctx, filepath.Join(workRoot, "etcd"), dir, progress); err != nil {
+			return err
+		}
+	}
+	if want["kwok"] || want[KWOKStages] {
+		if err := buildKWOK(ctx, dir, progress); err != nil {
+			return err
+		}
+	}
+	if still := Missing(dir); len(still) > 0 {
+		return fmt.Errorf("after building, %s still missing from %s", strings.Join(still, ", "), dir)
+	}
+	return nil
+}
+
+// kubernetesStaging lists the modules k8s.io/kubernetes replaces with its
+// staging directories; the wrapper points each at its published v0 version.
+var kubernetesStaging = []string{
+	"api", "apiextensions-apiserver", "apimachinery", "apiserver", "cli-runtime", "client-go",
+	"cloud-provider", "cluster-bootstrap", "code-generator", "component-base", "component-helpers",
+	"controller-manager", "cri-api", "cri-client", "csi-translation-lib", "dynamic-resource-allocation",
+	"endpointslice", "externaljwt", "kms", "kube-aggregator", "kube-controller-manager", "kube-proxy",
+	"kube-scheduler", "kubectl", "kubelet", "metrics", "mount-utils", "pod-security-admission",
+	"sample-apiserver", "sample-cli-plugin", "sample-controller",
+}
+
+func buildKubernetes(ctx context.Context, work, out string, components []string, progress Progress) error {
+	staging := "v0" + strings.TrimPrefix(version.Kubernetes, "v1")
+	var gomod strings.Builder
+	fmt.Fprintf(&gomod, "module slipway.dev/upstream/kubernetes\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", version.Kubernetes)
+	for _, m := range kubernetesStaging {
+		fmt.Fprintf(&gomod, "\tk8s.io/%s => k8s.io/%[1]s %s\n", m, staging)
+	}
+	gomod.WriteString(")\n\ntool (\n")
+	for _, c := range components {
+		fmt.Fprintf(&gomod, "\tk8s.io/kubernetes/cmd/%s\n", c)
+	}
+	gomod.WriteString(")\n")
+	if err := prepareWrapper(ctx, work, gomod.String(), progress); err != nil {
+		return err
+	}
+	// Without these, binaries report v0.0.0-master and clients cannot parse it.
+	minor := strings.Split(strings.TrimPrefix(version.Kubernetes, "v"), ".")[1]
+	v := "k8s.io/component-base/version"
+	ldflags := fmt.Sprintf("-s -w -X %s.gitVersion=%s -X %[1]s.gitMajor=1 -X %[1]s.gitMinor=%s -X %[1]s.gitTreeState=clean -X %[1]s.buildDate=2026-01-01T00:00:00Z",
+		v, version.Kubernetes, minor)
+	for _, c := range components {
+		if err := goBuild(ctx, work, filepath.Join(out, c), "k8s.io/kubernetes/cmd/"+c, ldflags, progress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func buildEtcd(ctx context.Context, work, out string, progress Progress) error {
+	gomod := fmt.Sprintf(`module slipway.dev/upstream/etcd
+
+go 1.24.0
+
+require go.etcd.io/etcd/server/v3 %[1]s
+
+replace (
+	go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 %[1]s
+	go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 %[1]s
+	go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 %[1]s
+	go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 %[1]s
+)
+
+tool go.etcd.io/etcd/server/v3
+`, version.Etcd)
+	if err := prepareWrapper(ctx, work, gomod, progress); err != nil {
+		return err
+	}
+	return goBuild(ctx, work, filepath.Join(out, "etcd"), "go.etcd.io/etcd/server/v3", "-s -w", progress)
+}
+
+// kwokStageFiles are the upstream stage configs for fast nodes and pods, taken
+// from the KWOK module itself so they always match the binary.
+var kwokStageFiles = []string{
+	"kustomize/stage/node/fast/node-initialize.yaml",
+	"kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+	"kustomize/stage/pod/fast/pod-ready.yaml",
+	"kustomize/stage/pod/fast/pod-complete.yaml",
+	"kustomize/stage/pod/fast/pod-delete.yaml",
+}
+
+func buildKWOK(ctx context.Context, out string, progress Progress) error {
+	module := "sigs.k8s.io/kwok@" + version.KWOK
+	progress("building kwok %s", version.KWOK)
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "go", "install", "-ldflags=-s -w", "sigs.k8s.io/kwok/cmd/kwok@"+version.KWOK)
+	cmd.Env = append(goEnv(), "GOBIN="+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go install %s failed: %w\n%s", module, err, tail(b))
+	}
+	progress("built kwok in %s", time.Since(start).Round(time.Second))
+
+	cmd = exec.CommandContext(ctx, "go", "mod", "download", "-json", module)
+	cmd.Env = goEnv()
+	b, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("go mod download %s failed: %w", module, err)
+	}
+	var info struct{ Dir string }
+	if err := json.Unmarshal(b, &info); err != nil || info.Dir == "" {
+		return fmt.Errorf("go mod download %s gave no source directory: %v", module, err)
+	}
+	var stages []byte
+	for _, f := range kwokStageFiles {
+		content, err := os.ReadFile(filepath.Join(info.Dir, f))
+		if err != nil {
+			return fmt.Errorf("reading KWOK stage config: %w", err)
+		}
+		stages = append(stages, "---\n"...)
+		stages = append(stages, content...)
+	}
+	return os.WriteFile(filepath.Join(out, KWOKStages), stages, 0o644)
+}
+
+func prepareWrapper(ctx context.Context, work, gomod string, progress Progress) error {
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	path := filepath.Join(work, "go.mod")
+	if old, err := os.ReadFile(path); err == nil && strings.HasPrefix(string(old), gomod) {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(gomod), 0o644); err != nil {
+		return err
+	}
+	progress("resolving modules in %s", work)
+	cmd := exec.CommandContext(ctx, "go", "mod", "tidy")
+	cmd.Dir = work
+	cmd.Env = goEnv()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("go mod tidy in %s failed: %w\n%s", work, err, tail(b))
+	}
+	return nil
+}
+
+func goBuild(ctx context.Context, work, out, pkg, ldflags string, progress Progress) error {
+	name := filepath.Base(out)
+	progress("building %s (first time only; a few minutes on 2 cores)", name)
+	start := time.Now()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				progress("still building %s: %s elapsed", name, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	tmp := out + ".tmp"
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", tmp, pkg)
+	cmd.Dir = work
+	cmd.Env = append(goEnv(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		_ = os.Remove(tmp)
+		if ctx.Err() != nil {
+			return fmt.Errorf("building %s: %w", name, ctx.Err())
+		}
+		return fmt.Errorf("go build %s failed: %w\n%s", pkg, err, tail(b))
+	}
+	progress("built %s in %s", name, time.Since(start).Round(time.Second))
+	return os.Rename(tmp, out)
+}
+
+// goEnv keeps the user's Go settings but never lets a build stop at a prompt.
+func goEnv() []string {
+	return append(os.Environ(), "GOFLAGS=-mod=mod", "GIT_TERMINAL_PROMPT=0")
+}
+
+func tail(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 4000 {
+		s = "..." + s[len(s)-4000:]
+	}
+	return s
+}
+
+// ErrMissing is returned by Require when binaries are absent.
+var ErrMissing = errors.New("upstream binaries missing")
+
+// Require checks that dir holds the named binaries (all by default), without building.
+func Require(dir string, names ...string) error {
+	if m := Missing(dir, names...); len(m) > 0 {
+		return fmt.Errorf("%w in %s: %s (run `slipway lab build` or `make test` to build them)", ErrMissing, dir, strings.Join(m, ", "))
+	}
+	return nil
+}
