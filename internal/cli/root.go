@@ -17,6 +17,9 @@ func NewRootCommand() *cobra.Command {
 	root.AddCommand(
 		newVersionCommand(),
 		newLabCommand(),
+		newServerCommand(),
+		newInstallCommand(),
+		newAppCommand(),
 	)
 	return root
 }

@@ -127,16 +127,14 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	revisionChanged := desired.Revision != app.Status.LastAppliedRevision
 	sp := app.Spec.SyncPolicy
 	mayApply := syncRequested || (sp.Automated && (revisionChanged || sp.SelfHeal))
-	rm := resourceManager(r.Client, r.Loader.Mapper)
-
 	if !mayApply {
-		return r.compare(ctx, app, desired, rm)
+		return r.compare(ctx, app, desired)
 	}
 
 	if err := r.ensureNamespace(ctx, app.Spec.Destination.Namespace); err != nil {
 		return r.fail(ctx, app, err)
 	}
-	cs, err := rm.ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
+	cs, err := resourceManager(r.Client, r.Loader.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
 	if err != nil {
 		r.addHistory(app, desired.Revision, "Failed", err.Error())
 		return r.fail(ctx, app, fmt.Errorf("applying revision %s: %w", short(desired.Revision), err))
@@ -176,19 +174,14 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 
 // compare reports drift without changing anything (automated sync or
 // self-heal is off and nobody asked for a sync).
-func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, desired *Desired, rm *ssa.ResourceManager) (ctrl.Result, error) {
-	var diffs []string
-	for _, o := range desired.Objects {
-		entry, _, _, err := rm.Diff(ctx, o.DeepCopy(), ssa.DefaultDiffOptions())
-		if err != nil {
-			return r.fail(ctx, app, fmt.Errorf("comparing %s with the cluster: %w", describe(o), err))
-		}
-		if entry.Action == ssa.CreatedAction || entry.Action == ssa.ConfiguredAction {
-			diffs = append(diffs, entry.String())
-		}
+func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, desired *Desired) (ctrl.Result, error) {
+	changes, err := Plan(ctx, r.Client, app, desired)
+	if err != nil {
+		return r.fail(ctx, app, err)
 	}
-	for _, e := range stale(app.Status.Inventory, desired.Objects) {
-		diffs = append(diffs, e.ID+" would be pruned")
+	var diffs []string
+	for _, c := range changes {
+		diffs = append(diffs, c.Subject+" "+c.Action)
 	}
 	sync := slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
 	if len(diffs) > 0 {

@@ -6,10 +6,9 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
-	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -19,10 +18,9 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/yaml"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
-	"slipway.dev/slipway/config"
+	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/upstream"
 )
 
@@ -54,44 +52,14 @@ type Env struct {
 	env    *envtest.Environment
 }
 
-// CRDs returns Slipway's generated CustomResourceDefinitions.
-func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
-	var crds []*apiextensionsv1.CustomResourceDefinition
-	err := fs.WalkDir(config.CRDs, "crd", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
-			return err
-		}
-		b, err := config.CRDs.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		crd := &apiextensionsv1.CustomResourceDefinition{}
-		if err := yaml.UnmarshalStrict(b, crd); err != nil {
-			return fmt.Errorf("decoding %s: %w", path, err)
-		}
-		crds = append(crds, crd)
-		return nil
-	})
-	return crds, err
-}
-
-// Start runs etcd and kube-apiserver and installs the CRDs.
+// Start runs etcd and kube-apiserver and installs Slipway's CRDs.
 func Start() (*Env, error) {
 	dir := BinDir()
 	if err := upstream.Require(dir, "etcd", "kube-apiserver"); err != nil {
 		return nil, err
 	}
-	crds, err := CRDs()
-	if err != nil {
-		return nil, err
-	}
 	scheme := Scheme()
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: dir,
-		CRDInstallOptions:     envtest.CRDInstallOptions{CRDs: crds, Scheme: scheme},
-		ErrorIfCRDPathMissing: true,
-		Scheme:                scheme,
-	}
+	env := &envtest.Environment{BinaryAssetsDirectory: dir, Scheme: scheme}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting etcd and kube-apiserver from %s: %w", dir, err)
@@ -101,6 +69,11 @@ func Start() (*Env, error) {
 	cfg.QPS, cfg.Burst = 200, 400
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	// Installing through `slipway install`'s code tests it on every run.
+	if _, err := install.Apply(context.Background(), c, time.Minute); err != nil {
 		_ = env.Stop()
 		return nil, err
 	}

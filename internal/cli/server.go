@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/server"
+	"slipway.dev/slipway/internal/upstream"
+)
+
+func newServerCommand() *cobra.Command {
+	opts := server.Options{}
+	var secretFile string
+	var development bool
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the controllers and the HTTP endpoints (/healthz, /readyz, /metrics, /hooks/git)",
+		Long: `Run Slipway's controllers against the cluster of the kubeconfig, and serve:
+  /healthz     liveness
+  /readyz      readiness (caches synced)
+  /metrics     Prometheus metrics
+  /hooks/git   git push webhooks (GitHub/Gitea payloads, HMAC-SHA256 signed)
+
+The webhook secret is read from --webhook-secret-file or SLIPWAY_WEBHOOK_SECRET;
+without one every webhook delivery is refused.`,
+		Args: cobra.NoArgs,
+	}
+	kube := withKube(cmd, false)
+	cmd.Flags().StringVar(&opts.Addr, "addr", "127.0.0.1:9443", "HTTP listen address")
+	cmd.Flags().StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret")
+	cmd.Flags().BoolVar(&opts.LeaderElection, "leader-elect", true, "elect a leader so only one replica reconciles")
+	cmd.Flags().StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", install.Namespace, "namespace of the leader-election lease")
+	cmd.Flags().StringVar(&opts.GitCacheDir, "git-cache-dir", filepath.Join(upstream.CacheDir(), "git"), "directory for cached clones")
+	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 8, "Applications reconciled in parallel")
+	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctrl.SetLogger(zap.New(zap.UseDevMode(development)))
+		secret, err := webhookSecret(secretFile)
+		if err != nil {
+			return usageError(err)
+		}
+		opts.WebhookSecret = secret
+		if opts.Config, err = kube.restConfig(); err != nil {
+			return err
+		}
+		opts.Config.Timeout = 0 // watches are long-lived; each request has its own context
+		opts.Config.QPS, opts.Config.Burst = 100, 200
+		opts.Started = func(addr string) { fmt.Fprintf(cmd.ErrOrStderr(), "slipway server listening on http://%s\n", addr) }
+		return server.Run(cmd.Context(), opts)
+	}
+	return cmd
+}
+
+func webhookSecret(file string) ([]byte, error) {
+	if file == "" {
+		return []byte(os.Getenv("SLIPWAY_WEBHOOK_SECRET")), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading the webhook secret: %w", err)
+	}
+	return []byte(strings.TrimSpace(string(b))), nil
+}
+
+func newInstallCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Apply Slipway's CRDs and namespace to the cluster (idempotent)",
+		Args:  cobra.NoArgs,
+	}
+	kube := withKube(cmd, false)
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		c, err := kube.client()
+		if err != nil {
+			return err
+		}
+		res, err := install.Apply(cmd.Context(), c, 2*kube.timeout)
+		if err != nil {
+			return err
+		}
+		if done, err := printStructured(cmd.OutOrStdout(), *out, res); done {
+			return err
+		}
+		for _, crd := range res.CRDs {
+			fmt.Fprintf(cmd.OutOrStdout(), "customresourcedefinition/%s applied\n", crd)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "namespace/%s applied\n", res.Namespace)
+		return nil
+	}
+	return cmd
+}

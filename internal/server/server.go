@@ -1,0 +1,132 @@
+// Package server runs `slipway server`: the controllers (with leader
+// election) and the HTTP endpoints /healthz, /readyz, /metrics and /hooks/git.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/gitops"
+	"slipway.dev/slipway/internal/webhook"
+)
+
+// Options configure the server.
+type Options struct {
+	Config *rest.Config
+	// Addr is the HTTP listen address.
+	Addr string
+	// WebhookSecret verifies /hooks/git deliveries; empty refuses them all.
+	WebhookSecret []byte
+	// LeaderElection makes only one replica reconcile at a time.
+	LeaderElection          bool
+	LeaderElectionNamespace string
+	GitCacheDir             string
+	Concurrency             int
+	// Started, when set, receives the bound HTTP address once the server listens.
+	Started func(addr string)
+}
+
+// Scheme has the types the server reads and writes.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, slipwayv1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return s
+}
+
+// Run serves until ctx is cancelled.
+func Run(ctx context.Context, opts Options) error {
+	log := ctrl.Log.WithName("server")
+	mgr, err := ctrl.NewManager(opts.Config, ctrl.Options{
+		Scheme:                        Scheme(),
+		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on our own listener
+		HealthProbeBindAddress:        "0",
+		LeaderElection:                opts.LeaderElection,
+		LeaderElectionID:              "slipway-controller",
+		LeaderElectionNamespace:       opts.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Read Secrets and Namespaces on demand: caching them would need
+			// cluster-wide list/watch on every Secret.
+			DisableFor: []client.Object{&corev1.Secret{}, &corev1.Namespace{}},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the controller manager: %w", err)
+	}
+	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency}); err != nil {
+		return err
+	}
+
+	var ready atomic.Bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "caches not synced yet", http.StatusServiceUnavailable)
+			return
+		}
+		if err := healthz.Ping(r); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/hooks/git", &webhook.Handler{Secret: opts.WebhookSecret, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook")})
+	if len(opts.WebhookSecret) == 0 {
+		log.Info("no webhook secret configured: /hooks/git refuses every delivery")
+	}
+
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", opts.Addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- srv.Serve(ln) }()
+	log.Info("serving", "addr", ln.Addr().String())
+	if opts.Started != nil {
+		opts.Started(ln.Addr().String())
+	}
+
+	go func() {
+		if mgr.GetCache().WaitForCacheSync(ctx) {
+			ready.Store(true)
+		}
+	}()
+	mgrErr := make(chan error, 1)
+	go func() { mgrErr <- mgr.Start(ctx) }()
+
+	select {
+	case err = <-mgrErr:
+	case err = <-httpErr:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
