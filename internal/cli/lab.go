@@ -2,10 +2,16 @@ package cli
 
 import (
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"slipway.dev/slipway/internal/lab"
 	"slipway.dev/slipway/internal/upstream"
 )
 
@@ -17,12 +23,22 @@ func newLabCommand() *cobra.Command {
 from pinned upstream versions, KWOK nodes named master, worker-01 and worker-02,
 and a git server holding an ops repository. No cloud account, no Docker.`,
 	}
-	cmd.AddCommand(newLabBuildCommand())
+	var dir, binDir string
+	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir(), "lab directory (state, certificates, logs, repositories)")
+	cmd.PersistentFlags().StringVar(&binDir, "bin-dir", "", "directory of upstream release binaries (default: build once from the Go module proxy and cache)")
+	newLab := func(cmd *cobra.Command) *lab.Lab {
+		exe, _ := os.Executable()
+		start := time.Now()
+		return &lab.Lab{Dir: dir, BinDir: binDir, Slipway: exe, Progress: func(format string, args ...any) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+		}}
+	}
+	cmd.AddCommand(newLabBuildCommand(), newLabUpCommand(newLab), newLabDownCommand(newLab), newLabStatusCommand(newLab),
+		newLabDemoCommand(newLab), newLabGitServerCommand(newLab))
 	return cmd
 }
 
 func newLabBuildCommand() *cobra.Command {
-	var binDir string
 	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build and cache the pinned upstream binaries (etcd, Kubernetes, KWOK)",
@@ -35,6 +51,10 @@ The directory is printed on success (tests read it from SLIPWAY_BIN_DIR).`,
 			progress := func(format string, args ...any) {
 				fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 			}
+			binDir, _ := cmd.Flags().GetString("bin-dir")
+			if binDir == "" {
+				binDir = upstream.DefaultBinDir()
+			}
 			if err := upstream.Ensure(cmd.Context(), binDir, progress); err != nil {
 				return err
 			}
@@ -42,6 +62,169 @@ The directory is printed on success (tests read it from SLIPWAY_BIN_DIR).`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&binDir, "bin-dir", upstream.DefaultBinDir(), "directory to build the binaries into")
 	return cmd
+}
+
+type labFactory func(*cobra.Command) *lab.Lab
+
+func newLabUpCommand(newLab labFactory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start the lab (idempotent): control plane, KWOK nodes, git server, slipway server",
+		Long: `Start every lab component that is not running yet and wait until each is ready.
+The first run builds the upstream binaries (several minutes); later runs take seconds.
+Prints the kubeconfig path and the addresses of the git server and slipway server.`,
+		Args: cobra.NoArgs,
+	}
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		l := newLab(cmd)
+		info, err := l.Up(cmd.Context())
+		if err != nil {
+			return err
+		}
+		if done, err := printStructured(cmd.OutOrStdout(), *out, info); done {
+			return err
+		}
+		printLabInfo(cmd, info)
+		return nil
+	}
+	return cmd
+}
+
+func printLabInfo(cmd *cobra.Command, info *lab.Info) {
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "Kubeconfig:     %s\n", info.Kubeconfig)
+	fmt.Fprintf(w, "                export KUBECONFIG=%s\n", info.Kubeconfig)
+	fmt.Fprintf(w, "API server:     %s\n", info.APIServer)
+	fmt.Fprintf(w, "Git server:     %s (user %s, password in `slipway lab status -o json`)\n", info.Git.URL, info.Git.Username)
+	fmt.Fprintf(w, "Ops repo:       %s\n", info.Git.OpsRepo)
+	fmt.Fprintf(w, "Slipway server: %s\n", info.Server.URL)
+	fmt.Fprintf(w, "Metrics:        %s\n", info.Server.Metrics)
+	fmt.Fprintf(w, "Git webhook:    %s\n", info.Server.Webhook)
+}
+
+func newLabDownCommand(newLab labFactory) *cobra.Command {
+	var purge bool
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop every process the lab started; --purge also deletes its state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l := newLab(cmd)
+			if err := l.Down(purge); err != nil {
+				return err
+			}
+			if purge {
+				fmt.Fprintf(cmd.ErrOrStderr(), "lab stopped and %s removed\n", l.Dir)
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "lab stopped (state kept in %s; --purge removes it)\n", l.Dir)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&purge, "purge", false, "also delete the lab directory: certificates, etcd data, repositories, logs")
+	return cmd
+}
+
+func newLabStatusCommand(newLab labFactory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show which lab components run, their pids and logs (exit 1 unless all run)",
+		Args:  cobra.NoArgs,
+	}
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		info, err := newLab(cmd).Status()
+		if err != nil {
+			return err
+		}
+		if done, err := printStructured(cmd.OutOrStdout(), *out, info); !done {
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tLOG")
+			for _, c := range info.Components {
+				state := "stopped"
+				if c.Running {
+					state = "running"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Name, state, c.PID, c.Log)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			printLabInfo(cmd, info)
+		} else if err != nil {
+			return err
+		}
+		if !info.AllRunning() {
+			return &exitError{code: ExitFailure, err: fmt.Errorf("not every lab component is running (start them with `slipway lab up`)")}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func newLabDemoCommand(newLab labFactory) *cobra.Command {
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Bring the lab up, deploy the tea and coffee services from the ops repo, and keep running until Ctrl-C",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l := newLab(cmd)
+			ctx := cmd.Context()
+			info, err := l.Up(ctx)
+			if err == nil {
+				err = l.Demo(ctx, info)
+			}
+			if err != nil {
+				if !keep {
+					_ = l.Down(false)
+				}
+				return err
+			}
+			printLabInfo(cmd, info)
+			printDemoNextSteps(cmd, info)
+			if keep {
+				return nil
+			}
+			<-ctx.Done()
+			fmt.Fprintln(cmd.ErrOrStderr(), "\nstopping the lab")
+			return l.Down(false)
+		},
+	}
+	cmd.Flags().BoolVar(&keep, "detach", false, "return once the demo is healthy and leave the lab running")
+	return cmd
+}
+
+func printDemoNextSteps(cmd *cobra.Command, info *lab.Info) {
+	fmt.Fprintf(cmd.OutOrStdout(), `
+The tea and coffee services run in namespace %[1]s, two replicas each, spread over worker-01 and worker-02.
+
+Try it (the git password is in `+"`slipway lab status -o json`"+`, key git.password):
+  export KUBECONFIG=%[2]s
+  slipway app list -n %[1]s
+  git clone http://%[3]s@%[4]s /tmp/ops && cd /tmp/ops
+  sed -i 's/replicas: 2/replicas: 3/' apps/tea/deployment.yaml
+  git commit -am "Scale tea to 3" && git push
+  slipway app get tea -n %[1]s        # the push is applied within seconds
+  slipway app history tea -n %[1]s
+  slipway app rollback tea -n %[1]s
+
+Press Ctrl-C to stop the lab.
+`, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"))
+}
+
+func newLabGitServerCommand(newLab labFactory) *cobra.Command {
+	return &cobra.Command{
+		Use:    "git-server",
+		Short:  "Serve the lab's git repositories (started by `lab up`)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctrl.SetLogger(zap.New())
+			return newLab(cmd).ServeGit(cmd.Context(), ctrl.Log.WithName("git-server"))
+		},
+	}
 }

@@ -52,12 +52,16 @@ func Apply(ctx context.Context, c client.Client, timeout time.Duration) (*Result
 	}
 	for _, name := range res.CRDs {
 		err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-			crd := &apiextensionsv1.CustomResourceDefinition{}
+			// Unstructured, so any client's scheme will do.
+			crd := &unstructured.Unstructured{}
+			crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
 			if err := c.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
 				return false, nil
 			}
-			for _, cond := range crd.Status.Conditions {
-				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+			for _, raw := range conds {
+				cond, _ := raw.(map[string]any)
+				if cond["type"] == string(apiextensionsv1.Established) && cond["status"] == string(apiextensionsv1.ConditionTrue) {
 					return true, nil
 				}
 			}

@@ -1,0 +1,189 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/pki"
+	"slipway.dev/slipway/internal/upstream"
+)
+
+// component is one process of the lab and how to tell it is ready.
+type component struct {
+	name    string
+	exe     string
+	args    []string
+	env     []string
+	timeout time.Duration
+	ready   func(ctx context.Context) error
+	// after runs once the component is ready (e.g. create nodes).
+	after func(ctx context.Context) error
+}
+
+// Component names, in start order.
+const (
+	compEtcd              = "etcd"
+	compAPIServer         = "kube-apiserver"
+	compControllerManager = "kube-controller-manager"
+	compScheduler         = "kube-scheduler"
+	compKWOK              = "kwok"
+	compGit               = "git-server"
+	compServer            = "slipway-server"
+)
+
+func componentOrder() []string {
+	return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compServer}
+}
+
+const (
+	serviceCIDR = pki.DefaultServiceCIDR
+	clusterCIDR = "10.244.0.0/16"
+)
+
+func (l *Lab) components(st *State) []component {
+	bin := func(name string) string { return filepath.Join(l.binDir(), name) }
+	pkiDir := l.path("pki")
+	crt := func(name string) string { return pki.CertPath(pkiDir, name) }
+	key := func(name string) string { return pki.KeyPath(pkiDir, name) }
+	kubeconfig := func(name string) string { return l.path("kubeconfigs", name+".kubeconfig") }
+	p := st.Ports
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(p.Etcd)
+
+	return []component{
+		{
+			name: compEtcd, exe: bin("etcd"), timeout: 30 * time.Second,
+			args: []string{
+				"--name=lab", "--data-dir=" + l.path("etcd"),
+				"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
+				"--listen-peer-urls=http://127.0.0.1:" + strconv.Itoa(p.EtcdPeer),
+				"--initial-advertise-peer-urls=http://127.0.0.1:" + strconv.Itoa(p.EtcdPeer),
+				"--initial-cluster=lab=http://127.0.0.1:" + strconv.Itoa(p.EtcdPeer),
+				"--quota-backend-bytes=4294967296",
+				// The lab's data is disposable; fsync would only slow it down.
+				"--unsafe-no-fsync=true",
+			},
+			ready: func(ctx context.Context) error { return httpOK(ctx, http.DefaultClient, etcdURL+"/health", nil) },
+		},
+		{
+			name: compAPIServer, exe: bin("kube-apiserver"), timeout: 60 * time.Second,
+			args: []string{
+				"--etcd-servers=" + etcdURL,
+				"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(p.APIServer), "--advertise-address=127.0.0.1",
+				// The kubernetes Service's endpoints cannot point at loopback.
+				"--endpoint-reconciler-type=none",
+				"--tls-cert-file=" + crt(pki.APIServer), "--tls-private-key-file=" + key(pki.APIServer),
+				"--client-ca-file=" + crt(pki.CA),
+				"--kubelet-client-certificate=" + crt(pki.APIServerKubeletClient), "--kubelet-client-key=" + key(pki.APIServerKubeletClient),
+				"--kubelet-preferred-address-types=InternalIP,Hostname",
+				"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+				"--service-account-key-file=" + filepath.Join(pkiDir, pki.ServiceAccountPublicKey),
+				"--service-account-signing-key-file=" + filepath.Join(pkiDir, pki.ServiceAccountKey),
+				"--service-cluster-ip-range=" + serviceCIDR, "--service-node-port-range=30000-32767",
+				"--authorization-mode=Node,RBAC", "--allow-privileged=true",
+				"--enable-admission-plugins=NodeRestriction",
+				"--requestheader-client-ca-file=" + crt(pki.FrontProxyCA), "--requestheader-allowed-names=front-proxy-client",
+				"--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+				"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+				"--proxy-client-cert-file=" + crt(pki.FrontProxyClient), "--proxy-client-key-file=" + key(pki.FrontProxyClient),
+				"--profiling=false",
+			},
+			ready: func(ctx context.Context) error { return l.apiReady(ctx) },
+			after: func(ctx context.Context) error {
+				c, _, err := l.Client()
+				if err != nil {
+					return err
+				}
+				if _, err := install.Apply(ctx, c, time.Minute); err != nil {
+					return fmt.Errorf("installing Slipway's CRDs: %w", err)
+				}
+				l.progress("Slipway CRDs installed")
+				return nil
+			},
+		},
+		{
+			name: compControllerManager, exe: bin("kube-controller-manager"), timeout: 60 * time.Second,
+			args: []string{
+				"--kubeconfig=" + kubeconfig(pki.ControllerManager),
+				"--authentication-kubeconfig=" + kubeconfig(pki.ControllerManager),
+				"--authorization-kubeconfig=" + kubeconfig(pki.ControllerManager),
+				"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(p.ControllerManager), "--leader-elect=false",
+				"--service-account-private-key-file=" + filepath.Join(pkiDir, pki.ServiceAccountKey), "--root-ca-file=" + crt(pki.CA),
+				"--cluster-signing-cert-file=" + crt(pki.CA), "--cluster-signing-key-file=" + key(pki.CA),
+				"--use-service-account-credentials=true",
+				"--service-cluster-ip-range=" + serviceCIDR,
+				"--allocate-node-cidrs=true", "--cluster-cidr=" + clusterCIDR, "--node-cidr-mask-size=24",
+				"--controllers=*,bootstrapsigner,tokencleaner",
+				"--flex-volume-plugin-dir=" + l.path("kcm-flexvolume"),
+				// The default client rate (20 QPS) makes hundreds of pods take half a minute.
+				"--kube-api-qps=100", "--kube-api-burst=200",
+			},
+			ready: func(ctx context.Context) error {
+				return httpOK(ctx, insecureLocalHTTP, "https://127.0.0.1:"+strconv.Itoa(p.ControllerManager)+"/healthz", nil)
+			},
+			after: l.waitDefaultServiceAccount,
+		},
+		{
+			name: compScheduler, exe: bin("kube-scheduler"), timeout: 60 * time.Second,
+			args: []string{
+				"--kubeconfig=" + kubeconfig(pki.Scheduler),
+				"--authentication-kubeconfig=" + kubeconfig(pki.Scheduler),
+				"--authorization-kubeconfig=" + kubeconfig(pki.Scheduler),
+				"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(p.Scheduler), "--leader-elect=false",
+			},
+			ready: func(ctx context.Context) error {
+				return httpOK(ctx, insecureLocalHTTP, "https://127.0.0.1:"+strconv.Itoa(p.Scheduler)+"/healthz", nil)
+			},
+		},
+		{
+			name: compKWOK, exe: bin("kwok"), timeout: 60 * time.Second,
+			env: []string{"HOME=" + l.path("kwok")},
+			args: []string{
+				"--kubeconfig=" + kubeconfig(pki.KWOK),
+				"--config=" + filepath.Join(l.binDir(), upstream.KWOKStages),
+				"--manage-all-nodes=false",
+				"--manage-nodes-with-annotation-selector=" + kwokNodeAnnotation + "=fake",
+				"--node-lease-duration-seconds=40",
+				"--cidr=10.0.0.0/16", "--node-ip=10.255.0.1",
+				"--server-address=127.0.0.1:" + strconv.Itoa(p.KWOK),
+			},
+			ready: func(ctx context.Context) error {
+				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.KWOK)+"/healthz", nil)
+			},
+			after: l.ensureNodes,
+		},
+		{
+			name: compGit, exe: l.Slipway, timeout: 30 * time.Second,
+			args: []string{"lab", "git-server", "--dir", l.Dir},
+			ready: func(ctx context.Context) error {
+				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Git)+"/"+OpsRepo+"/info/refs?service=git-upload-pack",
+					func(r *http.Request) { r.SetBasicAuth(st.Git.Username, st.Git.Password) })
+			},
+		},
+		{
+			name: compServer, exe: l.Slipway, timeout: 60 * time.Second,
+			args: []string{"server", "--kubeconfig", l.Kubeconfig(), "--addr", "127.0.0.1:" + strconv.Itoa(p.Server),
+				"--webhook-secret-file", l.WebhookSecretFile(), "--git-cache-dir", l.path("git-cache")},
+			ready: func(ctx context.Context) error {
+				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Server)+"/readyz", nil)
+			},
+		},
+	}
+}
+
+func (l *Lab) apiReady(ctx context.Context) error {
+	_, cfg, err := l.Client()
+	if err != nil {
+		return err
+	}
+	c, err := restHTTPClient(cfg)
+	if err != nil {
+		return err
+	}
+	return httpOK(ctx, c, cfg.Host+"/readyz", nil)
+}
+

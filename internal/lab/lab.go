@@ -1,0 +1,369 @@
+// Package lab runs Slipway's embedded default on one machine: a real
+// Kubernetes control plane from pinned upstream binaries (etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler), KWOK nodes named
+// after the reference architecture, a smart-HTTP git server holding the ops
+// repository, and `slipway server` itself. Every process is started detached
+// and recorded by pid, so `lab down` stops exactly what `lab up` started.
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"slipway.dev/slipway/internal/pki"
+	"slipway.dev/slipway/internal/server"
+	"slipway.dev/slipway/internal/upstream"
+)
+
+// OpsRepo is the ops (manifest) repository the lab's git server hosts.
+const OpsRepo = "ops.git"
+
+// Lab is one lab directory.
+type Lab struct {
+	// Dir holds certificates, kubeconfigs, etcd data, git repositories, logs and lab.json.
+	Dir string
+	// BinDir holds the upstream binaries; empty means the build cache.
+	BinDir string
+	// Slipway is the slipway executable to run as the git server and the server.
+	Slipway string
+	// Progress receives one line per step.
+	Progress func(format string, args ...any)
+}
+
+// DefaultDir is ${XDG_STATE_HOME:-$HOME/.local/state}/slipway/lab.
+func DefaultDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "slipway", "lab")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "slipway-lab")
+	}
+	return filepath.Join(home, ".local", "state", "slipway", "lab")
+}
+
+func (l *Lab) path(parts ...string) string { return filepath.Join(append([]string{l.Dir}, parts...)...) }
+
+// Kubeconfig is the admin kubeconfig the lab writes.
+func (l *Lab) Kubeconfig() string { return l.path("kubeconfig") }
+
+// WebhookSecretFile holds the HMAC secret shared by the git server and `slipway server`.
+func (l *Lab) WebhookSecretFile() string { return l.path("webhook-secret") }
+
+func (l *Lab) progress(format string, args ...any) {
+	if l.Progress != nil {
+		l.Progress(format, args...)
+	}
+}
+
+func (l *Lab) binDir() string {
+	if l.BinDir != "" {
+		return l.BinDir
+	}
+	return upstream.DefaultBinDir()
+}
+
+// Up brings every component up, starting only what is not running already.
+func (l *Lab) Up(ctx context.Context) (*Info, error) {
+	if err := os.MkdirAll(l.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating lab directory %s: %w", l.Dir, err)
+	}
+	if l.BinDir != "" {
+		if err := upstream.Require(l.BinDir); err != nil {
+			return nil, err
+		}
+	} else if err := upstream.Ensure(ctx, l.binDir(), l.Progress); err != nil {
+		return nil, fmt.Errorf("preparing upstream binaries: %w", err)
+	}
+
+	st, err := loadState(l.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		st, err = newState()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := st.save(l.Dir); err != nil {
+		return nil, err
+	}
+	if err := l.writeCredentials(st); err != nil {
+		return nil, err
+	}
+
+	for _, c := range l.components(st) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := l.ensureComponent(ctx, st, c); err != nil {
+			return nil, err
+		}
+		if c.after != nil {
+			if err := c.after(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return l.info(st), nil
+}
+
+func (l *Lab) ensureComponent(ctx context.Context, st *State, c component) error {
+	if p := st.Components[c.name]; p.Running() {
+		if err := l.waitReady(ctx, c, p); err == nil {
+			l.progress("%s already running (pid %d)", c.name, p.PID)
+			return nil
+		}
+		// Running but not answering: replace it.
+		_ = p.stop(10 * time.Second)
+	}
+	start := time.Now()
+	env := append(os.Environ(), c.env...)
+	p, err := startProcess(c.name, c.exe, c.args, env, l.path("logs"))
+	if err != nil {
+		return err
+	}
+	st.Components[c.name] = p
+	if err := st.save(l.Dir); err != nil {
+		return err
+	}
+	if err := l.waitReady(ctx, c, p); err != nil {
+		return fmt.Errorf("%s did not become ready: %w (see its log: %s)", c.name, err, p.Log)
+	}
+	l.progress("%s ready in %.1fs (pid %d)", c.name, time.Since(start).Seconds(), p.PID)
+	return nil
+}
+
+func startProcess(name, exe string, args, env []string, logDir string) (*Process, error) {
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return nil, err
+	}
+	return start(name, exe, args, env, logDir)
+}
+
+// waitReady polls the component's check until it passes, the process dies,
+// or the component's deadline passes.
+func (l *Lab) waitReady(ctx context.Context, c component, p *Process) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var last error
+	for {
+		if !p.Running() {
+			return fmt.Errorf("the process exited")
+		}
+		if last = c.ready(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not ready after %s: %w", c.timeout, last)
+		case <-time.After(150 * time.Millisecond):
+		}
+	}
+}
+
+// Down stops every recorded process, last started first. With purge it
+// also deletes the lab directory.
+func (l *Lab) Down(purge bool) error {
+	st, err := loadState(l.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if purge {
+			return os.RemoveAll(l.Dir)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	order := componentOrder()
+	for i := len(order) - 1; i >= 0; i-- {
+		p := st.Components[order[i]]
+		if p == nil {
+			continue
+		}
+		if p.Running() {
+			l.progress("stopping %s (pid %d)", p.Name, p.PID)
+		}
+		if err := p.stop(15 * time.Second); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(st.Components, order[i])
+	}
+	if err := st.save(l.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if purge && len(errs) == 0 {
+		if err := os.RemoveAll(l.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", l.Dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Info is what scripts need to use the lab (`lab status -o json`).
+type Info struct {
+	Dir        string          `json:"dir"`
+	Kubeconfig string          `json:"kubeconfig"`
+	APIServer  string          `json:"apiServer"`
+	Git        GitInfo         `json:"git"`
+	Server     ServerInfo      `json:"server"`
+	Components []ComponentInfo `json:"components"`
+}
+
+// GitInfo locates the git server.
+type GitInfo struct {
+	URL      string `json:"url"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+	OpsRepo  string `json:"opsRepo"`
+}
+
+// ServerInfo locates `slipway server`.
+type ServerInfo struct {
+	URL               string `json:"url"`
+	Metrics           string `json:"metrics"`
+	Webhook           string `json:"webhook"`
+	WebhookSecretFile string `json:"webhookSecretFile"`
+}
+
+// ComponentInfo is one process of the lab.
+type ComponentInfo struct {
+	Name    string `json:"name"`
+	PID     int    `json:"pid"`
+	Running bool   `json:"running"`
+	Log     string `json:"log"`
+}
+
+// AllRunning reports whether every component of the lab runs.
+func (i *Info) AllRunning() bool {
+	if len(i.Components) != len(componentOrder()) {
+		return false
+	}
+	for _, c := range i.Components {
+		if !c.Running {
+			return false
+		}
+	}
+	return true
+}
+
+// Status reads the lab's state without changing anything.
+func (l *Lab) Status() (*Info, error) {
+	st, err := loadState(l.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotUp
+	}
+	if err != nil {
+		return nil, err
+	}
+	return l.info(st), nil
+}
+
+func (l *Lab) info(st *State) *Info {
+	gitURL := "http://127.0.0.1:" + strconv.Itoa(st.Ports.Git)
+	srvURL := "http://127.0.0.1:" + strconv.Itoa(st.Ports.Server)
+	info := &Info{
+		Dir:        l.Dir,
+		Kubeconfig: l.Kubeconfig(),
+		APIServer:  "https://127.0.0.1:" + strconv.Itoa(st.Ports.APIServer),
+		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo},
+		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
+	}
+	for _, name := range componentOrder() {
+		if p := st.Components[name]; p != nil {
+			info.Components = append(info.Components, ComponentInfo{Name: name, PID: p.PID, Running: p.Running(), Log: p.Log})
+		}
+	}
+	return info
+}
+
+// Client returns a client for the lab's API server.
+func (l *Lab) Client() (client.Client, *rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading %s: %w", l.Kubeconfig(), err)
+	}
+	cfg.Timeout = 15 * time.Second
+	cfg.QPS, cfg.Burst = 50, 100
+	c, err := client.New(cfg, client.Options{Scheme: server.Scheme()})
+	return c, cfg, err
+}
+
+// writeCredentials generates the PKI, the kubeconfigs and the webhook secret.
+func (l *Lab) writeCredentials(st *State) error {
+	dir := l.path("pki")
+	if err := pki.EnsureAll(dir, pki.Options{}); err != nil {
+		return fmt.Errorf("generating certificates in %s: %w", dir, err)
+	}
+	ca, err := os.ReadFile(pki.CertPath(dir, pki.CA))
+	if err != nil {
+		return err
+	}
+	apiURL := "https://127.0.0.1:" + strconv.Itoa(st.Ports.APIServer)
+	for name, user := range map[string]string{
+		pki.Admin: "admin", pki.ControllerManager: "kube-controller-manager", pki.Scheduler: "kube-scheduler", pki.KWOK: "kwok",
+	} {
+		cert, err := os.ReadFile(pki.CertPath(dir, name))
+		if err != nil {
+			return err
+		}
+		key, err := os.ReadFile(pki.KeyPath(dir, name))
+		if err != nil {
+			return err
+		}
+		path := l.path("kubeconfigs", name+".kubeconfig")
+		if name == pki.Admin {
+			path = l.Kubeconfig()
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return err
+		}
+		if err := pki.WriteKubeconfig(path, apiURL, ca, cert, key, user); err != nil {
+			return fmt.Errorf("writing kubeconfig %s: %w", path, err)
+		}
+	}
+	if _, err := os.Stat(l.WebhookSecretFile()); errors.Is(err, os.ErrNotExist) {
+		if err := os.WriteFile(l.WebhookSecretFile(), []byte(randomHex(32)), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// insecureLocalHTTP probes health endpoints of components that serve TLS
+// with self-signed certificates on loopback; it carries no credentials.
+var insecureLocalHTTP = &http.Client{
+	Timeout:   2 * time.Second,
+	Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // health probe on 127.0.0.1 only
+}
+
+func httpOK(ctx context.Context, c *http.Client, url string, setup func(*http.Request)) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if setup != nil {
+		setup(req)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+

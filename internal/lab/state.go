@@ -1,0 +1,94 @@
+package lab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+)
+
+// State is what `lab up` records in DIR/lab.json for later commands.
+type State struct {
+	Ports      Ports               `json:"ports"`
+	Git        GitCredentials      `json:"git"`
+	Components map[string]*Process `json:"components"`
+}
+
+// Ports are chosen free once, then kept so addresses stay stable across restarts.
+type Ports struct {
+	Etcd, EtcdPeer, APIServer, ControllerManager, Scheduler, KWOK, Git, Server int
+}
+
+// GitCredentials protect the lab's git server.
+type GitCredentials struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+const stateFile = "lab.json"
+
+// loadState reads DIR/lab.json; a missing file gives os.ErrNotExist.
+func loadState(dir string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	s := &State{}
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	if s.Components == nil {
+		s.Components = map[string]*Process{}
+	}
+	return s, nil
+}
+
+func (s *State) save(dir string) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, stateFile+".tmp")
+	// The file holds the git password: owner only.
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, stateFile))
+}
+
+func newState() (*State, error) {
+	s := &State{Components: map[string]*Process{}, Git: GitCredentials{Username: "slipway", Password: randomHex(16)}}
+	ports := []*int{&s.Ports.Etcd, &s.Ports.EtcdPeer, &s.Ports.APIServer, &s.Ports.ControllerManager,
+		&s.Ports.Scheduler, &s.Ports.KWOK, &s.Ports.Git, &s.Ports.Server}
+	// Hold every listener until all are chosen so no two ports collide.
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for _, p := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("choosing a free port: %w", err)
+		}
+		held = append(held, l)
+		*p = l.Addr().(*net.TCPAddr).Port
+	}
+	return s, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// ErrNotUp means the lab directory has no state: `lab up` never ran or `lab down --purge` did.
+var ErrNotUp = errors.New("the lab is not set up (run `slipway lab up`)")
