@@ -1,0 +1,52 @@
+# Slipway: two commands for a newcomer: `make demo` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/slipway
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X slipway.dev/slipway/internal/version.Version=$(VERSION)
+
+.PHONY: all build demo test test-short deps upstream generate verify bench fuzz lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/slipway
+
+## demo: bring up the lab, deploy tea and coffee from the ops repo, keep running until Ctrl-C
+demo: deps build
+	$(BIN) lab demo
+
+## test: install what the tests need, build the pinned upstream binaries, run every test
+test: deps upstream
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+## deps: system packages the tests need (git for the git server)
+deps:
+	@command -v git >/dev/null || { echo "installing git"; apt-get update -qq && apt-get install -y -qq git; }
+	$(GO) mod download
+
+## upstream: build and cache etcd, Kubernetes and KWOK (minutes the first time, instant later)
+upstream: build
+	$(BIN) lab build
+
+## generate: regenerate deepcopy code and CRD manifests from api/
+generate:
+	$(GO) tool controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/... \
+		crd:crdVersions=v1 output:crd:artifacts:config=config/crd
+
+## bench: scale and speed scenarios (see docs/benchmarks.md)
+bench: deps upstream
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+## fuzz: run each fuzz target for a short while
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParsePush -fuzztime 20s ./internal/webhook
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 20s ./internal/manifest
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+clean:
+	rm -rf bin
