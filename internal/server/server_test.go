@@ -1,0 +1,256 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/funcr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/server"
+	"slipway.dev/slipway/internal/testenv"
+	"slipway.dev/slipway/internal/webhook"
+)
+
+var (
+	env     *testenv.Env
+	baseURL string
+	secret  = []byte("webhook-test-secret")
+	logs    lockedBuffer
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	if env, err = testenv.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer env.Stop()
+	ctrl.SetLogger(funcr.New(func(prefix, args string) { fmt.Fprintln(&logs, prefix, args) }, funcr.Options{}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cacheDir, _ := os.MkdirTemp("", "slipway-server-test-")
+	defer os.RemoveAll(cacheDir)
+	started := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, server.Options{
+			Config: env.Config, Addr: "127.0.0.1:0", WebhookSecret: secret,
+			LeaderElection: true, LeaderElectionNamespace: install.Namespace,
+			GitCacheDir: cacheDir, Concurrency: 2,
+			Started: func(addr string) { started <- addr },
+		})
+	}()
+	select {
+	case addr := <-started:
+		baseURL = "http://" + addr
+	case err := <-done:
+		fmt.Fprintln(os.Stderr, "server exited:", err)
+		return 1
+	case <-time.After(60 * time.Second):
+		fmt.Fprintln(os.Stderr, "server did not start listening within 60s")
+		return 1
+	}
+	return m.Run()
+}
+
+func get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(baseURL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func waitStatus(t *testing.T, path string, want int) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(t, path)
+		if code == want {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s = %d %q, want %d", path, code, body, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestHealthReadyAndMetrics(t *testing.T) {
+	waitStatus(t, "/healthz", http.StatusOK)
+	waitStatus(t, "/readyz", http.StatusOK)
+	// An Application makes the controller reconcile, which fills the metrics.
+	ns := env.Namespace(t)
+	createApp(t, ns, "metrics-app", "http://127.0.0.1:1/unreachable.git")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, body := get(t, "/metrics")
+		if strings.Contains(body, "slipway_application_reconcile_total") &&
+			strings.Contains(body, "slipway_application_reconcile_duration_seconds_bucket") &&
+			strings.Contains(body, "slipway_git_fetch_duration_seconds_bucket") &&
+			strings.Contains(body, `slipway_application_sync_status{name="metrics-app",namespace="`+ns) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics missing Slipway series:\n%s", grep(body, "slipway_"))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func createApp(t *testing.T, ns, name, url string) *slipwayv1.Application {
+	t.Helper()
+	app := &slipwayv1.Application{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: slipwayv1.ApplicationSpec{
+			Source:      slipwayv1.ApplicationSource{URL: url, Timeout: &metav1.Duration{Duration: time.Second}},
+			Destination: slipwayv1.ApplicationDestination{Namespace: ns},
+			Interval:    &metav1.Duration{Duration: time.Hour},
+		},
+	}
+	if err := env.Client.Create(context.Background(), app); err != nil {
+		t.Fatal(err)
+	}
+	return app
+}
+
+func post(t *testing.T, body []byte, headers map[string]string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, baseURL+"/hooks/git", bytes.NewReader(body))
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestWebhookTriggersMatchingApplications(t *testing.T) {
+	ns := env.Namespace(t)
+	follows := createApp(t, ns, "follows", "https://git.example.com/org/ops.git")
+	other := createApp(t, ns, "other", "https://git.example.com/org/other.git")
+	body := []byte(`{"ref":"refs/heads/main","after":"0123456789abcdef0123456789abcdef01234567","repository":{"clone_url":"https://git.example.com/org/ops"}}`)
+	code, resp := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": webhook.Sign(secret, body)})
+	if code != http.StatusAccepted {
+		t.Fatalf("signed push: %d %s", code, resp)
+	}
+	var got struct{ Applications []string }
+	if err := json.Unmarshal([]byte(resp), &got); err != nil || len(got.Applications) != 1 || got.Applications[0] != ns+"/follows" {
+		t.Fatalf("response %s: want exactly %s/follows", resp, ns)
+	}
+	// The annotation wakes the controller, which echoes it in status.
+	waitHandled(t, follows, true)
+	waitHandled(t, other, false)
+}
+
+func waitHandled(t *testing.T, app *slipwayv1.Application, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := &slipwayv1.Application{}
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(app), got); err != nil {
+			t.Fatal(err)
+		}
+		token := got.Annotations[slipwayv1.ReconcileRequestAnnotation]
+		if !want {
+			if token != "" {
+				t.Fatalf("%s was triggered by a push to another repository", app.Name)
+			}
+			return
+		}
+		if token != "" && got.Status.LastHandledReconcileAt == token {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: reconcile request %q not handled (status has %q)", app.Name, token, got.Status.LastHandledReconcileAt)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestForgedWebhookIsRefused(t *testing.T) {
+	ns := env.Namespace(t)
+	app := createApp(t, ns, "target", "https://git.example.com/org/forged.git")
+	const marker = "payload-marker-7d3a"
+	body := []byte(`{"ref":"refs/heads/main","after":"` + marker + `","repository":{"clone_url":"https://git.example.com/org/forged.git"}}`)
+	cases := map[string]map[string]string{
+		"wrong secret":  {"X-GitHub-Event": "push", "X-Hub-Signature-256": webhook.Sign([]byte("guess"), body)},
+		"no signature":  {"X-GitHub-Event": "push"},
+		"tampered body": {"X-GitHub-Event": "push", "X-Hub-Signature-256": webhook.Sign(secret, append([]byte(" "), body...))},
+	}
+	for name, headers := range cases {
+		t.Run(name, func(t *testing.T) {
+			if code, resp := post(t, body, headers); code != http.StatusUnauthorized {
+				t.Fatalf("got %d %s, want 401", code, resp)
+			}
+		})
+	}
+	waitHandled(t, app, false)
+	l := logs.String()
+	if !strings.Contains(l, "refused webhook: bad signature") {
+		t.Fatal("refusals are not logged")
+	}
+	if strings.Contains(l, marker) {
+		t.Fatal("the payload of a refused webhook reached the logs")
+	}
+}
+
+func TestOversizedWebhookIsRefused(t *testing.T) {
+	body := bytes.Repeat([]byte("x"), webhook.MaxPayloadBytes+1)
+	code, _ := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": webhook.Sign(secret, body)})
+	if code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("got %d, want 413", code)
+	}
+}
