@@ -20,6 +20,7 @@ func NewRootCommand() *cobra.Command {
 		newServerCommand(),
 		newInstallCommand(),
 		newAppCommand(),
+		newPolicyCommand(),
 	)
 	return root
 }

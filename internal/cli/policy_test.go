@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"encoding/xml"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const corpus = "../policy/testdata/corpus/"
+
+func runPolicy(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := newPolicyCommand()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetIn(strings.NewReader(stdin))
+	cmd.SetArgs(args)
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	err := cmd.Execute()
+	if err != nil {
+		errOut.WriteString(err.Error())
+	}
+	return out.String(), errOut.String(), ExitCode(err)
+}
+
+func TestPolicyCheckExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "broken.yaml")
+	if err := os.WriteFile(broken, []byte("apiVersion: v1\nkind: Pod\n---\nmetadata: {name: x}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		args     []string
+		stdin    string
+		code     int
+		inOutput string
+	}{
+		{"hardened passes", []string{"check", corpus + "hardened.yaml"}, "", ExitOK, "Profile fin-kr passed"},
+		{"demo fails", []string{"check", corpus + "tea-coffee.yaml"}, "", ExitFailure, "FIN-SEC-001"},
+		{"below fail-on passes", []string{"check", "--fail-on", "critical", corpus + "ingress-nginx.yaml"}, "", ExitOK, "FIN-IAM-002"},
+		{"stdin", []string{"check", "--profile", "pss-baseline", "-"}, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, containers: [{name: a}]}\n", ExitFailure, "spec.hostNetwork"},
+		{"broken input", []string{"check", broken}, "", ExitUsage, "broken.yaml: document 2: not a Kubernetes object: apiVersion is missing"},
+		{"no path", []string{"check"}, "", ExitUsage, "at least one"},
+		{"bad severity", []string{"check", "--fail-on", "severe", corpus}, "", ExitUsage, "unknown severity"},
+		{"unknown pack", []string{"check", "--profile", "nope", corpus}, "", ExitUsage, "unknown policy pack"},
+		{"bad format", []string{"check", "-o", "xml", corpus}, "", ExitUsage, "unknown output format"},
+		{"bad size", []string{"check", "--max-document-size", "lots", corpus}, "", ExitUsage, "--max-document-size"},
+		{"tiny size", []string{"check", "--max-document-size", "100", corpus + "hardened.yaml"}, "", ExitUsage, "larger than the limit of 100 bytes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, errOut, code := runPolicy(t, c.stdin, c.args...)
+			if code != c.code || !strings.Contains(out+errOut, c.inOutput) {
+				t.Errorf("exit %d (want %d); output lacks %q:\n%s%s", code, c.code, c.inOutput, out, errOut)
+			}
+		})
+	}
+}
+
+func TestPolicyCheckFormats(t *testing.T) {
+	out, _, code := runPolicy(t, "", "check", "-o", "json", corpus)
+	var report struct {
+		Profile string `json:"profile"`
+		Summary struct{ Objects, Failed int }
+	}
+	if err := json.Unmarshal([]byte(out), &report); err != nil || code != ExitFailure || report.Profile != "fin-kr" || report.Summary.Objects == 0 {
+		t.Errorf("json: exit %d, %+v, %v", code, report, err)
+	}
+	out, _, _ = runPolicy(t, "", "check", "-o", "sarif", corpus)
+	var sarif struct {
+		Version string `json:"version"`
+		Runs    []struct {
+			Results []json.RawMessage `json:"results"`
+		} `json:"runs"`
+	}
+	if err := json.Unmarshal([]byte(out), &sarif); err != nil || sarif.Version != "2.1.0" || len(sarif.Runs[0].Results) == 0 {
+		t.Errorf("sarif: %v %s", err, sarif.Version)
+	}
+	out, _, _ = runPolicy(t, "", "check", "-o", "junit", corpus)
+	var junit struct {
+		XMLName  xml.Name `xml:"testsuites"`
+		Failures int      `xml:"failures,attr"`
+	}
+	if err := xml.Unmarshal([]byte(out), &junit); err != nil || junit.Failures == 0 {
+		t.Errorf("junit: %v %+v", err, junit)
+	}
+}
+
+func TestPolicyListExplainExport(t *testing.T) {
+	out, _, code := runPolicy(t, "", "list")
+	if code != ExitOK || !strings.Contains(out, "FIN-WL-001") || !strings.Contains(out, "PSS-B-011") || strings.Contains(out, "PSS-B-003 ") {
+		t.Errorf("list: exit %d\n%s", code, out)
+	}
+	out, _, code = runPolicy(t, "", "explain", "fin-sc-001")
+	for _, want := range []string{"FIN-SC-001", "allowedRegistries: [registry.slipway.internal]", "EFSR (전자금융감독규정) 15조①3  relation=inferred effective=2025-02-05", "Check (CEL"} {
+		if code != ExitOK || !strings.Contains(out, want) {
+			t.Errorf("explain lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	if _, _, code := runPolicy(t, "", "explain", "FIN-XX-001"); code != ExitUsage {
+		t.Errorf("explain of an unknown rule: exit %d", code)
+	}
+	out, errOut, code := runPolicy(t, "", "export", "--mode", "audit")
+	if code != ExitOK || !strings.Contains(out, "kind: ValidatingAdmissionPolicyBinding") || !strings.Contains(out, "- Warn") || !strings.Contains(errOut, "not exported: FIN-SEC-004") {
+		t.Errorf("export: exit %d\n%.300s\n%s", code, out, errOut)
+	}
+}

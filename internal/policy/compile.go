@@ -1,0 +1,269 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"k8s.io/apimachinery/pkg/util/version"
+	apiservercel "k8s.io/apiserver/pkg/cel"
+	"k8s.io/apiserver/pkg/cel/environment"
+)
+
+// celCompatibility is the Kubernetes version whose CEL dialect rules are compiled
+// against. A v1.34 API server compiles new ValidatingAdmissionPolicy expressions
+// with the v1.33 feature set (n-1, so a rollback never meets an expression it
+// cannot read); compiling with the same set is what makes export lossless.
+var celCompatibility = version.MajorMinor(1, 33)
+
+// variablesTypeName is the type ValidatingAdmissionPolicy gives its `variables`.
+const variablesTypeName = "kubernetes.variables"
+
+// Variable is a named CEL expression evaluated at most once per object and shared
+// by every rule, with the semantics of ValidatingAdmissionPolicy spec.variables.
+type Variable struct {
+	Name        string
+	Expression  string
+	Description string
+}
+
+// BuiltinVariables are available to every rule. They are CEL, not Go, so that an
+// exported admission policy carries exactly the logic the engine ran.
+var BuiltinVariables = []Variable{
+	{
+		Name:        "podSpecPath",
+		Description: "field path of the pod spec inside the object",
+		Expression:  `object.kind == 'Pod' ? 'spec' : (object.kind == 'CronJob' ? 'spec.jobTemplate.spec.template.spec' : 'spec.template.spec')`,
+	},
+	{
+		Name:        "podSpec",
+		Description: "the pod spec of a Pod or of a workload's pod template",
+		Expression:  `object.kind == 'Pod' ? object.?spec.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?spec.orValue({}) : object.?spec.?template.?spec.orValue({}))`,
+	},
+	{
+		Name:        "podMetadataPath",
+		Description: "field path of the pod metadata (labels, annotations) inside the object",
+		Expression:  `object.kind == 'Pod' ? 'metadata' : (object.kind == 'CronJob' ? 'spec.jobTemplate.spec.template.metadata' : 'spec.template.metadata')`,
+	},
+	{
+		Name:        "podMetadata",
+		Description: "the metadata of a Pod or of a workload's pod template",
+		Expression:  `object.kind == 'Pod' ? object.?metadata.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?metadata.orValue({}) : object.?spec.?template.?metadata.orValue({}))`,
+	},
+	{
+		Name:        "containers",
+		Description: "every container, init container and ephemeral container as {path, type, value}",
+		Expression: `variables.podSpec.?containers.orValue([]).transformList(i, c, {'path': dyn(variables.podSpecPath + '.containers[' + string(i) + ']'), 'type': dyn('containers'), 'value': c}) +
+variables.podSpec.?initContainers.orValue([]).transformList(i, c, {'path': dyn(variables.podSpecPath + '.initContainers[' + string(i) + ']'), 'type': dyn('initContainers'), 'value': c}) +
+variables.podSpec.?ephemeralContainers.orValue([]).transformList(i, c, {'path': dyn(variables.podSpecPath + '.ephemeralContainers[' + string(i) + ']'), 'type': dyn('ephemeralContainers'), 'value': c})`,
+	},
+	{
+		Name:        "securityContexts",
+		Description: "the pod security context and every container's, as {path, value}",
+		Expression: `[{'path': dyn(variables.podSpecPath + '.securityContext'), 'value': variables.podSpec.?securityContext.orValue({})}] +
+variables.containers.map(c, {'path': dyn(c.path + '.securityContext'), 'value': c.value.?securityContext.orValue({})})`,
+	},
+	{
+		Name:        "volumes",
+		Description: "the pod's volumes as {path, value}",
+		Expression:  `variables.podSpec.?volumes.orValue([]).transformList(i, v, {'path': dyn(variables.podSpecPath + '.volumes[' + string(i) + ']'), 'value': v})`,
+	},
+	{
+		Name:        "namespace",
+		Description: "the object's namespace as written in the manifest ('' when unset)",
+		Expression:  `object.?metadata.?namespace.orValue('')`,
+	},
+}
+
+// compiledVariable is a builtin variable or a bound parameter.
+type compiledVariable struct {
+	name    string
+	program cel.Program // nil for parameters
+	value   ref.Val     // the parameter's value
+	refs    []string    // variables the expression reads, for export
+}
+
+// compiledRule is a rule ready to evaluate.
+type compiledRule struct {
+	*Rule
+	program    cel.Program
+	parameters []string // parameters the expression reads, for docs and export
+	variables  []string // every variable the expression reads, for export
+}
+
+// boundParameter is a parameter with the value in force for a profile.
+type boundParameter struct {
+	Parameter
+	value any
+}
+
+// newEnv builds the CEL environment of a profile: the Kubernetes base environment
+// at celCompatibility plus `object` and `variables`, as ValidatingAdmissionPolicy
+// declares them.
+func newEnv() (*cel.Env, *apiservercel.DeclType, error) {
+	varsType := apiservercel.NewObjectType(variablesTypeName, map[string]*apiservercel.DeclField{})
+	envSet, err := environment.MustBaseEnvSet(celCompatibility, true).Extend(environment.VersionedOptions{
+		IntroducedVersion: version.MajorMinor(1, 0),
+		EnvOptions: []cel.EnvOption{
+			cel.Variable("object", cel.DynType),
+			cel.Variable("variables", varsType.CelType()),
+		},
+		DeclTypes: []*apiservercel.DeclType{varsType},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("building the CEL environment: %w", err)
+	}
+	return envSet.NewExpressionsEnv(), varsType, nil
+}
+
+func paramDeclType(t ParameterType) *apiservercel.DeclType {
+	switch t {
+	case ParamStringList:
+		return apiservercel.NewListType(apiservercel.StringType, -1)
+	case ParamInteger:
+		return apiservercel.IntType
+	case ParamBoolean:
+		return apiservercel.BoolType
+	default:
+		return apiservercel.StringType
+	}
+}
+
+// compileExpression type-checks expr and returns its program and the variables it reads.
+func compileExpression(env *cel.Env, expr string) (cel.Program, *cel.Ast, []string, error) {
+	ast, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		return nil, nil, nil, iss.Err()
+	}
+	prg, err := env.Program(ast, cel.InterruptCheckFrequency(100))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return prg, ast, referencedVariables(ast), nil
+}
+
+// referencedVariables lists the `variables.X` selections in a checked expression.
+func referencedVariables(ast *cel.Ast) []string {
+	var names []string
+	celast.PreOrderVisit(celast.NavigateAST(ast.NativeRep()), celast.NewExprVisitor(func(e celast.Expr) {
+		if e.Kind() != celast.SelectKind {
+			return
+		}
+		sel := e.AsSelect()
+		if op := sel.Operand(); op.Kind() == celast.IdentKind && op.AsIdent() == "variables" && !slices.Contains(names, sel.FieldName()) {
+			names = append(names, sel.FieldName())
+		}
+	}))
+	sort.Strings(names)
+	return names
+}
+
+// checkOutputType accepts the list shapes rule expressions may return.
+func checkOutputType(t *cel.Type) error {
+	if t.IsExactType(cel.DynType) {
+		return nil
+	}
+	if t.Kind() == types.ListKind {
+		elem := t.Parameters()[0]
+		if elem.IsExactType(cel.StringType) || elem.IsExactType(cel.DynType) {
+			return nil
+		}
+		if elem.Kind() == types.ListKind {
+			inner := elem.Parameters()[0]
+			if inner.IsExactType(cel.StringType) || inner.IsExactType(cel.DynType) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("expression returns %s; it must return a list of field paths (list(string), or list(list(string)))", t)
+}
+
+// compileProfile binds parameter values and compiles variables and rules.
+func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Policy, error) {
+	env, varsType, err := newEnv()
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{env: env, varsType: varsType, byKind: map[string][]*compiledRule{}}
+
+	// violationsVariable is reserved for the exported admission policy.
+	builtin := map[string]bool{violationsVariable: true}
+	for _, v := range BuiltinVariables {
+		builtin[v.Name] = true
+	}
+	declared := map[string]bool{}
+	for _, prm := range res.params {
+		if builtin[prm.Name] {
+			return nil, fmt.Errorf("parameter %q has the name of a builtin variable", prm.Name)
+		}
+		declared[prm.Name] = true
+		raw := prm.Default
+		if o, ok := overrides[prm.Name]; ok {
+			raw = o
+		}
+		val, err := prm.decode(raw)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %s: %w", prm.Name, err)
+		}
+		p.params = append(p.params, &boundParameter{Parameter: *prm, value: val})
+		p.variables = append(p.variables, &compiledVariable{name: prm.Name, value: types.DefaultTypeAdapter.NativeToValue(val)})
+		varsType.Fields[prm.Name] = apiservercel.NewDeclField(prm.Name, paramDeclType(prm.Type), true, nil, nil)
+	}
+	var unknown []string
+	for name := range overrides {
+		if !declared[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("parameters %s are not declared by any pack of the profile", strings.Join(unknown, ", "))
+	}
+
+	// Variables are declared one at a time, in order, so an expression can only
+	// read variables defined before it, as in ValidatingAdmissionPolicy.
+	for _, v := range BuiltinVariables {
+		prg, _, refs, err := compileExpression(env, v.Expression)
+		if err != nil {
+			return nil, fmt.Errorf("compiling builtin variable %s: %w", v.Name, err)
+		}
+		p.variables = append(p.variables, &compiledVariable{name: v.Name, program: prg, refs: refs})
+		varsType.Fields[v.Name] = apiservercel.NewDeclField(v.Name, apiservercel.DynType, true, nil, nil)
+	}
+
+	var errs []error
+	for _, r := range res.rules {
+		if !r.HasTarget(TargetManifest) {
+			continue
+		}
+		prg, ast, vars, err := compileExpression(env, r.Expression)
+		if err == nil {
+			err = checkOutputType(ast.OutputType())
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("compiling rule %s (pack %q): %w", r.ID, r.pack, err))
+			continue
+		}
+		cr := &compiledRule{Rule: r, program: prg, variables: vars}
+		for _, name := range vars {
+			if declared[name] {
+				cr.parameters = append(cr.parameters, name)
+			}
+		}
+		p.rules = append(p.rules, cr)
+		for _, k := range r.MatchedKinds() {
+			p.byKind[k] = append(p.byKind[k], cr)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return p, nil
+}

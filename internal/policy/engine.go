@@ -1,0 +1,330 @@
+// Package policy is Slipway's policy engine: rule packs as data, compiled once to
+// the CEL dialect Kubernetes uses for ValidatingAdmissionPolicy, evaluated against
+// manifests with waivers, and reported as text, JSON, SARIF or JUnit.
+//
+// The main entry point is Catalog.Compile, which turns a Profile (packs,
+// parameters, waivers) into a Policy; Policy.Evaluate checks a slice of objects.
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"github.com/google/cel-go/common/types/traits"
+	"github.com/google/cel-go/interpreter"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	apiservercel "k8s.io/apiserver/pkg/cel"
+	"k8s.io/apiserver/pkg/cel/lazy"
+)
+
+// Profile is what a PolicyProfile resource or the CLI flags choose.
+type Profile struct {
+	// Packs are evaluated together; a rule replaced by any of them is dropped.
+	Packs []string
+	// Parameters override pack defaults; values are JSON.
+	Parameters map[string]json.RawMessage
+	// Waivers exempt objects from rules until they expire.
+	Waivers []Waiver
+}
+
+// Name is how reports name the profile.
+func (p Profile) Name() string { return strings.Join(p.Packs, "+") }
+
+// Policy is a compiled profile. It is safe for concurrent use.
+type Policy struct {
+	name      string
+	env       *cel.Env
+	varsType  *apiservercel.DeclType
+	all       []*Rule // every rule of the profile, whatever its target
+	rules     []*compiledRule
+	params    []*boundParameter
+	variables []*compiledVariable
+	byKind    map[string][]*compiledRule
+	waivers   []Waiver
+}
+
+// Compile resolves and compiles a profile. Compile once, evaluate many times.
+func (c *Catalog) Compile(p Profile) (*Policy, error) {
+	res, err := c.resolve(p.Packs)
+	if err != nil {
+		return nil, fmt.Errorf("compiling policy profile %s: %w", p.Name(), err)
+	}
+	pol, err := compileProfile(res, p.Parameters)
+	if err != nil {
+		return nil, fmt.Errorf("compiling policy profile %s: %w", p.Name(), err)
+	}
+	pol.name = p.Name()
+	pol.all = res.rules
+	ids := map[string]bool{}
+	for _, r := range res.rules {
+		ids[r.ID] = true
+	}
+	for _, w := range p.Waivers {
+		if !ids[w.Rule] {
+			return nil, fmt.Errorf("compiling policy profile %s: waiver %q names rule %s, which the profile does not contain", p.Name(), w.Name, w.Rule)
+		}
+	}
+	pol.waivers = slices.Clone(p.Waivers)
+	return pol, nil
+}
+
+// Name returns the profile name.
+func (p *Policy) Name() string { return p.name }
+
+// Rules returns every rule of the profile in pack order, whatever its target.
+func (p *Policy) Rules() []*Rule { return p.all }
+
+// Rule returns a rule of the profile by id.
+func (p *Policy) Rule(id string) (*Rule, bool) {
+	for _, r := range p.all {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return nil, false
+}
+
+// RuleParameters returns the parameters a manifest rule reads with the values in force.
+func (p *Policy) RuleParameters(id string) map[string]any {
+	out := map[string]any{}
+	for _, r := range p.rules {
+		if r.ID != id {
+			continue
+		}
+		for _, name := range r.parameters {
+			for _, bp := range p.params {
+				if bp.Name == name {
+					out[name] = bp.value
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Outcome is the result of one rule on one object, as in a PolicyReport.
+type Outcome string
+
+// Outcomes. An error is a failure: an object the engine cannot judge does not pass.
+const (
+	OutcomePass   Outcome = "pass"
+	OutcomeFail   Outcome = "fail"
+	OutcomeWaived Outcome = "waived"
+	OutcomeError  Outcome = "error"
+)
+
+// ObjectRef identifies an object and where it was read from.
+type ObjectRef struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Namespace  string `json:"namespace,omitempty"`
+	Name       string `json:"name"`
+	// File and Document (1-based) say where the object came from, when it came from a file.
+	File     string `json:"file,omitempty"`
+	Document int    `json:"document,omitempty"`
+	Line     int    `json:"line,omitempty"`
+}
+
+// String renders Kind/namespace/name, kubectl style.
+func (o ObjectRef) String() string {
+	if o.Namespace == "" {
+		return o.Kind + "/" + o.Name
+	}
+	return o.Kind + "/" + o.Namespace + "/" + o.Name
+}
+
+// Finding is one violation (failed, waived or unevaluable).
+type Finding struct {
+	Rule     string   `json:"rule"`
+	Severity Severity `json:"severity"`
+	Outcome  Outcome  `json:"outcome"`
+	Path     string   `json:"path,omitempty"`
+	Message  string   `json:"message"`
+	Waiver   *Waiver  `json:"waiver,omitempty"`
+}
+
+// ObjectResult is the verdict on one object.
+type ObjectResult struct {
+	Object ObjectRef `json:"object"`
+	// Checked lists the rules that applied to the object; those without a finding passed.
+	Checked  []string  `json:"checked"`
+	Findings []Finding `json:"findings,omitempty"`
+}
+
+// activation resolves the two names expressions may read.
+type activation struct {
+	object    map[string]any
+	variables *lazy.MapValue
+}
+
+func (a *activation) ResolveName(name string) (any, bool) {
+	switch name {
+	case "object":
+		return a.object, true
+	case "variables":
+		return a.variables, true
+	}
+	return nil, false
+}
+
+func (a *activation) Parent() interpreter.Activation { return nil }
+
+// kindKey returns the Kind.group key rules match on.
+func kindKey(apiVersion, kind string) string {
+	group, _, found := strings.Cut(apiVersion, "/")
+	if !found || group == "" {
+		return kind
+	}
+	return kind + "." + group
+}
+
+// Evaluate checks objects against the policy at time now (waiver expiry is judged
+// against it). It returns one result per object, in input order; it fails only
+// when ctx ends.
+func (p *Policy) Evaluate(ctx context.Context, objs []*unstructured.Unstructured, now time.Time) ([]ObjectResult, error) {
+	out := make([]ObjectResult, 0, len(objs))
+	for _, o := range objs {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("evaluating policy %s: %w", p.name, err)
+		}
+		out = append(out, p.EvaluateObject(ctx, o.Object, ObjectRef{}, now))
+	}
+	return out, nil
+}
+
+// EvaluateObject checks one object given as its unstructured content. where carries
+// where it was read from; identity fields are filled from the object.
+func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where ObjectRef, now time.Time) ObjectResult {
+	u := unstructured.Unstructured{Object: obj}
+	where.APIVersion, where.Kind, where.Namespace, where.Name = u.GetAPIVersion(), u.GetKind(), u.GetNamespace(), u.GetName()
+	res := ObjectResult{Object: where}
+	rules := p.byKind[kindKey(where.APIVersion, where.Kind)]
+	if len(rules) == 0 {
+		return res
+	}
+	act := &activation{object: obj, variables: lazy.NewMapValue(p.varsType)}
+	for _, v := range p.variables {
+		if v.program == nil {
+			val := v.value
+			act.variables.Append(v.name, func(*lazy.MapValue) ref.Val { return val })
+			continue
+		}
+		prg, name := v.program, v.name
+		act.variables.Append(name, func(*lazy.MapValue) ref.Val {
+			val, _, err := prg.ContextEval(ctx, act)
+			if err != nil {
+				return types.NewErr("variable %s: %v", name, err)
+			}
+			return val
+		})
+	}
+	res.Checked = make([]string, 0, len(rules))
+	for _, r := range rules {
+		res.Checked = append(res.Checked, r.ID)
+		start := len(res.Findings)
+		val, _, err := r.program.ContextEval(ctx, act)
+		if err == nil {
+			var paths []string
+			paths, err = fieldPaths(val)
+			for _, path := range paths {
+				res.Findings = append(res.Findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeFail, Path: path, Message: r.Message})
+			}
+		}
+		if err != nil {
+			res.Findings = append(res.Findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeError,
+				Message: fmt.Sprintf("rule could not be evaluated on this object: %v", err)})
+		}
+		if len(res.Findings) > start {
+			if w := p.waiverFor(r.ID, u, now); w != nil {
+				for i := start; i < len(res.Findings); i++ {
+					res.Findings[i].Outcome = OutcomeWaived
+					res.Findings[i].Waiver = w
+				}
+			}
+		}
+	}
+	slices.SortStableFunc(res.Findings, func(a, b Finding) int {
+		if c := b.Severity.Rank() - a.Severity.Rank(); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Rule, b.Rule); c != 0 {
+			return c
+		}
+		return comparePaths(a.Path, b.Path)
+	})
+	return res
+}
+
+// fieldPaths turns an expression result into paths, flattening one level of nesting.
+func fieldPaths(val ref.Val) ([]string, error) {
+	list, ok := val.(traits.Lister)
+	if !ok {
+		return nil, fmt.Errorf("expression returned %s, not a list of field paths", val.Type().TypeName())
+	}
+	var paths []string
+	for it := list.Iterator(); it.HasNext() == types.True; {
+		switch e := it.Next().(type) {
+		case types.String:
+			paths = append(paths, string(e))
+		case traits.Lister:
+			for inner := e.Iterator(); inner.HasNext() == types.True; {
+				s, ok := inner.Next().(types.String)
+				if !ok {
+					return nil, fmt.Errorf("expression returned a nested list holding a non-string")
+				}
+				paths = append(paths, string(s))
+			}
+		default:
+			return nil, fmt.Errorf("expression returned a list holding %s, not field paths", e.Type().TypeName())
+		}
+	}
+	return paths, nil
+}
+
+// comparePaths orders field paths so that containers[2] sorts before containers[10].
+func comparePaths(a, b string) int {
+	for a != "" && b != "" {
+		da, db := leadingDigits(a), leadingDigits(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := len(na) - len(nb); c != 0 {
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return int(a[0]) - int(b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) - len(b)
+}
+
+func leadingDigits(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
+}
+
+// Failed reports whether any finding at or above threshold failed (was not waived).
+func (r *ObjectResult) Failed(threshold Severity) bool {
+	for _, f := range r.Findings {
+		if f.Outcome != OutcomeWaived && f.Severity.Rank() >= threshold.Rank() {
+			return true
+		}
+	}
+	return false
+}
