@@ -164,7 +164,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		now := metav1.Now()
 		app.Status.LastAppliedAt = &now
 	}
-	if revisionChanged || syncRequested {
+	if h := app.Status.History; len(h) == 0 || h[0].Revision != desired.Revision || h[0].Result != "Succeeded" {
 		r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
 	}
 	app.Status.LastAppliedRevision = desired.Revision

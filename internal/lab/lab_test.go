@@ -1,0 +1,248 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"slipway.dev/slipway/internal/gitserver"
+	"slipway.dev/slipway/internal/lab"
+	"slipway.dev/slipway/internal/testenv"
+)
+
+// buildSlipway compiles the binary the lab runs as its git server and server.
+func buildSlipway(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "slipway")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "slipway.dev/slipway/cmd/slipway")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building slipway: %v\n%s", err, b)
+	}
+	return out
+}
+
+// TestLabEndToEnd brings the whole lab up, runs the demo, drives the CLI
+// through a change and a rollback, and checks that `lab down` leaves no
+// process behind.
+func TestLabEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole lab")
+	}
+	exe := buildSlipway(t)
+	dir := t.TempDir()
+	l := &lab.Lab{Dir: dir, BinDir: testenv.BinDir(), Slipway: exe, Progress: t.Logf}
+	t.Cleanup(func() { _ = l.Down(false) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	info, err := l.Up(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.AllRunning() {
+		t.Fatalf("not every component runs after up: %+v", info.Components)
+	}
+	// Up again is a no-op that keeps the same processes.
+	again, err := l.Up(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range again.Components {
+		if c.PID != info.Components[i].PID {
+			t.Fatalf("second up restarted %s", c.Name)
+		}
+	}
+
+	c, _, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNodes(t, c)
+	if err := l.Demo(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	for _, app := range lab.DemoApps {
+		waitPods(t, c, app, 2)
+	}
+
+	// The status command gives scripts what they need.
+	var status struct {
+		Kubeconfig string
+		Git        struct{ URL, Username, Password, OpsRepo string }
+		Components []struct {
+			Name    string
+			PID     int
+			Running bool
+			Log     string
+		}
+	}
+	runJSON(t, exe, &status, "lab", "status", "--dir", dir, "-o", "json")
+	if status.Kubeconfig != l.Kubeconfig() || status.Git.OpsRepo != info.Git.OpsRepo || status.Git.Password == "" || len(status.Components) != 7 {
+		t.Fatalf("lab status -o json = %+v", status)
+	}
+
+	kube := []string{"--kubeconfig", l.Kubeconfig(), "-n", lab.DemoNamespace}
+	if out := run(t, exe, append([]string{"app", "list"}, kube...)...); !strings.Contains(out, "tea") || !strings.Contains(out, "Healthy") {
+		t.Fatalf("app list:\n%s", out)
+	}
+	if out := run(t, exe, append([]string{"app", "diff", "tea"}, kube...)...); !strings.Contains(out, "No differences") {
+		t.Fatalf("app diff on a synced app:\n%s", out)
+	}
+
+	// A push reaches the cluster through the git server's push notification.
+	auth := gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}
+	deploy, err := os.ReadFile(filepath.Join("demo", "apps", "tea", "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scaled := strings.Replace(string(deploy), "replicas: 2", "replicas: 3", 1)
+	if _, err := gitserver.CommitFiles(ctx, info.Git.OpsRepo, auth, gitserver.Commit{
+		Files: map[string][]byte{"apps/tea/deployment.yaml": []byte(scaled)}, Message: "Scale tea to 3",
+		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitPods(t, c, "tea", 3)
+
+	run(t, exe, append([]string{"app", "rollback", "tea", "--timeout", "2m"}, kube...)...)
+	waitPods(t, c, "tea", 2)
+	var history []struct {
+		ID       int64
+		Revision string
+		Result   string
+	}
+	runJSON(t, exe, &history, append([]string{"app", "history", "tea", "-o", "json"}, kube...)...)
+	if len(history) != 3 || history[0].Revision != history[2].Revision {
+		t.Fatalf("history after rollback = %+v", history)
+	}
+
+	pids := map[string]int{}
+	for _, comp := range status.Components {
+		pids[comp.Name] = comp.PID
+	}
+	if err := l.Down(false); err != nil {
+		t.Fatal(err)
+	}
+	for name, pid := range pids {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe != "" {
+				t.Errorf("%s (pid %d, %s) still runs after lab down", name, pid, exe)
+			}
+		}
+	}
+	if out, err := exec.Command(exe, "lab", "status", "--dir", dir).CombinedOutput(); err == nil {
+		t.Fatalf("lab status exits 0 after down:\n%s", out)
+	}
+}
+
+func checkNodes(t *testing.T, c client.Client) {
+	t.Helper()
+	var nodes corev1.NodeList
+	if err := c.List(context.Background(), &nodes); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]corev1.Node{}
+	for _, n := range nodes.Items {
+		got[n.Name] = n
+	}
+	for _, name := range append([]string{lab.ControlPlaneNode}, lab.WorkerNodes...) {
+		n, ok := got[name]
+		if !ok {
+			t.Fatalf("node %s missing", name)
+		}
+		if n.Labels[lab.SubnetLabel] != "private" {
+			t.Errorf("node %s not labelled with its subnet: %v", name, n.Labels)
+		}
+	}
+	if taints := got[lab.ControlPlaneNode].Spec.Taints; len(taints) == 0 || taints[0].Effect != corev1.TaintEffectNoSchedule {
+		t.Errorf("master has no NoSchedule taint: %v", taints)
+	}
+}
+
+// waitPods waits until the app's Deployment has want Running pods, all on
+// workers and spread over both of them.
+func waitPods(t *testing.T, c client.Client, app string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := checkPods(c, app, want)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", app, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func checkPods(c client.Client, app string, want int) error {
+	ctx := context.Background()
+	var d appsv1.Deployment
+	if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: app}, &d); err != nil {
+		return err
+	}
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, client.InNamespace(lab.DemoNamespace), client.MatchingLabels{"app.kubernetes.io/name": app}); err != nil {
+		return err
+	}
+	nodes := map[string]int{}
+	running := 0
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if p.Status.Phase == corev1.PodRunning {
+			running++
+			nodes[p.Spec.NodeName]++
+		}
+	}
+	if running != want {
+		return fmt.Errorf("%d pods Running, want %d", running, want)
+	}
+	for node := range nodes {
+		if node == lab.ControlPlaneNode {
+			return fmt.Errorf("a pod runs on the control-plane node")
+		}
+	}
+	if len(nodes) != len(lab.WorkerNodes) {
+		return fmt.Errorf("pods not spread over both workers: %v", nodes)
+	}
+	return nil
+}
+
+func run(t *testing.T, exe string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, exe, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("slipway %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func runJSON(t *testing.T, exe string, v any, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, exe, args...).Output()
+	if err != nil {
+		t.Fatalf("slipway %s: %v", strings.Join(args, " "), err)
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		t.Fatalf("slipway %s: output is not JSON: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
