@@ -10,11 +10,14 @@ import (
 
 	"github.com/google/cel-go/cel"
 	celast "github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/decls"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/common/types/ref"
+	"github.com/google/cel-go/common/types/traits"
 	"k8s.io/apimachinery/pkg/util/version"
 	apiservercel "k8s.io/apiserver/pkg/cel"
 	"k8s.io/apiserver/pkg/cel/environment"
+	"k8s.io/apiserver/pkg/cel/library"
 )
 
 // celCompatibility is the Kubernetes version whose CEL dialect rules are compiled
@@ -106,7 +109,8 @@ type boundParameter struct {
 
 // newEnv builds the CEL environment of a profile: the Kubernetes base environment
 // at celCompatibility plus `object` and `variables`, as ValidatingAdmissionPolicy
-// declares them.
+// declares them. Every expression is type-checked here, so a rule the engine
+// accepts is one the API server accepts.
 func newEnv() (*cel.Env, *apiservercel.DeclType, error) {
 	varsType := apiservercel.NewObjectType(variablesTypeName, map[string]*apiservercel.DeclField{})
 	envSet, err := environment.MustBaseEnvSet(celCompatibility, true).Extend(environment.VersionedOptions{
@@ -123,6 +127,122 @@ func newEnv() (*cel.Env, *apiservercel.DeclType, error) {
 	return envSet.NewExpressionsEnv(), varsType, nil
 }
 
+// newEvalEnv derives the environment programs are planned in from the checking
+// environment: the same functions, types and variables, without the base
+// environment's program options. Those make every evaluation step report to a
+// cost tracker, which the API server needs to bound admission latency and which
+// costs an offline evaluator a quarter of its time; here a context deadline,
+// checked every interruptCheckFrequency iterations, stops a runaway evaluation.
+func newEvalEnv(env *cel.Env) (*cel.Env, error) {
+	fns := make([]*decls.FunctionDecl, 0, len(env.Functions()))
+	for _, fn := range env.Functions() {
+		fns = append(fns, fn)
+	}
+	evalEnv, err := cel.NewCustomEnv(
+		// Declared again for its program option: orValue() and or() short-circuit.
+		// It registers the optional type, so it must precede the custom provider.
+		cel.OptionalTypes(),
+		cel.CustomTypeAdapter(env.CELTypeAdapter()),
+		cel.CustomTypeProvider(env.CELTypeProvider()),
+		cel.VariableDecls(env.Variables()...),
+		cel.FunctionDecls(fns...),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("building the CEL evaluation environment: %w", err)
+	}
+	return evalEnv, nil
+}
+
+// interruptCheckFrequency is how many comprehension iterations pass between
+// checks of the evaluation context.
+const interruptCheckFrequency = 100
+
+// evalProgramOptions are the base environment's program options minus cost
+// tracking: constant folding, regexes compiled once when the pattern is a
+// constant (a parameter becomes one when it is bound), and interruption.
+var evalProgramOptions = []cel.ProgramOption{
+	cel.EvalOptions(cel.OptOptimize),
+	cel.OptimizeRegex(library.FindRegexOptimization, library.FindAllRegexOptimization),
+	cel.InterruptCheckFrequency(interruptCheckFrequency),
+}
+
+// compiler checks expressions in the API server's dialect and plans them for
+// evaluation with the profile's parameters bound.
+type compiler struct {
+	env     *cel.Env
+	evalEnv *cel.Env
+	bind    *cel.StaticOptimizer
+}
+
+// checkExpression type-checks expr and returns its AST and the variables it reads.
+func checkExpression(env *cel.Env, expr string) (*cel.Ast, []string, error) {
+	ast, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		return nil, nil, iss.Err()
+	}
+	return ast, referencedVariables(ast), nil
+}
+
+// compile checks expr and returns its program, its checked AST (before
+// parameters were bound) and the variables it reads.
+func (c *compiler) compile(expr string) (cel.Program, *cel.Ast, []string, error) {
+	ast, refs, err := checkExpression(c.env, expr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	bound, iss := c.bind.Optimize(c.env, ast)
+	if iss.Err() != nil {
+		return nil, nil, nil, fmt.Errorf("binding parameters: %w", iss.Err())
+	}
+	prg, err := c.evalEnv.Program(bound, evalProgramOptions...)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return prg, ast, refs, nil
+}
+
+// parameterBinder replaces every `variables.<parameter>` with the parameter's
+// value as a literal. Parameters are fixed once a profile is compiled, so this
+// is the same program; as constants they let the planner compile regexes once,
+// turn `x in list` into a set lookup, and skip a variable lookup per use.
+type parameterBinder struct {
+	values map[string]any
+}
+
+func (b *parameterBinder) Optimize(ctx *cel.OptimizerContext, a *celast.AST) *celast.AST {
+	uses := celast.MatchDescendants(celast.NavigateAST(a), func(e celast.NavigableExpr) bool {
+		if e.Kind() != celast.SelectKind {
+			return false
+		}
+		sel := e.AsSelect()
+		_, isParam := b.values[sel.FieldName()]
+		return isParam && !sel.IsTestOnly() && sel.Operand().Kind() == celast.IdentKind && sel.Operand().AsIdent() == "variables"
+	})
+	for _, use := range uses {
+		ctx.UpdateExpr(use, b.literal(ctx, b.values[use.AsSelect().FieldName()]))
+	}
+	return a
+}
+
+func (b *parameterBinder) literal(ctx *cel.OptimizerContext, v any) celast.Expr {
+	switch x := v.(type) {
+	case []string:
+		elems := make([]celast.Expr, len(x))
+		for i, s := range x {
+			elems[i] = ctx.NewLiteral(types.String(s))
+		}
+		return ctx.NewList(elems, nil)
+	case string:
+		return ctx.NewLiteral(types.String(x))
+	case int64:
+		return ctx.NewLiteral(types.Int(x))
+	case bool:
+		return ctx.NewLiteral(types.Bool(x))
+	}
+	// decode only produces the types above.
+	panic(fmt.Sprintf("parameter value of type %T", v))
+}
+
 func paramDeclType(t ParameterType) *apiservercel.DeclType {
 	switch t {
 	case ParamStringList:
@@ -134,19 +254,6 @@ func paramDeclType(t ParameterType) *apiservercel.DeclType {
 	default:
 		return apiservercel.StringType
 	}
-}
-
-// compileExpression type-checks expr and returns its program and the variables it reads.
-func compileExpression(env *cel.Env, expr string) (cel.Program, *cel.Ast, []string, error) {
-	ast, iss := env.Compile(expr)
-	if iss.Err() != nil {
-		return nil, nil, nil, iss.Err()
-	}
-	prg, err := env.Program(ast, cel.InterruptCheckFrequency(100))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return prg, ast, referencedVariables(ast), nil
 }
 
 // referencedVariables lists the `variables.X` selections in a checked expression.
@@ -191,12 +298,19 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 	if err != nil {
 		return nil, err
 	}
-	p := &Policy{env: env, varsType: varsType, byKind: map[string][]*compiledRule{}}
+	evalEnv, err := newEvalEnv(env)
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{env: env, byKind: map[string][]*compiledRule{}}
+	binder := &parameterBinder{values: map[string]any{}}
+	c := &compiler{env: env, evalEnv: evalEnv, bind: cel.NewStaticOptimizer(binder)}
 
 	// violationsVariable is reserved for the exported admission policy.
 	builtin := map[string]bool{violationsVariable: true}
 	for _, v := range BuiltinVariables {
 		builtin[v.Name] = true
+		builtin[exportedVariableName(v.Name)] = true
 	}
 	declared := map[string]bool{}
 	for _, prm := range res.params {
@@ -214,6 +328,7 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 		}
 		p.params = append(p.params, &boundParameter{Parameter: *prm, value: val})
 		p.variables = append(p.variables, &compiledVariable{name: prm.Name, value: types.DefaultTypeAdapter.NativeToValue(val)})
+		binder.values[prm.Name] = val
 		varsType.Fields[prm.Name] = apiservercel.NewDeclField(prm.Name, paramDeclType(prm.Type), true, nil, nil)
 	}
 	var unknown []string
@@ -230,20 +345,25 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 	// Variables are declared one at a time, in order, so an expression can only
 	// read variables defined before it, as in ValidatingAdmissionPolicy.
 	for _, v := range BuiltinVariables {
-		prg, _, refs, err := compileExpression(env, v.Expression)
+		prg, _, refs, err := c.compile(v.Expression)
 		if err != nil {
 			return nil, fmt.Errorf("compiling builtin variable %s: %w", v.Name, err)
 		}
 		p.variables = append(p.variables, &compiledVariable{name: v.Name, program: prg, refs: refs})
 		varsType.Fields[v.Name] = apiservercel.NewDeclField(v.Name, apiservercel.DynType, true, nil, nil)
 	}
+	p.variableIndex = make(map[string]int, len(p.variables))
+	for i, v := range p.variables {
+		p.variableIndex[v.name] = i
+	}
+	p.variablesType = cel.ObjectType(varsType.CelType().TypeName(), traits.IndexerType|traits.FieldTesterType|traits.IterableType)
 
 	var errs []error
 	for _, r := range res.rules {
 		if !r.HasTarget(TargetManifest) {
 			continue
 		}
-		prg, ast, vars, err := compileExpression(env, r.Expression)
+		prg, ast, vars, err := c.compile(r.Expression)
 		if err == nil {
 			err = checkOutputType(ast.OutputType())
 		}

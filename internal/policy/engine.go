@@ -10,8 +10,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/cel-go/cel"
@@ -20,8 +24,6 @@ import (
 	"github.com/google/cel-go/common/types/traits"
 	"github.com/google/cel-go/interpreter"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	apiservercel "k8s.io/apiserver/pkg/cel"
-	"k8s.io/apiserver/pkg/cel/lazy"
 )
 
 // Profile is what a PolicyProfile resource or the CLI flags choose.
@@ -41,13 +43,16 @@ func (p Profile) Name() string { return strings.Join(p.Packs, "+") }
 type Policy struct {
 	name      string
 	env       *cel.Env
-	varsType  *apiservercel.DeclType
 	all       []*Rule // every rule of the profile, whatever its target
 	rules     []*compiledRule
 	params    []*boundParameter
 	variables []*compiledVariable
 	byKind    map[string][]*compiledRule
 	waivers   []Waiver
+
+	variableIndex map[string]int // position in variables by name
+	variablesType *types.Type    // the runtime type of `variables`
+	activations   sync.Pool      // of *activation
 }
 
 // Compile resolves and compiles a profile. Compile once, evaluate many times.
@@ -158,10 +163,12 @@ type ObjectResult struct {
 	Findings []Finding `json:"findings,omitempty"`
 }
 
-// activation resolves the two names expressions may read.
+// activation resolves the two names expressions may read. One activation serves
+// every rule evaluated on an object, so each variable is computed at most once
+// per object; activations are pooled because the engine sees millions of objects.
 type activation struct {
 	object    map[string]any
-	variables *lazy.MapValue
+	variables variableValues
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
@@ -169,12 +176,123 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case "object":
 		return a.object, true
 	case "variables":
-		return a.variables, true
+		return &a.variables, true
 	}
 	return nil, false
 }
 
 func (a *activation) Parent() interpreter.Activation { return nil }
+
+// variableValues is the `variables` map of one object, with the semantics of
+// ValidatingAdmissionPolicy's: a variable is evaluated when first read and
+// cached; an evaluation error becomes the variable's value.
+type variableValues struct {
+	policy *Policy
+	ctx    context.Context
+	act    *activation
+	values []ref.Val // by position in Policy.variables; nil until evaluated
+}
+
+var (
+	_ ref.Val       = (*variableValues)(nil)
+	_ traits.Mapper = (*variableValues)(nil)
+)
+
+func (p *Policy) newActivation(ctx context.Context, obj map[string]any) *activation {
+	act, _ := p.activations.Get().(*activation)
+	if act == nil {
+		act = &activation{variables: variableValues{policy: p, values: make([]ref.Val, len(p.variables))}}
+		act.variables.act = act
+	}
+	act.object, act.variables.ctx = obj, ctx
+	return act
+}
+
+func (p *Policy) releaseActivation(act *activation) {
+	act.object, act.variables.ctx = nil, nil
+	clear(act.variables.values)
+	p.activations.Put(act)
+}
+
+func (v *variableValues) resolve(i int) ref.Val {
+	if val := v.values[i]; val != nil {
+		return val
+	}
+	cv := v.policy.variables[i]
+	val := cv.value
+	if cv.program != nil {
+		var err error
+		val, _, err = cv.program.ContextEval(v.ctx, v.act)
+		if err != nil {
+			val = types.NewErr("variable %s: %v", cv.name, err)
+		}
+	}
+	v.values[i] = val
+	return val
+}
+
+func (v *variableValues) Find(key ref.Val) (ref.Val, bool) {
+	name, ok := key.(types.String)
+	if !ok {
+		return types.MaybeNoSuchOverloadErr(key), true
+	}
+	i, ok := v.policy.variableIndex[string(name)]
+	if !ok {
+		return nil, false
+	}
+	return v.resolve(i), true
+}
+
+func (v *variableValues) Get(key ref.Val) ref.Val {
+	if val, found := v.Find(key); found {
+		return val
+	}
+	return types.ValOrErr(key, "no such key: %v", key)
+}
+
+func (v *variableValues) Contains(key ref.Val) ref.Val {
+	val, found := v.Find(key)
+	if val != nil && types.IsUnknownOrError(val) {
+		return val
+	}
+	return types.Bool(found)
+}
+
+func (v *variableValues) Size() ref.Val { return types.Int(len(v.values)) }
+
+func (v *variableValues) Iterator() traits.Iterator {
+	names := make([]ref.Val, len(v.policy.variables))
+	for i, cv := range v.policy.variables {
+		names[i] = types.String(cv.name)
+	}
+	return types.NewDynamicList(types.DefaultTypeAdapter, names).Iterator()
+}
+
+func (v *variableValues) ConvertToNative(typeDesc reflect.Type) (any, error) {
+	return nil, fmt.Errorf("disallowed conversion from %q to %q", v.policy.variablesType.TypeName(), typeDesc.Name())
+}
+
+func (v *variableValues) ConvertToType(typeVal ref.Type) ref.Val {
+	switch typeVal {
+	case v.policy.variablesType:
+		return v
+	case types.TypeType:
+		return v.policy.variablesType
+	}
+	return types.NewErr("disallowed conversion from %q to %q", v.policy.variablesType.TypeName(), typeVal.TypeName())
+}
+
+func (v *variableValues) Equal(other ref.Val) ref.Val {
+	o, ok := other.(*variableValues)
+	if !ok {
+		return types.MaybeNoSuchOverloadErr(other)
+	}
+	return types.Bool(o == v)
+}
+
+func (v *variableValues) Type() ref.Type { return v.policy.variablesType }
+
+func (v *variableValues) Value() any { return types.NoSuchOverloadErr() }
 
 // kindKey returns the Kind.group key rules match on.
 func kindKey(apiVersion, kind string) string {
@@ -186,15 +304,26 @@ func kindKey(apiVersion, kind string) string {
 }
 
 // Evaluate checks objects against the policy at time now (waiver expiry is judged
-// against it). It returns one result per object, in input order; it fails only
-// when ctx ends.
+// against it), spreading them over GOMAXPROCS goroutines. It returns one result
+// per object, in input order; it fails only when ctx ends.
 func (p *Policy) Evaluate(ctx context.Context, objs []*unstructured.Unstructured, now time.Time) ([]ObjectResult, error) {
-	out := make([]ObjectResult, 0, len(objs))
-	for _, o := range objs {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("evaluating policy %s: %w", p.name, err)
-		}
-		out = append(out, p.EvaluateObject(ctx, o.Object, ObjectRef{}, now))
+	out := make([]ObjectResult, len(objs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(objs)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= len(objs) {
+					return
+				}
+				out[i] = p.EvaluateObject(ctx, objs[i].Object, ObjectRef{}, now)
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("evaluating policy %s: %w", p.name, err)
 	}
 	return out, nil
 }
@@ -209,22 +338,8 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 	if len(rules) == 0 {
 		return res
 	}
-	act := &activation{object: obj, variables: lazy.NewMapValue(p.varsType)}
-	for _, v := range p.variables {
-		if v.program == nil {
-			val := v.value
-			act.variables.Append(v.name, func(*lazy.MapValue) ref.Val { return val })
-			continue
-		}
-		prg, name := v.program, v.name
-		act.variables.Append(name, func(*lazy.MapValue) ref.Val {
-			val, _, err := prg.ContextEval(ctx, act)
-			if err != nil {
-				return types.NewErr("variable %s: %v", name, err)
-			}
-			return val
-		})
-	}
+	act := p.newActivation(ctx, obj)
+	defer p.releaseActivation(act)
 	res.Checked = make([]string, 0, len(rules))
 	for _, r := range rules {
 		res.Checked = append(res.Checked, r.ID)

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -141,7 +142,7 @@ func (p *Policy) ExportAdmission(opts ExportOptions) (*AdmissionExport, error) {
 					// Elements are paths (a violation) or lists of paths (one per container).
 					Expression:        "variables." + violationsVariable + ".all(v, type(v) != string && size(v) == 0)",
 					Message:           msg,
-					MessageExpression: celQuote(msg+" at ") + " + variables." + violationsVariable + ".map(v, type(v) == string ? v : dyn(v).join(', ')).filter(s, s != '').join(', ')",
+					MessageExpression: celQuote(msg+" at ") + " + variables." + violationsVariable + ".map(v, type(v) == string ? dyn(v) : dyn(v).join(', ')).filter(s, s != '').join(', ')",
 					Reason:            &reason,
 				}},
 			},
@@ -219,10 +220,46 @@ func (p *Policy) exportVariables(r *compiledRule) ([]admissionv1.Variable, error
 	}
 	for _, v := range BuiltinVariables {
 		if needed[v.Name] {
-			vars = append(vars, admissionv1.Variable{Name: v.Name, Expression: v.Expression})
+			vars = append(vars, admissionv1.Variable{Name: exportedVariableName(v.Name), Expression: renameReservedVariables(v.Expression)})
 		}
 	}
-	return append(vars, admissionv1.Variable{Name: violationsVariable, Expression: strings.TrimSpace(r.Expression)}), nil
+	return append(vars, admissionv1.Variable{Name: violationsVariable, Expression: renameReservedVariables(strings.TrimSpace(r.Expression))}), nil
+}
+
+// celReservedWords may be field names but not identifiers in CEL (cel-go's
+// parser.reservedIds). ValidatingAdmissionPolicy variable names must be
+// identifiers, so a variable may be read as variables.namespace in the engine
+// but must be declared under another name in an exported policy.
+var celReservedWords = []string{"as", "break", "const", "continue", "else", "false", "for", "function", "if", "import",
+	"in", "let", "loop", "namespace", "null", "package", "return", "true", "var", "void", "while"}
+
+// exportedBuiltinNames are the export names of builtin variables whose names CEL reserves.
+var exportedBuiltinNames = map[string]string{"namespace": "objectNamespace"}
+
+func exportedVariableName(name string) string {
+	if n, ok := exportedBuiltinNames[name]; ok {
+		return n
+	}
+	return name
+}
+
+// reservedVariableRef matches a read of a builtin variable with a reserved name.
+var reservedVariableRef = func() *regexp.Regexp {
+	names := make([]string, 0, len(exportedBuiltinNames))
+	for n := range exportedBuiltinNames {
+		names = append(names, regexp.QuoteMeta(n))
+	}
+	sort.Strings(names)
+	return regexp.MustCompile(`\bvariables\.(\??)(` + strings.Join(names, "|") + `)\b`)
+}()
+
+// renameReservedVariables rewrites reads of builtin variables with reserved
+// names to their export names.
+func renameReservedVariables(expr string) string {
+	return reservedVariableRef.ReplaceAllStringFunc(expr, func(m string) string {
+		sub := reservedVariableRef.FindStringSubmatch(m)
+		return "variables." + sub[1] + exportedVariableName(sub[2])
+	})
 }
 
 // celLiteral writes a parameter value as a CEL literal. Go's quoting escapes are

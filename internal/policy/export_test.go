@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,14 +50,22 @@ func TestExportAdmission(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, v := range p.Spec.Variables {
-			if _, _, _, err := compileExpression(env, v.Expression); err != nil {
+			// The API server requires identifiers; CEL reserves some words that
+			// are still valid after `variables.` in the engine.
+			if !celIdentifier.MatchString(v.Name) || slices.Contains(celReservedWords, v.Name) {
+				t.Errorf("%s: variable name %q is not a CEL identifier", p.Name, v.Name)
+			}
+			if strings.Contains(v.Expression, "variables.namespace") {
+				t.Errorf("%s: variable %s reads the reserved name variables.namespace", p.Name, v.Name)
+			}
+			if _, _, err := checkExpression(env, v.Expression); err != nil {
 				t.Fatalf("%s: variable %s: %v", p.Name, v.Name, err)
 			}
 			varsType.Fields[v.Name] = apiservercel.NewDeclField(v.Name, apiservercel.DynType, true, nil, nil)
 		}
 		for _, val := range p.Spec.Validations {
 			for _, e := range []string{val.Expression, val.MessageExpression} {
-				if _, _, _, err := compileExpression(env, e); err != nil {
+				if _, _, err := checkExpression(env, e); err != nil {
 					t.Errorf("%s: %q: %v", p.Name, e, err)
 				}
 			}
@@ -64,7 +74,7 @@ func TestExportAdmission(t *testing.T) {
 			}
 		}
 		for _, c := range p.Spec.MatchConditions {
-			if _, _, _, err := compileExpression(env, c.Expression); err != nil {
+			if _, _, err := checkExpression(env, c.Expression); err != nil {
 				t.Errorf("%s: match condition %q: %v", p.Name, c.Expression, err)
 			}
 		}
@@ -107,4 +117,24 @@ func findPolicy(t *testing.T, exp *AdmissionExport, rule string) *admissionv1.Va
 	}
 	t.Fatalf("no exported policy for %s", rule)
 	return nil
+}
+
+var celIdentifier = regexp.MustCompile(`^[_a-zA-Z][_a-zA-Z0-9]*$`)
+
+func TestRenameReservedVariables(t *testing.T) {
+	for in, want := range map[string]string{
+		"variables.namespace == 'default'":          "variables.objectNamespace == 'default'",
+		"variables.?namespace.orValue('')":          "variables.?objectNamespace.orValue('')",
+		"variables.namespaces + variables.podSpec":  "variables.namespaces + variables.podSpec",
+		"object.metadata.namespace in variables.ns": "object.metadata.namespace in variables.ns",
+	} {
+		if got := renameReservedVariables(in); got != want {
+			t.Errorf("renameReservedVariables(%q) = %q, want %q", in, got, want)
+		}
+	}
+	for _, v := range BuiltinVariables {
+		if slices.Contains(celReservedWords, exportedVariableName(v.Name)) {
+			t.Errorf("builtin variable %s is exported under a reserved name", v.Name)
+		}
+	}
 }

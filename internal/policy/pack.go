@@ -216,6 +216,9 @@ func (prm *Parameter) validate() error {
 	if !paramPattern.MatchString(prm.Name) {
 		return fmt.Errorf("parameter name %q must be lowerCamelCase", prm.Name)
 	}
+	if slices.Contains(celReservedWords, prm.Name) {
+		return fmt.Errorf("parameter name %q is a reserved word in CEL, so it cannot name an admission policy variable", prm.Name)
+	}
 	if !slices.Contains(validParamTypes, prm.Type) {
 		return fmt.Errorf("parameter %s: type %q is not one of %v", prm.Name, prm.Type, validParamTypes)
 	}

@@ -286,6 +286,10 @@ rules:
 			t.Errorf("%s: compiled", name)
 		}
 	}
+	// A parameter is an admission policy variable, which must be a CEL identifier.
+	if _, err := ParsePack([]byte(strings.Replace(org, "{name: allowedRegistries,", "{name: package,", 1)), "reserved.yaml"); err == nil || !strings.Contains(err.Error(), "reserved word") {
+		t.Errorf("a parameter named with a CEL reserved word: got %v", err)
+	}
 	broken := strings.Replace(org, "? [] :", "? [] ::", 1)
 	broken = strings.Replace(broken, "name: acme", "name: broken", 1)
 	p, err = ParsePack([]byte(broken), "broken.yaml")
