@@ -195,6 +195,11 @@ type ApplicationStatus struct {
 	// timeout counts from here.
 	// +optional
 	LastAppliedAt *metav1.Time `json:"lastAppliedAt,omitempty"`
+	// LastReconcileAt is when the source was last fetched and compared with
+	// the cluster. While a rollout is in progress only health is polled in
+	// between, so waiting costs the API server reads, not applies.
+	// +optional
+	LastReconcileAt *metav1.Time `json:"lastReconcileAt,omitempty"`
 	// LastAttemptedRevision is the last commit fetched and tried.
 	// +optional
 	LastAttemptedRevision string `json:"lastAttemptedRevision,omitempty"`

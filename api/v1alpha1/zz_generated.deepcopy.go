@@ -153,6 +153,10 @@ func (in *ApplicationStatus) DeepCopyInto(out *ApplicationStatus) {
 		in, out := &in.LastAppliedAt, &out.LastAppliedAt
 		*out = (*in).DeepCopy()
 	}
+	if in.LastReconcileAt != nil {
+		in, out := &in.LastReconcileAt, &out.LastReconcileAt
+		*out = (*in).DeepCopy()
+	}
 	if in.Inventory != nil {
 		in, out := &in.Inventory, &out.Inventory
 		*out = make([]InventoryEntry, len(*in))

@@ -19,6 +19,7 @@ func newServerCommand() *cobra.Command {
 	opts := server.Options{}
 	var secretFile string
 	var development bool
+	var qps int
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the controllers and the HTTP endpoints (/healthz, /readyz, /metrics, /hooks/git)",
@@ -38,7 +39,8 @@ without one every webhook delivery is refused.`,
 	cmd.Flags().BoolVar(&opts.LeaderElection, "leader-elect", true, "elect a leader so only one replica reconciles")
 	cmd.Flags().StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", install.Namespace, "namespace of the leader-election lease")
 	cmd.Flags().StringVar(&opts.GitCacheDir, "git-cache-dir", filepath.Join(upstream.CacheDir(), "git"), "directory for cached clones")
-	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 8, "Applications reconciled in parallel")
+	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
+	cmd.Flags().IntVar(&qps, "kube-api-qps", 500, "client-side limit of requests per second to the API server (burst: twice this)")
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctrl.SetLogger(zap.New(zap.UseDevMode(development)))
@@ -51,7 +53,9 @@ without one every webhook delivery is refused.`,
 			return err
 		}
 		opts.Config.Timeout = 0 // watches are long-lived; each request has its own context
-		opts.Config.QPS, opts.Config.Burst = 100, 200
+		// One controller for many Applications: the API server's priority and
+		// fairness protects it, a low client-side limit would only queue work.
+		opts.Config.QPS, opts.Config.Burst = float32(qps), 2*qps
 		opts.Started = func(addr string) { fmt.Fprintf(cmd.ErrOrStderr(), "slipway server listening on http://%s\n", addr) }
 		return server.Run(cmd.Context(), opts)
 	}

@@ -110,10 +110,15 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	logger := log.FromContext(ctx)
 	syncRequest := app.Annotations[slipwayv1.SyncRequestAnnotation]
 	syncRequested := syncRequest != "" && syncRequest != app.Status.LastHandledSyncAt
+	if r.healthOnly(app, syncRequested) {
+		return r.checkHealth(ctx, app)
+	}
 	// Echo the requests as handled whatever happens, so waiting clients see an answer.
 	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
 	app.Status.LastHandledSyncAt = syncRequest
 
+	now := metav1.Now()
+	app.Status.LastReconcileAt = &now
 	setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "fetching and rendering the source")
 
 	desired, err := r.Loader.Load(ctx, app)
@@ -170,6 +175,17 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
 	return r.checkHealth(ctx, app)
+}
+
+// healthOnly reports whether this pass only needs to poll a rollout: nothing
+// was asked of the Application since its last full pass, which is recent.
+func (r *ApplicationReconciler) healthOnly(app *slipwayv1.Application, syncRequested bool) bool {
+	ready := apimeta.FindStatusCondition(app.Status.Conditions, slipwayv1.ConditionReady)
+	return !syncRequested &&
+		ready != nil && ready.Reason == ReasonProgressing &&
+		app.Status.ObservedGeneration == app.Generation &&
+		app.Annotations[slipwayv1.ReconcileRequestAnnotation] == app.Status.LastHandledReconcileAt &&
+		app.Status.LastReconcileAt != nil && time.Since(app.Status.LastReconcileAt.Time) < baseInterval(app)
 }
 
 // compare reports drift without changing anything (automated sync or
@@ -357,11 +373,15 @@ func setCondition(app *slipwayv1.Application, condType string, status metav1.Con
 // interval is spec.interval plus up to 10% jitter, so Applications created
 // together do not all hit git and the API server at the same moment.
 func interval(app *slipwayv1.Application) time.Duration {
-	d := time.Minute
-	if app.Spec.Interval != nil && app.Spec.Interval.Duration > 0 {
-		d = app.Spec.Interval.Duration
-	}
+	d := baseInterval(app)
 	return d + time.Duration(rand.Int64N(int64(d)/10+1))
+}
+
+func baseInterval(app *slipwayv1.Application) time.Duration {
+	if app.Spec.Interval != nil && app.Spec.Interval.Duration > 0 {
+		return app.Spec.Interval.Duration
+	}
+	return time.Minute
 }
 
 func rolloutTimeout(app *slipwayv1.Application) time.Duration {

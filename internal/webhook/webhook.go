@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -174,20 +175,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	apps, err := h.trigger(ctx, push)
+	apps, err := h.following(ctx, push)
 	if err != nil {
-		log.Error(err, "triggering reconciliation")
-		http.Error(w, "could not trigger reconciliation: "+err.Error(), http.StatusInternalServerError)
+		log.Error(err, "listing Applications")
+		http.Error(w, "could not list Applications: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	log.Info("push received", "ref", push.Ref, "after", push.After, "applications", apps)
+	// Senders give up after about ten seconds (GitHub does), and annotating
+	// hundreds of Applications can take longer: answer now, finish in the
+	// background under a deadline of its own.
+	go h.trigger(apps, log)
+	names := make([]string, 0, len(apps))
+	for _, a := range apps {
+		names = append(names, a.Namespace+"/"+a.Name)
+	}
+	log.Info("push received", "ref", push.Ref, "after", push.After, "applications", len(names))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
-	_ = json.NewEncoder(w).Encode(response{Applications: apps})
+	_ = json.NewEncoder(w).Encode(response{Applications: names})
 }
 
-// trigger annotates every Application following the pushed repository.
-func (h *Handler) trigger(ctx context.Context, push *Push) ([]string, error) {
+// following lists the Applications whose source is the pushed repository.
+func (h *Handler) following(ctx context.Context, push *Push) ([]slipwayv1.Application, error) {
 	repos := map[string]bool{}
 	for _, u := range push.RepoURLs {
 		repos[NormalizeURL(u)] = true
@@ -196,24 +205,47 @@ func (h *Handler) trigger(ctx context.Context, push *Push) ([]string, error) {
 	if err := h.Client.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("listing Applications: %w", err)
 	}
-	token := time.Now().UTC().Format(time.RFC3339Nano)
-	apps := []string{}
-	for i := range list.Items {
-		app := &list.Items[i]
-		if !repos[NormalizeURL(app.Spec.Source.URL)] {
-			continue
+	var apps []slipwayv1.Application
+	for _, app := range list.Items {
+		if repos[NormalizeURL(app.Spec.Source.URL)] {
+			apps = append(apps, app)
 		}
-		patch := client.MergeFrom(app.DeepCopy())
-		if app.Annotations == nil {
-			app.Annotations = map[string]string{}
-		}
-		app.Annotations[slipwayv1.ReconcileRequestAnnotation] = token
-		if err := h.Client.Patch(ctx, app, patch); err != nil {
-			return apps, fmt.Errorf("annotating Application %s/%s: %w", app.Namespace, app.Name, err)
-		}
-		apps = append(apps, app.Namespace+"/"+app.Name)
 	}
 	return apps, nil
+}
+
+// triggerWorkers bounds the parallel annotation patches.
+const triggerWorkers = 8
+
+// trigger annotates each Application so every replica's controller
+// reconciles it at once.
+func (h *Handler) trigger(apps []slipwayv1.Application, log logr.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	token := time.Now().UTC().Format(time.RFC3339Nano)
+	work := make(chan *slipwayv1.Application)
+	var wg sync.WaitGroup
+	for i := 0; i < triggerWorkers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for app := range work {
+				patch := client.MergeFrom(app.DeepCopy())
+				if app.Annotations == nil {
+					app.Annotations = map[string]string{}
+				}
+				app.Annotations[slipwayv1.ReconcileRequestAnnotation] = token
+				if err := h.Client.Patch(ctx, app, patch); err != nil {
+					log.Error(err, "requesting reconciliation", "application", app.Namespace+"/"+app.Name)
+				}
+			}
+		}()
+	}
+	for i := range apps {
+		work <- &apps[i]
+	}
+	close(work)
+	wg.Wait()
 }
 
 func delivery(h http.Header) string {

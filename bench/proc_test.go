@@ -1,0 +1,88 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"slipway.dev/slipway/internal/lab"
+)
+
+func namespace(name string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+func credentials(info *lab.Info) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: "ops-repo"},
+		Data:       map[string][]byte{"username": []byte(info.Git.Username), "password": []byte(info.Git.Password)},
+	}
+}
+
+func serverPID(b *testing.B, info *lab.Info) int {
+	for _, c := range info.Components {
+		if c.Name == "slipway-server" {
+			return c.PID
+		}
+	}
+	b.Fatal("the lab has no slipway-server component")
+	return 0
+}
+
+// cpuSeconds is the process's user+system CPU time.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which may contain spaces, start after ")".
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// peakRSSMiB reads VmHWM, the process's peak resident set.
+func peakRSSMiB(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	b.Fatal("no VmHWM in /proc status")
+	return 0
+}
+
+// reportErrors prints how many reconcile errors the server logged, and the
+// first few, so a slow run can be explained.
+func reportErrors(b *testing.B, info *lab.Info) {
+	for _, c := range info.Components {
+		if c.Name != "slipway-server" {
+			continue
+		}
+		raw, err := os.ReadFile(c.Log)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var errs []string
+		for _, line := range strings.Split(string(raw), "\n") {
+			if strings.Contains(line, `"level":"error"`) {
+				errs = append(errs, line)
+			}
+		}
+		fmt.Printf("slipway server logged %d errors\n", len(errs))
+		for i := 0; i < len(errs) && i < 3; i++ {
+			fmt.Println("  ", errs[i])
+		}
+	}
+}
