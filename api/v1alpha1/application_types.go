@@ -121,6 +121,10 @@ type ApplicationSpec struct {
 	// Suspend stops reconciliation; nothing is fetched or applied.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+	// PolicyProfile names the PolicyProfile that gates this Application's
+	// syncs. Empty means the profile named "default", when one exists.
+	// +optional
+	PolicyProfile string `json:"policyProfile,omitempty"`
 	// PinnedRevision deploys this commit instead of the head of the ref.
 	// `slipway app rollback` sets it; `slipway app rollback --clear` removes it.
 	// +kubebuilder:validation:Pattern="^[0-9a-f]{40}$"
@@ -216,6 +220,9 @@ type ApplicationStatus struct {
 	// Resources gives the health of each applied object.
 	// +optional
 	Resources []ResourceStatus `json:"resources,omitempty"`
+	// Policy is the policy gate's result for the last revision checked.
+	// +optional
+	Policy *PolicyStatus `json:"policy,omitempty"`
 	// History of deployed revisions, newest first, at most 10.
 	// +optional
 	History []RevisionHistory `json:"history,omitempty"`

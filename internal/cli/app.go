@@ -117,6 +117,23 @@ func printApp(w io.Writer, a *slipwayv1.Application) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if p := a.Status.Policy; p != nil {
+		verdict := "passed"
+		if !p.Passed {
+			verdict = "FAILED"
+		}
+		fmt.Fprintf(w, "\nPolicy:      %s (%s mode) %s on %s: %d failed, %d waived\n", p.Profile, p.Mode, verdict, shortRev(p.Revision), p.Failed, p.Waived)
+		if len(p.Violations) > 0 {
+			tw := newTable(w)
+			fmt.Fprintln(tw, "  RULE\tSEVERITY\tOBJECT\tFIELD\tWAIVER\tMESSAGE")
+			for _, v := range p.Violations {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", v.Rule, v.Severity, v.Object, orDash(v.Path), orDash(v.Waiver), oneLine(v.Message, 80))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+		}
+	}
 	if len(a.Status.Resources) > 0 {
 		fmt.Fprintln(w, "\nObjects:")
 		tw = newTable(w)

@@ -41,6 +41,8 @@ type ApplicationReconciler struct {
 	client.Client
 	Loader   *Loader
 	Recorder record.EventRecorder
+	// Policy gates every sync; nil disables the gate.
+	Policy *PolicyGate
 	// Concurrency is the number of Applications reconciled in parallel.
 	Concurrency int
 }
@@ -127,6 +129,18 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	}
 	if err != nil {
 		return r.fail(ctx, app, err)
+	}
+
+	if r.Policy != nil {
+		st, err := r.Policy.Check(ctx, app, desired)
+		app.Status.Policy = st
+		if err != nil {
+			r.policyEvents(app, st)
+			return r.fail(ctx, app, err)
+		}
+		if st != nil && !st.Passed {
+			r.policyEvents(app, st)
+		}
 	}
 
 	revisionChanged := desired.Revision != app.Status.LastAppliedRevision
@@ -355,6 +369,20 @@ func (r *ApplicationReconciler) addHistory(app *slipwayv1.Application, revision,
 	app.Status.History = append([]slipwayv1.RevisionHistory{entry}, app.Status.History...)
 	if len(app.Status.History) > historyLimit {
 		app.Status.History = app.Status.History[:historyLimit]
+	}
+}
+
+// policyEvents emits one Warning per failing rule and object (the recorder
+// aggregates repeats), so `kubectl describe` shows what blocks or would block.
+func (r *ApplicationReconciler) policyEvents(app *slipwayv1.Application, st *slipwayv1.PolicyStatus) {
+	if st == nil {
+		return
+	}
+	for _, v := range st.Violations {
+		if v.Waiver == "" {
+			r.event(app, corev1.EventTypeWarning, ReasonPolicyViolation,
+				fmt.Sprintf("%s (%s, %s mode) %s %s: %s", v.Rule, v.Severity, st.Mode, v.Object, v.Path, v.Message))
+		}
 	}
 }
 

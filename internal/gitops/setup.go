@@ -6,6 +6,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/policy"
 )
 
 // Options configure the GitOps engine.
@@ -18,7 +19,12 @@ type Options struct {
 
 // Setup registers the Application controller with mgr.
 func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
+	catalog, err := policy.NewCatalog()
+	if err != nil {
+		return nil, fmt.Errorf("loading the policy packs: %w", err)
+	}
 	r := &ApplicationReconciler{
+		Policy: &PolicyGate{Client: mgr.GetClient(), Catalog: catalog},
 		Client: mgr.GetClient(),
 		Loader: &Loader{
 			Client:  mgr.GetClient(),

@@ -73,11 +73,25 @@ func ParseWaivers(data []byte, source string) ([]Waiver, error) {
 }
 
 func (d *waiverDocument) waiver() (Waiver, error) {
-	w := Waiver{Name: d.Metadata.Name, Rule: d.Spec.Rule, Scope: d.Spec.Scope, Reason: d.Spec.Reason, Approver: d.Spec.Approver}
 	var errs []error
 	if d.APIVersion != PackAPIVersion || d.Kind != WaiverKind {
 		errs = append(errs, fmt.Errorf("apiVersion/kind is %q/%q, want %s/%s", d.APIVersion, d.Kind, PackAPIVersion, WaiverKind))
 	}
+	exp, err := parseExpiry(d.Spec.Expires)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	w, err := NewWaiver(d.Metadata.Name, d.Spec.Rule, d.Spec.Scope, d.Spec.Reason, d.Spec.Approver, exp)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return w, errors.Join(errs...)
+}
+
+// NewWaiver validates a waiver, from a file or a PolicyWaiver resource.
+func NewWaiver(name, rule string, scope WaiverScope, reason, approver string, expires time.Time) (Waiver, error) {
+	w := Waiver{Name: name, Rule: rule, Scope: scope, Reason: reason, Approver: approver, Expires: expires}
+	var errs []error
 	if w.Name == "" {
 		errs = append(errs, errors.New("metadata.name is required"))
 	}
@@ -98,11 +112,9 @@ func (d *waiverDocument) waiver() (Waiver, error) {
 		}
 		w.selector = sel
 	}
-	exp, err := parseExpiry(d.Spec.Expires)
-	if err != nil {
-		errs = append(errs, err)
+	if expires.IsZero() {
+		errs = append(errs, errors.New("spec.expires is required: every waiver ends"))
 	}
-	w.Expires = exp
 	return w, errors.Join(errs...)
 }
 
@@ -110,7 +122,7 @@ func (d *waiverDocument) waiver() (Waiver, error) {
 // that day (UTC), which is what a human writing "expires 2026-06-30" means.
 func parseExpiry(s string) (time.Time, error) {
 	if s == "" {
-		return time.Time{}, errors.New("spec.expires is required: every waiver ends")
+		return time.Time{}, nil // NewWaiver reports the missing expiry
 	}
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil

@@ -1,0 +1,141 @@
+package v1alpha1
+
+import (
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Policy modes.
+const (
+	// PolicyModeEnforce blocks a sync when a rule at or above failOn fails.
+	PolicyModeEnforce = "enforce"
+	// PolicyModeAudit applies and reports.
+	PolicyModeAudit = "audit"
+)
+
+// DefaultPolicyProfile is used by Applications that name no profile, when it exists.
+const DefaultPolicyProfile = "default"
+
+// PolicyProfileSpec chooses the rule packs, their parameters and what a failure does.
+type PolicyProfileSpec struct {
+	// Packs evaluated together, e.g. [fin-kr] or [pss-restricted].
+	// +kubebuilder:validation:MinItems=1
+	Packs []string `json:"packs"`
+	// Parameters override the packs' defaults (e.g. the registry allowlist).
+	// +optional
+	Parameters map[string]apiextensionsv1.JSON `json:"parameters,omitempty"`
+	// Mode is enforce (block the sync) or audit (apply and report).
+	// +kubebuilder:validation:Enum=enforce;audit
+	// +kubebuilder:default=enforce
+	// +optional
+	Mode string `json:"mode,omitempty"`
+	// FailOn is the lowest severity that counts as a failure.
+	// +kubebuilder:validation:Enum=critical;high;medium;low
+	// +kubebuilder:default=high
+	// +optional
+	FailOn string `json:"failOn,omitempty"`
+}
+
+// PolicyProfile is the cluster's choice of policy packs and how they gate syncs.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,categories=slipway
+// +kubebuilder:printcolumn:name="Packs",type=string,JSONPath=`.spec.packs`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
+// +kubebuilder:printcolumn:name="Fail-On",type=string,JSONPath=`.spec.failOn`
+type PolicyProfile struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PolicyProfileSpec `json:"spec"`
+}
+
+// PolicyProfileList is a list of PolicyProfiles.
+// +kubebuilder:object:root=true
+type PolicyProfileList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PolicyProfile `json:"items"`
+}
+
+// WaiverScope says which objects a waiver covers; empty fields match all.
+type WaiverScope struct {
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// +optional
+	Kind string `json:"kind,omitempty"`
+	// +optional
+	Name string `json:"name,omitempty"`
+	// +optional
+	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+}
+
+// PolicyWaiverSpec exempts objects from one rule, with a reason, an owner and an expiry.
+type PolicyWaiverSpec struct {
+	// Rule is the rule id, e.g. FIN-WL-001.
+	// +kubebuilder:validation:MinLength=1
+	Rule  string      `json:"rule"`
+	Scope WaiverScope `json:"scope"`
+	// +kubebuilder:validation:MinLength=1
+	Reason string `json:"reason"`
+	// Approver is who accepted the risk.
+	// +kubebuilder:validation:MinLength=1
+	Approver string `json:"approver"`
+	// Expires is when the waiver stops applying, by itself.
+	Expires metav1.Time `json:"expires"`
+}
+
+// PolicyWaiver exempts objects from a rule until it expires. Waived
+// violations are still reported, as waived.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,categories=slipway
+// +kubebuilder:printcolumn:name="Rule",type=string,JSONPath=`.spec.rule`
+// +kubebuilder:printcolumn:name="Approver",type=string,JSONPath=`.spec.approver`
+// +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.spec.expires`
+type PolicyWaiver struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PolicyWaiverSpec `json:"spec"`
+}
+
+// PolicyWaiverList is a list of PolicyWaivers.
+// +kubebuilder:object:root=true
+type PolicyWaiverList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PolicyWaiver `json:"items"`
+}
+
+// PolicyStatus is the result of the policy gate on the last revision checked.
+type PolicyStatus struct {
+	// Profile is the PolicyProfile evaluated.
+	Profile string `json:"profile"`
+	// Mode is enforce or audit.
+	Mode string `json:"mode"`
+	// Revision is the commit evaluated.
+	Revision string `json:"revision"`
+	// Passed is false when a rule at or above the profile's failOn failed.
+	Passed bool `json:"passed"`
+	// Failed and Waived count the findings.
+	Failed int `json:"failed"`
+	Waived int `json:"waived"`
+	// Violations lists the findings (failed and waived), at most 50.
+	// +optional
+	Violations []PolicyViolation `json:"violations,omitempty"`
+}
+
+// PolicyViolation is one rule failing on one object.
+type PolicyViolation struct {
+	Rule     string `json:"rule"`
+	Severity string `json:"severity"`
+	// Object is Kind/namespace/name.
+	Object string `json:"object"`
+	// +optional
+	Path    string `json:"path,omitempty"`
+	Message string `json:"message"`
+	// Waiver names the PolicyWaiver that covers this finding, if any.
+	// +optional
+	Waiver string `json:"waiver,omitempty"`
+}
+
+func init() {
+	SchemeBuilder.Register(&PolicyProfile{}, &PolicyProfileList{}, &PolicyWaiver{}, &PolicyWaiverList{})
+}

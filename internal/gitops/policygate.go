@@ -1,0 +1,179 @@
+package gitops
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/policy"
+)
+
+// ReasonPolicyViolation is the Ready reason when the policy gate blocks a sync.
+const ReasonPolicyViolation = "PolicyViolation"
+
+// maxReportedViolations bounds status.policy.violations.
+const maxReportedViolations = 50
+
+var policyViolations = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "slipway_policy_violations_total",
+	Help: "Policy rule failures found by the sync gate, by rule, severity and outcome (fail or waived).",
+}, []string{"rule", "severity", "outcome"})
+
+func init() { metrics.Registry.MustRegister(policyViolations) }
+
+// PolicyGate evaluates rendered manifests against the Application's
+// PolicyProfile and the cluster's PolicyWaivers before anything is applied.
+type PolicyGate struct {
+	Client  client.Reader
+	Catalog *policy.Catalog
+
+	mu       sync.Mutex
+	compiled map[string]compiledProfile // by profile name
+}
+
+type compiledProfile struct {
+	key    string // changes when the profile or any waiver changes
+	policy *policy.Policy
+}
+
+// Check evaluates desired. It returns nil when no profile applies, and a
+// stalled error when the profile enforces and a rule at or above failOn fails.
+func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, desired *Desired) (*slipwayv1.PolicyStatus, error) {
+	name := app.Spec.PolicyProfile
+	explicit := name != ""
+	if !explicit {
+		name = slipwayv1.DefaultPolicyProfile
+	}
+	profile := &slipwayv1.PolicyProfile{}
+	if err := g.Client.Get(ctx, client.ObjectKey{Name: name}, profile); err != nil {
+		if apierrors.IsNotFound(err) && !explicit {
+			return nil, nil
+		}
+		if apierrors.IsNotFound(err) {
+			return nil, stalled(ReasonPolicyViolation, fmt.Errorf("PolicyProfile %q does not exist", name))
+		}
+		return nil, fmt.Errorf("reading PolicyProfile %s: %w", name, err)
+	}
+	compiled, err := g.compile(ctx, profile)
+	if err != nil {
+		return nil, stalled(ReasonPolicyViolation, err)
+	}
+	failOn, err := policy.ParseSeverity(orDefault(profile.Spec.FailOn, "high"))
+	if err != nil {
+		return nil, stalled(ReasonPolicyViolation, fmt.Errorf("PolicyProfile %s: %w", name, err))
+	}
+	results, err := compiled.Evaluate(ctx, desired.Objects, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("evaluating policy %s: %w", name, err)
+	}
+
+	st := &slipwayv1.PolicyStatus{Profile: name, Mode: orDefault(profile.Spec.Mode, slipwayv1.PolicyModeEnforce), Revision: desired.Revision, Passed: true}
+	for _, r := range results {
+		for _, f := range r.Findings {
+			blocking := f.Severity.Rank() >= failOn.Rank()
+			switch f.Outcome {
+			case policy.OutcomeFail, policy.OutcomeError:
+				if !blocking {
+					continue
+				}
+				st.Failed++
+				st.Passed = false
+				policyViolations.WithLabelValues(f.Rule, string(f.Severity), "fail").Inc()
+			case policy.OutcomeWaived:
+				st.Waived++
+				policyViolations.WithLabelValues(f.Rule, string(f.Severity), "waived").Inc()
+			default:
+				continue
+			}
+			v := slipwayv1.PolicyViolation{Rule: f.Rule, Severity: string(f.Severity), Object: objectName(r.Object), Path: f.Path, Message: f.Message}
+			if f.Waiver != nil {
+				v.Waiver = f.Waiver.Name
+			}
+			st.Violations = append(st.Violations, v)
+		}
+	}
+	// Failures first, so the truncated list keeps what blocks.
+	sort.SliceStable(st.Violations, func(i, j int) bool { return st.Violations[i].Waiver == "" && st.Violations[j].Waiver != "" })
+	if len(st.Violations) > maxReportedViolations {
+		st.Violations = st.Violations[:maxReportedViolations]
+	}
+	if !st.Passed && st.Mode == slipwayv1.PolicyModeEnforce {
+		return st, stalled(ReasonPolicyViolation, fmt.Errorf("policy %s blocks revision %s: %s", name, short(desired.Revision), summarizeViolations(st)))
+	}
+	return st, nil
+}
+
+// compile returns the profile compiled with the current waivers, reusing the
+// last compilation while neither changed.
+func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfile) (*policy.Policy, error) {
+	var list slipwayv1.PolicyWaiverList
+	if err := g.Client.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("listing PolicyWaivers: %w", err)
+	}
+	key := profile.ResourceVersion
+	for _, w := range list.Items {
+		key += "," + w.ResourceVersion
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c, ok := g.compiled[profile.Name]; ok && c.key == key {
+		return c.policy, nil
+	}
+	p := policy.Profile{Packs: profile.Spec.Packs, Parameters: map[string]json.RawMessage{}}
+	for k, v := range profile.Spec.Parameters {
+		p.Parameters[k] = v.Raw
+	}
+	for _, w := range list.Items {
+		s := w.Spec.Scope
+		waiver, err := policy.NewWaiver(w.Name, w.Spec.Rule, policy.WaiverScope{Namespace: s.Namespace, Kind: s.Kind, Name: s.Name, Selector: s.Selector},
+			w.Spec.Reason, w.Spec.Approver, w.Spec.Expires.Time)
+		if err != nil {
+			return nil, fmt.Errorf("PolicyWaiver %s: %w", w.Name, err)
+		}
+		p.Waivers = append(p.Waivers, waiver)
+	}
+	compiled, err := g.Catalog.Compile(p)
+	if err != nil {
+		return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
+	}
+	if g.compiled == nil {
+		g.compiled = map[string]compiledProfile{}
+	}
+	g.compiled[profile.Name] = compiledProfile{key: key, policy: compiled}
+	return compiled, nil
+}
+
+func objectName(o policy.ObjectRef) string {
+	if o.Namespace != "" {
+		return o.Kind + "/" + o.Namespace + "/" + o.Name
+	}
+	return o.Kind + "/" + o.Name
+}
+
+func summarizeViolations(st *slipwayv1.PolicyStatus) string {
+	var parts []string
+	for _, v := range st.Violations {
+		if v.Waiver != "" {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s) %s %s: %s", v.Rule, v.Severity, v.Object, v.Path, v.Message))
+	}
+	return fmt.Sprintf("%d violation(s): %s", st.Failed, joinLimited(parts, 5))
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+

@@ -1,0 +1,124 @@
+package gitops_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+)
+
+func deployment(name string, privileged bool) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: %s
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: %[1]s}
+  template:
+    metadata:
+      labels: {app: %[1]s}
+    spec:
+      containers:
+      - name: app
+        image: registry.example.com/app:1.0.0
+        securityContext:
+          privileged: %[2]v
+`, name, privileged)
+}
+
+// TestPolicyGate: a violating commit changes nothing and says why; a waiver
+// lets it sync; once the waiver expires the next change is blocked again.
+func TestPolicyGate(t *testing.T) {
+	ns := env.Namespace(t)
+	profile := &slipwayv1.PolicyProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: "baseline-" + ns},
+		Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "high"},
+	}
+	if err := env.Client.Create(testCtx, profile); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(testCtx, profile) })
+
+	url := newRepo(t, map[string]string{"deploy/cm.yaml": configMap("settings", "v1"), "deploy/app.yaml": deployment("app", true)})
+	app := newApp(t, ns, url, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
+
+	blocked := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+		return hasCondition(a, slipwayv1.ConditionReady, metav1.ConditionFalse, "PolicyViolation", "privileged")
+	})
+	msg := conditionMessage(blocked, slipwayv1.ConditionReady)
+	if !strings.Contains(msg, "Deployment/"+ns+"/app") || !strings.Contains(msg, "spec.template.spec.containers[0].securityContext.privileged") {
+		t.Fatalf("the block does not name the object and field: %s", msg)
+	}
+	if p := blocked.Status.Policy; p == nil || p.Passed || p.Failed == 0 || p.Violations[0].Waiver != "" {
+		t.Fatalf("status.policy = %+v", p)
+	}
+	rule := blocked.Status.Policy.Violations[0].Rule
+	if _, err := getConfigMap(t, ns, "settings"); !apierrors.IsNotFound(err) {
+		t.Fatalf("a blocked revision changed the cluster: %v", err)
+	}
+	waitEvent(t, app, "PolicyViolation", rule)
+
+	waiver := &slipwayv1.PolicyWaiver{
+		ObjectMeta: metav1.ObjectMeta{Name: "privileged-" + ns},
+		Spec: slipwayv1.PolicyWaiverSpec{
+			Rule: rule, Scope: slipwayv1.WaiverScope{Namespace: ns, Kind: "Deployment", Name: "app"},
+			Reason: "vendor agent needs host access until Q3", Approver: "security-officer@example.com",
+			Expires: metav1.NewTime(time.Now().Add(8 * time.Second)),
+		},
+	}
+	if err := env.Client.Create(testCtx, waiver); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
+	synced := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+		if a.Status.LastAppliedRevision == "" {
+			return fmt.Errorf("not applied: %s", conditionMessage(a, slipwayv1.ConditionReady))
+		}
+		return nil
+	})
+	if p := synced.Status.Policy; p == nil || !p.Passed || p.Waived == 0 || p.Violations[0].Waiver != waiver.Name {
+		t.Fatalf("waived finding not reported as waived: %+v", p)
+	}
+	if _, err := getConfigMap(t, ns, "settings"); err != nil {
+		t.Fatalf("waived revision not applied: %v", err)
+	}
+
+	time.Sleep(time.Until(waiver.Spec.Expires.Time))
+	commit(t, url, map[string]string{"deploy/cm.yaml": configMap("settings", "v2")}, nil)
+	waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+		return hasCondition(a, slipwayv1.ConditionReady, metav1.ConditionFalse, "PolicyViolation", rule)
+	})
+	if cm, _ := getConfigMap(t, ns, "settings"); cm.Data["value"] != "v1" {
+		t.Fatalf("a change was applied after the waiver expired: %q", cm.Data["value"])
+	}
+}
+
+func TestPolicyAuditModeAppliesAndReports(t *testing.T) {
+	ns := env.Namespace(t)
+	profile := &slipwayv1.PolicyProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: "audit-" + ns},
+		Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeAudit, FailOn: "high"},
+	}
+	if err := env.Client.Create(testCtx, profile); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(testCtx, profile) })
+	url := newRepo(t, map[string]string{"deploy/app.yaml": deployment("app", true)})
+	app := newApp(t, ns, url, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
+	got := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+		if a.Status.LastAppliedRevision == "" || a.Status.Policy == nil {
+			return fmt.Errorf("not applied yet: %s", conditionMessage(a, slipwayv1.ConditionReady))
+		}
+		return nil
+	})
+	if got.Status.Policy.Passed || got.Status.Policy.Failed == 0 || got.Status.Policy.Mode != "audit" {
+		t.Fatalf("audit mode did not report the violation: %+v", got.Status.Policy)
+	}
+}
