@@ -121,7 +121,7 @@ func (l *Loader) credentials(ctx context.Context, app *slipwayv1.Application) (*
 	}
 	creds, err := gitsource.CredentialsFromSecretData(secret.Data)
 	if err != nil {
-		return nil, stalled(ReasonCredentialsInvalid, fmt.Errorf("Secret %s/%s: %w", app.Namespace, ref.Name, err))
+		return nil, stalled(ReasonCredentialsInvalid, fmt.Errorf("git credentials in Secret %s/%s: %w", app.Namespace, ref.Name, err))
 	}
 	return creds, nil
 }
