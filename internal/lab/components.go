@@ -10,7 +10,6 @@ import (
 
 	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/pki"
-	"slipway.dev/slipway/internal/upstream"
 )
 
 // component is one process of the lab and how to tell it is ready.
@@ -144,7 +143,7 @@ func (l *Lab) components(st *State) []component {
 			env: []string{"HOME=" + l.path("kwok")},
 			args: []string{
 				"--kubeconfig=" + kubeconfig(pki.KWOK),
-				"--config=" + filepath.Join(l.binDir(), upstream.KWOKStages),
+				"--config=" + l.kwokStages(),
 				"--manage-all-nodes=false",
 				"--manage-nodes-with-annotation-selector=" + kwokNodeAnnotation + "=fake",
 				"--node-lease-duration-seconds=40",

@@ -24,6 +24,7 @@ import (
 	"slipway.dev/slipway/internal/pki"
 	"slipway.dev/slipway/internal/server"
 	"slipway.dev/slipway/internal/upstream"
+	"slipway.dev/slipway/internal/version"
 )
 
 // OpsRepo is the ops (manifest) repository the lab's git server hosts.
@@ -80,11 +81,15 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 		return nil, fmt.Errorf("creating lab directory %s: %w", l.Dir, err)
 	}
 	if l.BinDir != "" {
-		if err := upstream.Require(l.BinDir); err != nil {
+		if err := upstream.Require(l.BinDir, upstream.All...); err != nil {
 			return nil, err
 		}
 	} else if err := upstream.Ensure(ctx, l.binDir(), l.Progress); err != nil {
 		return nil, fmt.Errorf("preparing upstream binaries: %w", err)
+	}
+
+	if err := l.ensureKWOKStages(ctx); err != nil {
+		return nil, err
 	}
 
 	st, err := loadState(l.Dir)
@@ -141,6 +146,28 @@ func (l *Lab) ensureComponent(ctx context.Context, st *State, c component) error
 	}
 	l.progress("%s ready in %.1fs (pid %d)", c.name, time.Since(start).Seconds(), p.PID)
 	return nil
+}
+
+// kwokStages is KWOK's stage configuration: the cached one next to built
+// binaries, else a copy in the lab directory (release binaries lack it).
+func (l *Lab) kwokStages() string {
+	if p := filepath.Join(l.binDir(), upstream.KWOKStages); fileExists(p) {
+		return p
+	}
+	return l.path(upstream.KWOKStages)
+}
+
+func (l *Lab) ensureKWOKStages(ctx context.Context) error {
+	if p := l.kwokStages(); fileExists(p) {
+		return nil
+	}
+	l.progress("writing KWOK stage configs from sigs.k8s.io/kwok@%s", version.KWOK)
+	return upstream.WriteKWOKStages(ctx, l.path(upstream.KWOKStages))
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func startProcess(name, exe string, args, env []string, logDir string) (*Process, error) {

@@ -92,8 +92,13 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 			return err
 		}
 	}
-	if want["kwok"] || want[KWOKStages] {
+	if want["kwok"] {
 		if err := buildKWOK(ctx, dir, progress); err != nil {
+			return err
+		}
+	}
+	if want[KWOKStages] || want["kwok"] {
+		if err := WriteKWOKStages(ctx, filepath.Join(dir, KWOKStages)); err != nil {
 			return err
 		}
 	}
@@ -178,14 +183,22 @@ func buildKWOK(ctx context.Context, out string, progress Progress) error {
 	module := "sigs.k8s.io/kwok@" + version.KWOK
 	progress("building kwok %s", version.KWOK)
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "go", "install", "-ldflags=-s -w", "sigs.k8s.io/kwok/cmd/kwok@"+version.KWOK)
+	cmd := exec.CommandContext(ctx, "go", "install", "-ldflags=-s -w", module+"/cmd/kwok")
 	cmd.Env = append(goEnv(), "GOBIN="+out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go install %s failed: %w\n%s", module, err, tail(b))
 	}
 	progress("built kwok in %s", time.Since(start).Round(time.Second))
+	return nil
+}
 
-	cmd = exec.CommandContext(ctx, "go", "mod", "download", "-json", module)
+// WriteKWOKStages writes KWOK's fast node and pod stages to path. Release
+// binaries come without them, so the lab also calls this for --bin-dir.
+func WriteKWOKStages(ctx context.Context, path string) error {
+	module := "sigs.k8s.io/kwok@" + version.KWOK
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", module)
 	cmd.Env = goEnv()
 	b, err := cmd.Output()
 	if err != nil {
@@ -204,7 +217,7 @@ func buildKWOK(ctx context.Context, out string, progress Progress) error {
 		stages = append(stages, "---\n"...)
 		stages = append(stages, content...)
 	}
-	return os.WriteFile(filepath.Join(out, KWOKStages), stages, 0o644)
+	return os.WriteFile(path, stages, 0o644)
 }
 
 func prepareWrapper(ctx context.Context, work, gomod string, progress Progress) error {

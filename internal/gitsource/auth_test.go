@@ -1,0 +1,55 @@
+package gitsource
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCredentialsFromSecretData(t *testing.T) {
+	cases := []struct {
+		name string
+		data map[string][]byte
+		err  string
+	}{
+		{"basic auth", map[string][]byte{"username": []byte("u"), "password": []byte("pw-secret-123")}, ""},
+		{"token only", map[string][]byte{"password": []byte("tok-secret-456")}, ""},
+		{"ssh without known_hosts", map[string][]byte{"identity": []byte("key")}, "no known_hosts"},
+		{"empty", map[string][]byte{}, "neither"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := CredentialsFromSecretData(tc.data)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := c.String(); strings.Contains(s, string(tc.data["password"])) {
+				t.Fatalf("String() reveals the password: %q", s)
+			}
+		})
+	}
+}
+
+func TestSSHIdentityMustParse(t *testing.T) {
+	c := &Credentials{Identity: []byte("not a key"), KnownHosts: []byte("host ssh-ed25519 AAAA\n")}
+	if _, err := c.method(); err == nil || strings.Contains(err.Error(), "not a key") {
+		t.Fatalf("a malformed identity must fail without echoing it: %v", err)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://user:tok@git.example.com/org/repo.git": "https://git.example.com/org/repo.git",
+		"https://git.example.com/org/repo.git":          "https://git.example.com/org/repo.git",
+		"ssh://git@host/repo.git":                       "ssh://host/repo.git",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
