@@ -187,8 +187,10 @@ func newLabDemoCommand(newLab labFactory) *cobra.Command {
 			printLabInfo(cmd, info)
 			printDemoNextSteps(cmd, info)
 			if keep {
+				fmt.Fprintf(cmd.OutOrStdout(), "\nThe lab keeps running: `slipway lab down` stops it.\n")
 				return nil
 			}
+			fmt.Fprintf(cmd.OutOrStdout(), "\nPress Ctrl-C to stop the lab.\n")
 			<-ctx.Done()
 			fmt.Fprintln(cmd.ErrOrStderr(), "\nstopping the lab")
 			return l.Down(false)
@@ -211,8 +213,6 @@ Try it (the git password is in `+"`slipway lab status -o json`"+`, key git.passw
   slipway app get tea -n %[1]s        # the push is applied within seconds
   slipway app history tea -n %[1]s
   slipway app rollback tea -n %[1]s
-
-Press Ctrl-C to stop the lab.
 `, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"))
 }
 
