@@ -10,6 +10,7 @@ import (
 
 	"github.com/fluxcd/pkg/ssa"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -86,8 +87,12 @@ func (r *ApplicationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	base := app.DeepCopy()
 	defer func() {
 		app.Status.ObservedGeneration = app.Generation
-		if err := r.Status().Patch(ctx, app, client.MergeFrom(base)); err != nil && !apierrors.IsNotFound(err) {
-			retErr = errors.Join(retErr, fmt.Errorf("updating status: %w", err))
+		// An unchanged status is not sent: rollout polls would otherwise
+		// write an empty patch every few seconds per Application.
+		if !equality.Semantic.DeepEqual(base.Status, app.Status) {
+			if err := r.Status().Patch(ctx, app, client.MergeFrom(base)); err != nil && !apierrors.IsNotFound(err) {
+				retErr = errors.Join(retErr, fmt.Errorf("updating status: %w", err))
+			}
 		}
 		recordState(app)
 		outcome := "success"
@@ -113,7 +118,9 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	syncRequest := app.Annotations[slipwayv1.SyncRequestAnnotation]
 	syncRequested := syncRequest != "" && syncRequest != app.Status.LastHandledSyncAt
 	if r.healthOnly(app, syncRequested) {
-		return r.checkHealth(ctx, app)
+		// Only the objects still rolling out are read again; the next full
+		// pass, within the interval, reads everything.
+		return r.checkHealth(ctx, app, healthyResources(app.Status.Resources))
 	}
 	// Echo the requests as handled whatever happens, so waiting clients see an answer.
 	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
@@ -188,7 +195,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	}
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
-	return r.checkHealth(ctx, app)
+	return r.checkHealth(ctx, app, nil)
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing
@@ -229,11 +236,11 @@ func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Appl
 			fmt.Sprintf("revision %s is not applied: automated sync is off; run `slipway app sync %s`", short(desired.Revision), app.Name))
 		return ctrl.Result{RequeueAfter: interval(app)}, nil
 	}
-	return r.checkHealth(ctx, app)
+	return r.checkHealth(ctx, app, nil)
 }
 
-func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application) (ctrl.Result, error) {
-	resources, health, err := assessHealth(ctx, r.Client, app.Status.Inventory)
+func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application, known map[string]slipwayv1.ResourceStatus) (ctrl.Result, error) {
+	resources, health, err := assessHealth(ctx, r.Client, app.Status.Inventory, known)
 	if err != nil {
 		return r.fail(ctx, app, err)
 	}

@@ -7,8 +7,10 @@ import (
 	"strings"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/cli-utils/pkg/object"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
@@ -16,7 +18,9 @@ import (
 
 // assessHealth reads every inventoried object and computes its kstatus.
 // The aggregate is the worst of them: Degraded > Progressing > Healthy.
-func assessHealth(ctx context.Context, c client.Reader, inventory []slipwayv1.InventoryEntry) ([]slipwayv1.ResourceStatus, slipwayv1.HealthStatus, error) {
+// Objects in known (healthy ones, during a rollout poll) keep that status
+// without being read again.
+func assessHealth(ctx context.Context, c client.Reader, inventory []slipwayv1.InventoryEntry, known map[string]slipwayv1.ResourceStatus) ([]slipwayv1.ResourceStatus, slipwayv1.HealthStatus, error) {
 	stubs, err := inventoryObjects(inventory)
 	if err != nil {
 		return nil, slipwayv1.HealthStatus{Status: slipwayv1.HealthUnknown}, err
@@ -24,6 +28,10 @@ func assessHealth(ctx context.Context, c client.Reader, inventory []slipwayv1.In
 	resources := make([]slipwayv1.ResourceStatus, 0, len(stubs))
 	var degraded, progressing []string
 	for _, stub := range stubs {
+		if rs, ok := known[objectID(stub)]; ok {
+			resources = append(resources, rs)
+			continue
+		}
 		rs := slipwayv1.ResourceStatus{
 			Group: stub.GroupVersionKind().Group, Version: stub.GroupVersionKind().Version, Kind: stub.GetKind(),
 			Namespace: stub.GetNamespace(), Name: stub.GetName(),
@@ -73,4 +81,16 @@ func assessHealth(ctx context.Context, c client.Reader, inventory []slipwayv1.In
 		return resources, slipwayv1.HealthStatus{Status: slipwayv1.HealthProgressing, Message: strings.Join(progressing, "; ")}, nil
 	}
 	return resources, slipwayv1.HealthStatus{Status: slipwayv1.HealthHealthy, Message: fmt.Sprintf("%d objects healthy", len(resources))}, nil
+}
+
+// healthyResources indexes the objects last seen Healthy by inventory ID.
+func healthyResources(resources []slipwayv1.ResourceStatus) map[string]slipwayv1.ResourceStatus {
+	out := map[string]slipwayv1.ResourceStatus{}
+	for _, r := range resources {
+		if r.Health == slipwayv1.HealthHealthy {
+			id := object.ObjMetadata{Namespace: r.Namespace, Name: r.Name, GroupKind: schema.GroupKind{Group: r.Group, Kind: r.Kind}}.String()
+			out[id] = r
+		}
+	}
+	return out
 }
