@@ -74,6 +74,15 @@ func runScale(b *testing.B, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The two workers hold 110 pods each, as real nodes do: add simulated
+	// workers so every Application's pod has room.
+	var extra []string
+	for i := 0; i < n/100+1; i++ {
+		extra = append(extra, fmt.Sprintf("bench-worker-%02d", i))
+	}
+	if err := l.AddWorkers(ctx, extra...); err != nil {
+		b.Fatal(err)
+	}
 	auth := gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}
 
 	rev1 := push(b, ctx, info.Git.OpsRepo, auth, n, "v1")
@@ -210,7 +219,8 @@ func waitAll(b *testing.B, ctx context.Context, c client.Client, n int, revision
 		if ctx.Err() != nil {
 			b.Fatalf("only %d of %d Applications Ready at %s", ready, n, revision)
 		}
-		// Listing thousands of Applications is itself load on the API server.
-		time.Sleep(time.Second)
+		// Listing thousands of Applications is itself load on the API server
+		// and on this process: poll gently.
+		time.Sleep(2 * time.Second)
 	}
 }

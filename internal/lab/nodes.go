@@ -53,15 +53,28 @@ func labNode(name string, controlPlane bool) *corev1.Node {
 	return n
 }
 
-// ensureNodes creates the three nodes and waits until KWOK reports them Ready.
+// ensureNodes creates the three nodes of the reference architecture and
+// waits until KWOK reports them Ready.
 func (l *Lab) ensureNodes(ctx context.Context) error {
+	if err := l.addNodes(ctx, []string{ControlPlaneNode}, true); err != nil {
+		return err
+	}
+	return l.addNodes(ctx, WorkerNodes, false)
+}
+
+// AddWorkers adds simulated worker nodes (110 pods each, as a real node),
+// e.g. for scale runs with more pods than the two workers hold.
+func (l *Lab) AddWorkers(ctx context.Context, names ...string) error {
+	return l.addNodes(ctx, names, false)
+}
+
+func (l *Lab) addNodes(ctx context.Context, names []string, controlPlane bool) error {
 	c, _, err := l.Client()
 	if err != nil {
 		return err
 	}
-	names := append([]string{ControlPlaneNode}, WorkerNodes...)
 	for _, name := range names {
-		n := labNode(name, name == ControlPlaneNode)
+		n := labNode(name, controlPlane)
 		status := n.Status
 		if err := c.Create(ctx, n); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating node %s: %w", name, err)
