@@ -141,12 +141,11 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	if r.Policy != nil {
 		st, err := r.Policy.Check(ctx, app, desired)
 		app.Status.Policy = st
-		if err != nil {
-			r.policyEvents(app, st)
-			return r.fail(ctx, app, err)
-		}
 		if st != nil && !st.Passed {
 			r.policyEvents(app, st)
+		}
+		if err != nil {
+			return r.fail(ctx, app, err)
 		}
 	}
 
@@ -190,9 +189,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		now := metav1.Now()
 		app.Status.LastAppliedAt = &now
 	}
-	if h := app.Status.History; len(h) == 0 || h[0].Revision != desired.Revision || h[0].Result != "Succeeded" {
-		r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
-	}
+	r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
 	return r.checkHealth(ctx, app, nil)
@@ -367,7 +364,12 @@ func (r *ApplicationReconciler) ensureNamespace(ctx context.Context, name string
 	return nil
 }
 
+// addHistory records a deployment, unless the newest entry already records
+// the same revision with the same result (a retry or a repair is not a new deployment).
 func (r *ApplicationReconciler) addHistory(app *slipwayv1.Application, revision, result, message string) {
+	if h := app.Status.History; len(h) > 0 && h[0].Revision == revision && h[0].Result == result {
+		return
+	}
 	var next int64 = 1
 	if len(app.Status.History) > 0 {
 		next = app.Status.History[0].ID + 1
