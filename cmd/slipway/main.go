@@ -12,6 +12,9 @@ import (
 )
 
 func main() {
+	// A closed pipe (`slipway lab demo | tee log` interrupted) must not kill the
+	// process before it stops what it started: writes then just fail.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := cli.NewRootCommand().ExecuteContext(ctx)
 	stop()

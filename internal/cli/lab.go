@@ -201,19 +201,21 @@ func newLabDemoCommand(newLab labFactory) *cobra.Command {
 }
 
 func printDemoNextSteps(cmd *cobra.Command, info *lab.Info) {
+	// Show the binary as it was invoked (e.g. bin/slipway from make demo).
+	slipway := os.Args[0]
 	fmt.Fprintf(cmd.OutOrStdout(), `
 The tea and coffee services run in namespace %[1]s, two replicas each, spread over worker-01 and worker-02.
 
-Try it (the git password is in `+"`slipway lab status -o json`"+`, key git.password):
+Try it (the git password is in `+"`%[5]s lab status -o json`"+`, key git.password):
   export KUBECONFIG=%[2]s
-  slipway app list -n %[1]s
+  %[5]s app list -n %[1]s
   git clone http://%[3]s@%[4]s /tmp/ops && cd /tmp/ops
   sed -i 's/replicas: 2/replicas: 3/' apps/tea/deployment.yaml
   git commit -am "Scale tea to 3" && git push
-  slipway app get tea -n %[1]s        # the push is applied within seconds
-  slipway app history tea -n %[1]s
-  slipway app rollback tea -n %[1]s
-`, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"))
+  %[5]s app get tea -n %[1]s        # the push is applied within seconds
+  %[5]s app history tea -n %[1]s
+  %[5]s app rollback tea -n %[1]s
+`, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"), slipway)
 }
 
 func newLabGitServerCommand(newLab labFactory) *cobra.Command {
