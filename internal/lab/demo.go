@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"time"
@@ -52,7 +53,7 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 	switch {
 	case err == nil:
 		l.progress("pushed the demo services to %s (commit %s)", info.Git.OpsRepo, sha[:12])
-	case err == gitserver.ErrNoChanges:
+	case errors.Is(err, gitserver.ErrNoChanges):
 		l.progress("the ops repo already holds the demo services")
 	default:
 		return fmt.Errorf("pushing the demo services: %w", err)
