@@ -48,7 +48,9 @@ func (c *Credentials) String() string {
 	return "basic auth for " + c.Username
 }
 
-func (c *Credentials) method() (transport.AuthMethod, error) {
+// AuthMethod turns the credentials into go-git's form; nil credentials give
+// a nil method (anonymous access).
+func (c *Credentials) AuthMethod() (transport.AuthMethod, error) {
 	if c == nil {
 		return nil, nil
 	}

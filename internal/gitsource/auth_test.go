@@ -37,7 +37,7 @@ func TestCredentialsFromSecretData(t *testing.T) {
 
 func TestSSHIdentityMustParse(t *testing.T) {
 	c := &Credentials{Identity: []byte("not a key"), KnownHosts: []byte("host ssh-ed25519 AAAA\n")}
-	if _, err := c.method(); err == nil || strings.Contains(err.Error(), "not a key") {
+	if _, err := c.AuthMethod(); err == nil || strings.Contains(err.Error(), "not a key") {
 		t.Fatalf("a malformed identity must fail without echoing it: %v", err)
 	}
 }

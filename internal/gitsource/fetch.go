@@ -221,7 +221,7 @@ func (cr *cachedRepo) resolve(ctx context.Context, req Request, ref Ref, timeout
 func (cr *cachedRepo) fetch(ctx context.Context, req Request, ref Ref, refspec gitconfig.RefSpec, depth int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	auth, err := req.Auth.method()
+	auth, err := req.Auth.AuthMethod()
 	if err != nil {
 		return fmt.Errorf("git fetch %s from %s: %w", ref, RedactURL(req.URL), err)
 	}

@@ -1,0 +1,3 @@
+module example.com/tea
+
+go 1.26
