@@ -39,6 +39,7 @@ without one every webhook delivery is refused.`,
 	cmd.Flags().BoolVar(&opts.LeaderElection, "leader-elect", true, "elect a leader so only one replica reconciles")
 	cmd.Flags().StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", install.Namespace, "namespace of the leader-election lease")
 	cmd.Flags().StringVar(&opts.GitCacheDir, "git-cache-dir", filepath.Join(upstream.CacheDir(), "git"), "directory for cached clones")
+	cmd.Flags().StringVar(&opts.RunDir, "run-dir", filepath.Join(upstream.CacheDir(), "runs"), "directory for pipeline run workspaces and logs")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
 	cmd.Flags().IntVar(&qps, "kube-api-qps", 500, "client-side limit of requests per second to the API server (burst: twice this)")
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")

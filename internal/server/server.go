@@ -24,6 +24,7 @@ import (
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitops"
+	"slipway.dev/slipway/internal/pipeline"
 	"slipway.dev/slipway/internal/webhook"
 )
 
@@ -38,6 +39,8 @@ type Options struct {
 	LeaderElection          bool
 	LeaderElectionNamespace string
 	GitCacheDir             string
+	// RunDir holds each pipeline run's workspace (removed when it ends) and logs.
+	RunDir string
 	Concurrency             int
 	// Started, when set, receives the bound HTTP address once the server listens.
 	Started func(addr string)
@@ -76,6 +79,14 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency}); err != nil {
 		return err
+	}
+	runs := &pipeline.RunReconciler{
+		Client:   mgr.GetClient(),
+		Engine:   &pipeline.Engine{Dir: opts.RunDir, Executor: &pipeline.LocalExecutor{}},
+		Recorder: mgr.GetEventRecorderFor("slipway-pipeline"),
+	}
+	if err := runs.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the PipelineRun controller: %w", err)
 	}
 
 	var ready atomic.Bool

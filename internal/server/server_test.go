@@ -254,3 +254,67 @@ func TestOversizedWebhookIsRefused(t *testing.T) {
 		t.Fatalf("got %d, want 413", code)
 	}
 }
+
+func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
+	ns := env.Namespace(t)
+	pipe := &slipwayv1.Pipeline{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tea"},
+		Spec: slipwayv1.PipelineSpec{
+			Source:  slipwayv1.PipelineSource{URL: "http://127.0.0.1:1/src/tea.git", Branches: []string{"main"}},
+			Image:   slipwayv1.ImageTarget{Repository: "127.0.0.1:1/shop/tea"},
+			Signing: slipwayv1.SigningKey{SecretRef: slipwayv1.LocalObjectReference{Name: "missing-key"}},
+		},
+	}
+	if err := env.Client.Create(context.Background(), pipe); err != nil {
+		t.Fatal(err)
+	}
+	const sha = "0123456789abcdef0123456789abcdef01234567"
+	push := func(ref, delivery string) []string {
+		body := []byte(`{"ref":"` + ref + `","after":"` + sha + `","head_commit":{"author":{"name":"Dev"}},"repository":{"clone_url":"http://127.0.0.1:1/src/tea.git"}}`)
+		code, resp := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": webhook.Sign(secret, body)})
+		if code != http.StatusAccepted {
+			t.Fatalf("push: %d %s", code, resp)
+		}
+		var got struct{ PipelineRuns []string }
+		if err := json.Unmarshal([]byte(resp), &got); err != nil {
+			t.Fatal(err)
+		}
+		return got.PipelineRuns
+	}
+	first := push("refs/heads/main", "delivery-1")
+	if len(first) != 1 {
+		t.Fatalf("a push to main started %v, want one run", first)
+	}
+	if again := push("refs/heads/main", "delivery-1"); len(again) != 0 {
+		t.Fatalf("a replayed delivery started %v", again)
+	}
+	if other := push("refs/heads/feature", "delivery-2"); len(other) != 0 {
+		t.Fatalf("a push to an unwatched branch started %v", other)
+	}
+	var runs slipwayv1.PipelineRunList
+	if err := env.Client.List(context.Background(), &runs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(runs.Items) != 1 || runs.Items[0].Spec.Commit != sha || runs.Items[0].Spec.Author != "Dev" {
+		t.Fatalf("runs = %+v", runs.Items)
+	}
+	// The run's Pipeline names a signing key that does not exist: the run
+	// fails, and says why.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		run := &slipwayv1.PipelineRun{}
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(&runs.Items[0]), run); err != nil {
+			t.Fatal(err)
+		}
+		if run.Status.Phase == slipwayv1.RunFailed {
+			if c := run.Status.Conditions; len(c) == 0 || !strings.Contains(c[0].Message, "missing-key") {
+				t.Fatalf("failure does not name the missing Secret: %+v", c)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run phase %q, want Failed", run.Status.Phase)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -36,11 +36,19 @@ type Push struct {
 	After string
 	// RepoURLs are every URL the payload gives for the repository.
 	RepoURLs []string
+	// Author of the head commit, when the payload names one.
+	Author string
 }
 
 type pushPayload struct {
 	Ref        string `json:"ref"`
 	After      string `json:"after"`
+	HeadCommit struct {
+		Author struct {
+			Name  string `json:"name"`
+			Email string `json:"email"`
+		} `json:"author"`
+	} `json:"head_commit"`
 	Repository struct {
 		CloneURL string `json:"clone_url"`
 		HTMLURL  string `json:"html_url"`
@@ -56,7 +64,7 @@ func ParsePush(body []byte) (*Push, error) {
 	if err := json.Unmarshal(body, &p); err != nil {
 		return nil, fmt.Errorf("push payload is not valid JSON: %w", err)
 	}
-	push := &Push{Ref: p.Ref, After: p.After}
+	push := &Push{Ref: p.Ref, After: p.After, Author: p.HeadCommit.Author.Name}
 	for _, u := range []string{p.Repository.CloneURL, p.Repository.HTMLURL, p.Repository.SSHURL, p.Repository.GitURL, p.Repository.URL} {
 		if u != "" {
 			push.RepoURLs = append(push.RepoURLs, u)
@@ -130,6 +138,7 @@ type Handler struct {
 
 type response struct {
 	Applications []string `json:"applications"`
+	PipelineRuns []string `json:"pipelineRuns"`
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -181,6 +190,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "could not list Applications: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
+	runs, err := h.startRuns(ctx, push, delivery(r.Header))
+	if err != nil {
+		log.Error(err, "starting pipeline runs")
+		http.Error(w, "could not start pipeline runs: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
 	// Senders give up after about ten seconds (GitHub does), and annotating
 	// hundreds of Applications can take longer: answer now, finish in the
 	// background under a deadline of its own.
@@ -189,10 +204,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, a := range apps {
 		names = append(names, a.Namespace+"/"+a.Name)
 	}
-	log.Info("push received", "ref", push.Ref, "after", push.After, "applications", len(names))
+	log.Info("push received", "ref", push.Ref, "after", push.After, "applications", len(names), "pipelineRuns", runs)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
-	_ = json.NewEncoder(w).Encode(response{Applications: names})
+	_ = json.NewEncoder(w).Encode(response{Applications: names, PipelineRuns: runs})
 }
 
 // following lists the Applications whose source is the pushed repository.

@@ -1,0 +1,237 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/signing"
+)
+
+// RunReconciler executes PipelineRuns with the Engine. A run executes in a
+// goroutine of this process under the Pipeline's timeout; its status is
+// written when it starts and when it ends.
+type RunReconciler struct {
+	client.Client
+	Engine   *Engine
+	Recorder record.EventRecorder
+
+	mu      sync.Mutex
+	running map[types.UID]context.CancelFunc
+}
+
+// SetupWithManager registers the controller.
+func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.running = map[types.UID]context.CancelFunc{}
+	return ctrl.NewControllerManagedBy(mgr).For(&slipwayv1.PipelineRun{}).Complete(r)
+}
+
+// Reconcile starts, cancels or closes one run.
+func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	run := &slipwayv1.PipelineRun{}
+	if err := r.Get(ctx, req.NamespacedName, run); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if terminal(run.Status.Phase) {
+		return ctrl.Result{}, nil
+	}
+	r.mu.Lock()
+	cancel, mine := r.running[run.UID]
+	r.mu.Unlock()
+	switch {
+	case mine && run.Spec.Cancel:
+		cancel()
+		return ctrl.Result{}, nil
+	case mine:
+		return ctrl.Result{}, nil
+	case run.Spec.Cancel:
+		return ctrl.Result{}, r.finish(ctx, run, nil, errors.New("cancelled before it started"), slipwayv1.RunCancelled)
+	case run.Status.Phase == slipwayv1.RunRunning:
+		// Started by a process that is gone: its workspace and processes
+		// went with it. Say so instead of leaving the run Running forever.
+		return ctrl.Result{}, r.finish(ctx, run, nil, errors.New("interrupted: the slipway server running it stopped; push again or create a new run"), slipwayv1.RunFailed)
+	}
+
+	pipe := &slipwayv1.Pipeline{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: run.Spec.PipelineRef.Name}, pipe); err != nil {
+		return ctrl.Result{}, r.finish(ctx, run, nil, fmt.Errorf("reading Pipeline %s: %w", run.Spec.PipelineRef.Name, err), slipwayv1.RunFailed)
+	}
+	request, err := r.request(ctx, pipe, run)
+	if err != nil {
+		return ctrl.Result{}, r.finish(ctx, run, nil, err, slipwayv1.RunFailed)
+	}
+
+	now := metav1.Now()
+	run.Status.Phase, run.Status.StartTime = slipwayv1.RunRunning, &now
+	setRunCondition(run, metav1.ConditionUnknown, "Running", "running")
+	if err := r.Status().Update(ctx, run); err != nil {
+		return ctrl.Result{}, fmt.Errorf("marking run %s Running: %w", run.Name, err)
+	}
+	timeout := 15 * time.Minute
+	if pipe.Spec.Timeout != nil && pipe.Spec.Timeout.Duration > 0 {
+		timeout = pipe.Spec.Timeout.Duration
+	}
+	runCtx, cancelRun := context.WithTimeout(context.Background(), timeout)
+	r.mu.Lock()
+	r.running[run.UID] = cancelRun
+	r.mu.Unlock()
+	key := client.ObjectKeyFromObject(run)
+	logger := log.FromContext(ctx)
+	go func() {
+		defer func() {
+			cancelRun()
+			r.mu.Lock()
+			delete(r.running, run.UID)
+			r.mu.Unlock()
+		}()
+		res, err := r.Engine.Run(runCtx, request)
+		phase := slipwayv1.RunSucceeded
+		switch {
+		case errors.Is(runCtx.Err(), context.Canceled):
+			phase = slipwayv1.RunCancelled
+		case errors.Is(runCtx.Err(), context.DeadlineExceeded):
+			phase, err = slipwayv1.RunFailed, fmt.Errorf("the run outlived its %s timeout and was stopped: %w", timeout, err)
+		case err != nil:
+			phase = slipwayv1.RunFailed
+		}
+		finishCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		latest := &slipwayv1.PipelineRun{}
+		if getErr := r.Get(finishCtx, key, latest); getErr != nil {
+			logger.Error(getErr, "reading the finished run")
+			return
+		}
+		if finishErr := r.finish(finishCtx, latest, res, err, phase); finishErr != nil {
+			logger.Error(finishErr, "recording the run's result")
+		}
+	}()
+	return ctrl.Result{}, nil
+}
+
+// request assembles the engine's input from the Pipeline and its Secrets.
+func (r *RunReconciler) request(ctx context.Context, pipe *slipwayv1.Pipeline, run *slipwayv1.PipelineRun) (Request, error) {
+	srcAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Source.SecretRef)
+	if err != nil {
+		return Request{}, err
+	}
+	regAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Image.SecretRef)
+	if err != nil {
+		return Request{}, err
+	}
+	keySecret, err := r.secret(ctx, pipe.Namespace, pipe.Spec.Signing.SecretRef.Name)
+	if err != nil {
+		return Request{}, err
+	}
+	key, err := signing.DecodePrivateKey(keySecret.Data["cosign.key"])
+	if err != nil {
+		return Request{}, fmt.Errorf("signing key in Secret %s/%s (key cosign.key): %w", pipe.Namespace, keySecret.Name, err)
+	}
+	settings := Settings{ImageRepository: pipe.Spec.Image.Repository, SigningKey: key}
+	if regAuth != nil {
+		settings.Registry = RegistryAuth{Username: regAuth.Username, Password: regAuth.Password}
+	}
+	if p := pipe.Spec.Promotion; p != nil {
+		opsAuth, err := r.credentials(ctx, pipe.Namespace, p.SecretRef)
+		if err != nil {
+			return Request{}, err
+		}
+		settings.Promotion = &Promotion{RepoURL: p.URL, Branch: p.Branch, Path: p.Path, ImageName: p.ImageName, Auth: opsAuth}
+	}
+	return Request{
+		RunID:    run.Name,
+		Source:   Source{URL: pipe.Spec.Source.URL, Commit: run.Spec.Commit, Branch: run.Spec.Branch, Auth: srcAuth},
+		Settings: settings,
+	}, nil
+}
+
+func (r *RunReconciler) secret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, s); err != nil {
+		return nil, fmt.Errorf("reading Secret %s/%s: %w", namespace, name, err)
+	}
+	return s, nil
+}
+
+func (r *RunReconciler) credentials(ctx context.Context, namespace string, ref *slipwayv1.LocalObjectReference) (*gitsource.Credentials, error) {
+	if ref == nil {
+		return nil, nil
+	}
+	s, err := r.secret(ctx, namespace, ref.Name)
+	if err != nil {
+		return nil, err
+	}
+	c, err := gitsource.CredentialsFromSecretData(s.Data)
+	if err != nil {
+		return nil, fmt.Errorf("credentials in Secret %s/%s: %w", namespace, ref.Name, err)
+	}
+	return c, nil
+}
+
+// finish records the outcome; it retries on conflicts with other writers.
+func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, res *Result, runErr error, phase string) error {
+	key := client.ObjectKeyFromObject(run)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := r.Get(ctx, key, run); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		run.Status.Phase, run.Status.CompletionTime = phase, &now
+		if res != nil {
+			run.Status.Image, run.Status.Digest, run.Status.PromotionCommit = res.Image, res.Digest, res.PromotionCommit
+			run.Status.Steps = nil
+			for _, s := range res.Steps {
+				st := slipwayv1.StepStatus{Name: string(s.Name), State: string(s.State), Message: s.Message, Log: s.Log}
+				if !s.Started.IsZero() {
+					st.Started, st.Finished = &metav1.Time{Time: s.Started}, &metav1.Time{Time: s.Finished}
+				}
+				run.Status.Steps = append(run.Status.Steps, st)
+			}
+		}
+		if phase == slipwayv1.RunSucceeded {
+			setRunCondition(run, metav1.ConditionTrue, phase, fmt.Sprintf("built, signed and promoted %s", res.Image))
+		} else {
+			msg := phase
+			if runErr != nil {
+				msg = runErr.Error()
+			}
+			setRunCondition(run, metav1.ConditionFalse, phase, msg)
+		}
+		return r.Status().Update(ctx, run)
+	})
+	if err != nil {
+		return fmt.Errorf("recording the result of run %s: %w", run.Name, err)
+	}
+	if r.Recorder != nil {
+		eventType := corev1.EventTypeNormal
+		if phase != slipwayv1.RunSucceeded {
+			eventType = corev1.EventTypeWarning
+		}
+		r.Recorder.Event(run, eventType, phase, apimeta.FindStatusCondition(run.Status.Conditions, slipwayv1.ConditionReady).Message)
+	}
+	return nil
+}
+
+func setRunCondition(run *slipwayv1.PipelineRun, status metav1.ConditionStatus, reason, msg string) {
+	if len(msg) > 32768 {
+		msg = msg[:32765] + "..."
+	}
+	apimeta.SetStatusCondition(&run.Status.Conditions, metav1.Condition{Type: slipwayv1.ConditionReady, Status: status, Reason: reason, Message: msg, ObservedGeneration: run.Generation})
+}
+
+func terminal(phase string) bool {
+	return phase == slipwayv1.RunSucceeded || phase == slipwayv1.RunFailed || phase == slipwayv1.RunCancelled
+}

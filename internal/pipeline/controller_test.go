@@ -1,0 +1,126 @@
+package pipeline
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/imagebuild"
+	"slipway.dev/slipway/internal/signing"
+	"slipway.dev/slipway/internal/testenv"
+)
+
+// TestPipelineRunController runs a PipelineRun through the controller on a
+// real API server: the run's status carries the digest the registry holds,
+// signed and attested, and the ops repo commit that pins it.
+func TestPipelineRunController(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an API server")
+	}
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr(true)},
+		Client:     client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := startLab(t)
+	r := &RunReconciler{Client: mgr.GetClient(), Engine: l.engine, Recorder: mgr.GetEventRecorderFor("test")}
+	if err := r.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = mgr.Start(ctx) }()
+
+	ns := env.Namespace(t)
+	keyPEM, err := signing.EncodePrivateKey(l.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]map[string]string{
+		"git":      {"username": gitUser, "password": gitPass},
+		"registry": {"username": regUser, "password": regPass},
+		"signing":  {"cosign.key": string(keyPEM)},
+	} {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}
+		if err := env.Client.Create(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	git := &slipwayv1.LocalObjectReference{Name: "git"}
+	pipe := &slipwayv1.Pipeline{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tea"},
+		Spec: slipwayv1.PipelineSpec{
+			Source:    slipwayv1.PipelineSource{URL: l.srcURL, SecretRef: git},
+			Image:     slipwayv1.ImageTarget{Repository: l.registry.Host() + "/shop/tea", SecretRef: &slipwayv1.LocalObjectReference{Name: "registry"}},
+			Signing:   slipwayv1.SigningKey{SecretRef: slipwayv1.LocalObjectReference{Name: "signing"}},
+			Promotion: &slipwayv1.PromotionTarget{URL: l.opsURL, Path: "apps/tea/kustomization.yaml", ImageName: "tea", SecretRef: git},
+		},
+	}
+	if err := env.Client.Create(ctx, pipe); err != nil {
+		t.Fatal(err)
+	}
+	run := &slipwayv1.PipelineRun{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tea-run-1"},
+		Spec:       slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: "tea"}, Commit: l.commit, Branch: "main"},
+	}
+	if err := env.Client.Create(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(run), run); err != nil {
+			t.Fatal(err)
+		}
+		if terminal(run.Status.Phase) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run still %q after 3m", run.Status.Phase)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if run.Status.Phase != slipwayv1.RunSucceeded {
+		t.Fatalf("run %s: %+v", run.Status.Phase, run.Status.Conditions)
+	}
+	if len(run.Status.Steps) != 7 || run.Status.Digest == "" || run.Status.PromotionCommit == "" {
+		t.Fatalf("status = %+v", run.Status)
+	}
+	digest, err := name.NewDigest(run.Status.Image)
+	if err != nil || digest.DigestStr() != run.Status.Digest {
+		t.Fatalf("image %q does not carry digest %q: %v", run.Status.Image, run.Status.Digest, err)
+	}
+	if _, err := signing.Verify(ctx, digest, &l.key.PublicKey, []string{imagebuild.PredicateSPDX, imagebuild.PredicateSLSAProvenance}, l.remoteAuth()); err != nil {
+		t.Fatalf("the run's image does not verify: %v", err)
+	}
+	snap, err := gitsource.NewFetcher(t.TempDir()).Fetch(ctx, gitsource.Request{
+		URL: l.opsURL, Path: "apps/tea", Auth: &gitsource.Credentials{Username: gitUser, Password: gitPass},
+	}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Revision != run.Status.PromotionCommit || !strings.Contains(string(snap.Files["kustomization.yaml"]), run.Status.Digest) {
+		t.Fatalf("ops repo head %s (run says %s) does not pin %s:\n%s", snap.Revision, run.Status.PromotionCommit, run.Status.Digest, snap.Files["kustomization.yaml"])
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,78 @@
+package webhook
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+)
+
+var commitSHA = regexp.MustCompile(`^[0-9a-f]{40}$`)
+
+// startRuns creates a PipelineRun for every Pipeline that builds the pushed
+// repository and branch. The run's name derives from the delivery, so a
+// replayed delivery finds its run already there and starts nothing.
+func (h *Handler) startRuns(ctx context.Context, push *Push, deliveryID string) ([]string, error) {
+	branch, isBranch := strings.CutPrefix(push.Ref, "refs/heads/")
+	// Deleting a branch pushes the zero SHA: nothing to build.
+	if !isBranch || !commitSHA.MatchString(push.After) || strings.Trim(push.After, "0") == "" {
+		return nil, nil
+	}
+	repos := map[string]bool{}
+	for _, u := range push.RepoURLs {
+		repos[NormalizeURL(u)] = true
+	}
+	var pipelines slipwayv1.PipelineList
+	if err := h.Client.List(ctx, &pipelines); err != nil {
+		return nil, fmt.Errorf("listing Pipelines: %w", err)
+	}
+	var started []string
+	for _, p := range pipelines.Items {
+		branches := p.Spec.Source.Branches
+		if len(branches) == 0 {
+			branches = []string{"main"}
+		}
+		if p.Spec.Suspend || !repos[NormalizeURL(p.Spec.Source.URL)] || !slices.Contains(branches, branch) {
+			continue
+		}
+		run := &slipwayv1.PipelineRun{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace: p.Namespace,
+				Name:      runName(p.Name, push.After, deliveryID),
+				Labels:    map[string]string{"slipway.dev/pipeline": p.Name},
+			},
+			Spec: slipwayv1.PipelineRunSpec{
+				PipelineRef: slipwayv1.LocalObjectReference{Name: p.Name},
+				Commit:      push.After, Branch: branch, Author: push.Author,
+			},
+		}
+		err := h.Client.Create(ctx, run)
+		if apierrors.IsAlreadyExists(err) {
+			continue // a replayed delivery
+		}
+		if err != nil {
+			return started, fmt.Errorf("creating a PipelineRun for Pipeline %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		started = append(started, run.Namespace+"/"+run.Name)
+	}
+	return started, nil
+}
+
+// runName is <pipeline>-<short sha>-<hash of the delivery>, within the 63
+// characters a label value (and so a tidy name) allows.
+func runName(pipeline, sha, deliveryID string) string {
+	sum := sha256.Sum256([]byte(pipeline + "/" + sha + "/" + deliveryID))
+	suffix := "-" + sha[:8] + "-" + hex.EncodeToString(sum[:])[:6]
+	if max := 63 - len(suffix); len(pipeline) > max {
+		pipeline = strings.TrimRight(pipeline[:max], "-.")
+	}
+	return pipeline + suffix
+}
