@@ -21,6 +21,7 @@ func NewRootCommand() *cobra.Command {
 		newInstallCommand(),
 		newAppCommand(),
 		newPolicyCommand(),
+		newRunCommand(),
 	)
 	return root
 }
