@@ -155,9 +155,9 @@ type HealthStatus struct {
 // ResourceStatus is one applied object and its health.
 type ResourceStatus struct {
 	// +optional
-	Group     string `json:"group,omitempty"`
-	Version   string `json:"version"`
-	Kind      string `json:"kind"`
+	Group   string `json:"group,omitempty"`
+	Version string `json:"version"`
+	Kind    string `json:"kind"`
 	// +optional
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name"`

@@ -176,4 +176,3 @@ func orDefault(s, def string) string {
 	}
 	return s
 }
-

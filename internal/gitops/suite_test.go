@@ -27,12 +27,12 @@ import (
 )
 
 var (
-	env      *testenv.Env
-	git      *gitserver.Server
-	gitAuth  = gitserver.BasicAuth{Username: "slipway", Password: "s3cret-git-password"}
-	logs     syncBuffer
-	repoSeq  atomic.Int64
-	testCtx  = context.Background()
+	env     *testenv.Env
+	git     *gitserver.Server
+	gitAuth = gitserver.BasicAuth{Username: "slipway", Password: "s3cret-git-password"}
+	logs    syncBuffer
+	repoSeq atomic.Int64
+	testCtx = context.Background()
 )
 
 // syncBuffer collects the controller's logs so tests can assert what never appears in them.

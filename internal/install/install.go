@@ -93,4 +93,3 @@ func manifests() ([]*unstructured.Unstructured, error) {
 	})
 	return objs, err
 }
-

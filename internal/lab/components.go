@@ -185,4 +185,3 @@ func (l *Lab) apiReady(ctx context.Context) error {
 	}
 	return httpOK(ctx, c, cfg.Host+"/readyz", nil)
 }
-

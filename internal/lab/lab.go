@@ -54,7 +54,9 @@ func DefaultDir() string {
 	return filepath.Join(home, ".local", "state", "slipway", "lab")
 }
 
-func (l *Lab) path(parts ...string) string { return filepath.Join(append([]string{l.Dir}, parts...)...) }
+func (l *Lab) path(parts ...string) string {
+	return filepath.Join(append([]string{l.Dir}, parts...)...)
+}
 
 // Kubeconfig is the admin kubeconfig the lab writes.
 func (l *Lab) Kubeconfig() string { return l.path("kubeconfig") }
@@ -393,4 +395,3 @@ func httpOK(ctx context.Context, c *http.Client, url string, setup func(*http.Re
 	}
 	return nil
 }
-

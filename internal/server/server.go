@@ -40,8 +40,8 @@ type Options struct {
 	LeaderElectionNamespace string
 	GitCacheDir             string
 	// RunDir holds each pipeline run's workspace (removed when it ends) and logs.
-	RunDir string
-	Concurrency             int
+	RunDir      string
+	Concurrency int
 	// Started, when set, receives the bound HTTP address once the server listens.
 	Started func(addr string)
 }
