@@ -34,7 +34,7 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 		}}
 	}
 	cmd.AddCommand(newLabBuildCommand(), newLabUpCommand(newLab), newLabDownCommand(newLab), newLabStatusCommand(newLab),
-		newLabDemoCommand(newLab), newLabGitServerCommand(newLab))
+		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab))
 	return cmd
 }
 
@@ -99,6 +99,7 @@ func printLabInfo(cmd *cobra.Command, info *lab.Info) {
 	fmt.Fprintf(w, "API server:     %s\n", info.APIServer)
 	fmt.Fprintf(w, "Git server:     %s (user %s, password in `slipway lab status -o json`)\n", info.Git.URL, info.Git.Username)
 	fmt.Fprintf(w, "Ops repo:       %s\n", info.Git.OpsRepo)
+	fmt.Fprintf(w, "Registry:       %s (user %s, password in `slipway lab status -o json`)\n", info.Registry.Host, info.Registry.Username)
 	fmt.Fprintf(w, "Slipway server: %s\n", info.Server.URL)
 	fmt.Fprintf(w, "Metrics:        %s\n", info.Server.Metrics)
 	fmt.Fprintf(w, "Git webhook:    %s\n", info.Server.Webhook)
@@ -227,6 +228,19 @@ func newLabGitServerCommand(newLab labFactory) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctrl.SetLogger(zap.New())
 			return newLab(cmd).ServeGit(cmd.Context(), ctrl.Log.WithName("git-server"))
+		},
+	}
+}
+
+func newLabRegistryCommand(newLab labFactory) *cobra.Command {
+	return &cobra.Command{
+		Use:    "registry",
+		Short:  "Serve the lab's OCI registry (started by `lab up`)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctrl.SetLogger(zap.New())
+			return newLab(cmd).ServeRegistry(cmd.Context(), ctrl.Log.WithName("registry"))
 		},
 	}
 }

@@ -32,11 +32,12 @@ const (
 	compScheduler         = "kube-scheduler"
 	compKWOK              = "kwok"
 	compGit               = "git-server"
+	compRegistry          = "registry"
 	compServer            = "slipway-server"
 )
 
 func componentOrder() []string {
-	return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compServer}
+	return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
 }
 
 const (
@@ -161,6 +162,14 @@ func (l *Lab) components(st *State) []component {
 			ready: func(ctx context.Context) error {
 				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Git)+"/"+OpsRepo+"/info/refs?service=git-upload-pack",
 					func(r *http.Request) { r.SetBasicAuth(st.Git.Username, st.Git.Password) })
+			},
+		},
+		{
+			name: compRegistry, exe: l.Slipway, timeout: 30 * time.Second,
+			args: []string{"lab", "registry", "--dir", l.Dir},
+			ready: func(ctx context.Context) error {
+				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Registry)+"/v2/",
+					func(r *http.Request) { r.SetBasicAuth(st.Registry.Username, st.Registry.Password) })
 			},
 		},
 		{

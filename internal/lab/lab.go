@@ -246,6 +246,7 @@ type Info struct {
 	Kubeconfig string          `json:"kubeconfig"`
 	APIServer  string          `json:"apiServer"`
 	Git        GitInfo         `json:"git"`
+	Registry   RegistryInfo    `json:"registry"`
 	Server     ServerInfo      `json:"server"`
 	Components []ComponentInfo `json:"components"`
 }
@@ -256,6 +257,14 @@ type GitInfo struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
 	OpsRepo  string `json:"opsRepo"`
+}
+
+// RegistryInfo locates the lab's OCI registry.
+type RegistryInfo struct {
+	// Host is host:port, as used in image references.
+	Host     string `json:"host"`
+	Username string `json:"username"`
+	Password string `json:"password"`
 }
 
 // ServerInfo locates `slipway server`.
@@ -307,6 +316,7 @@ func (l *Lab) info(st *State) *Info {
 		Kubeconfig: l.Kubeconfig(),
 		APIServer:  "https://127.0.0.1:" + strconv.Itoa(st.Ports.APIServer),
 		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo},
+		Registry:   RegistryInfo{Host: "127.0.0.1:" + strconv.Itoa(st.Ports.Registry), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
 	}
 	for _, name := range componentOrder() {

@@ -85,6 +85,7 @@ func TestLabEndToEnd(t *testing.T) {
 	var status struct {
 		Kubeconfig string
 		Git        struct{ URL, Username, Password, OpsRepo string }
+		Registry   struct{ Host, Username, Password string }
 		Components []struct {
 			Name    string
 			PID     int
@@ -93,7 +94,7 @@ func TestLabEndToEnd(t *testing.T) {
 		}
 	}
 	runJSON(t, exe, &status, "lab", "status", "--dir", dir, "-o", "json")
-	if status.Kubeconfig != l.Kubeconfig() || status.Git.OpsRepo != info.Git.OpsRepo || status.Git.Password == "" || len(status.Components) != 7 {
+	if status.Kubeconfig != l.Kubeconfig() || status.Git.OpsRepo != info.Git.OpsRepo || status.Git.Password == "" || status.Registry.Host == "" || len(status.Components) != 8 {
 		t.Fatalf("lab status -o json = %+v", status)
 	}
 

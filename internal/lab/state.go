@@ -15,15 +15,16 @@ import (
 type State struct {
 	Ports      Ports               `json:"ports"`
 	Git        GitCredentials      `json:"git"`
+	Registry   GitCredentials      `json:"registry"`
 	Components map[string]*Process `json:"components"`
 }
 
 // Ports are chosen free once, then kept so addresses stay stable across restarts.
 type Ports struct {
-	Etcd, EtcdPeer, APIServer, ControllerManager, Scheduler, KWOK, Git, Server int
+	Etcd, EtcdPeer, APIServer, ControllerManager, Scheduler, KWOK, Git, Registry, Server int
 }
 
-// GitCredentials protect the lab's git server.
+// GitCredentials protect the lab's git server (and, same shape, its registry).
 type GitCredentials struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
@@ -61,9 +62,11 @@ func (s *State) save(dir string) error {
 }
 
 func newState() (*State, error) {
-	s := &State{Components: map[string]*Process{}, Git: GitCredentials{Username: "slipway", Password: randomHex(16)}}
+	s := &State{Components: map[string]*Process{},
+		Git:      GitCredentials{Username: "slipway", Password: randomHex(16)},
+		Registry: GitCredentials{Username: "slipway", Password: randomHex(16)}}
 	ports := []*int{&s.Ports.Etcd, &s.Ports.EtcdPeer, &s.Ports.APIServer, &s.Ports.ControllerManager,
-		&s.Ports.Scheduler, &s.Ports.KWOK, &s.Ports.Git, &s.Ports.Server}
+		&s.Ports.Scheduler, &s.Ports.KWOK, &s.Ports.Git, &s.Ports.Registry, &s.Ports.Server}
 	// Hold every listener until all are chosen so no two ports collide.
 	var held []net.Listener
 	defer func() {
