@@ -18,6 +18,8 @@ demo: deps build
 
 ## test: install what the tests need, build the pinned upstream binaries, run every test
 test: deps upstream
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 
