@@ -37,8 +37,9 @@ type Variable struct {
 	Description string
 }
 
-// BuiltinVariables are available to every rule. They are CEL, not Go, so that an
-// exported admission policy carries exactly the logic the engine ran.
+// BuiltinVariables are available to every rule. They are defined in CEL, so that
+// an exported admission policy carries exactly the logic the engine applies; the
+// engine computes the same values in Go where it can (see nativeVariables).
 var BuiltinVariables = []Variable{
 	{
 		Name:        "podSpecPath",
@@ -88,9 +89,10 @@ variables.containers.map(c, {'path': dyn(c.path + '.securityContext'), 'value': 
 // compiledVariable is a builtin variable or a bound parameter.
 type compiledVariable struct {
 	name    string
-	program cel.Program // nil for parameters
-	value   ref.Val     // the parameter's value
-	refs    []string    // variables the expression reads, for export
+	program cel.Program    // nil for parameters
+	native  nativeVariable // the same computation in Go, for builtins that have one
+	value   ref.Val        // the parameter's value
+	refs    []string       // variables the expression reads, for export
 }
 
 // compiledRule is a rule ready to evaluate.
@@ -99,6 +101,7 @@ type compiledRule struct {
 	program    cel.Program
 	parameters []string // parameters the expression reads, for docs and export
 	variables  []string // every variable the expression reads, for export
+	reads      []ruleRead
 }
 
 // boundParameter is a parameter with the value in force for a profile.
@@ -302,7 +305,7 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 	if err != nil {
 		return nil, err
 	}
-	p := &Policy{env: env, byKind: map[string][]*compiledRule{}}
+	p := &Policy{env: env, adapter: evalEnv.CELTypeAdapter(), byKind: map[string][]*compiledRule{}}
 	binder := &parameterBinder{values: map[string]any{}}
 	c := &compiler{env: env, evalEnv: evalEnv, bind: cel.NewStaticOptimizer(binder)}
 
@@ -349,7 +352,7 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 		if err != nil {
 			return nil, fmt.Errorf("compiling builtin variable %s: %w", v.Name, err)
 		}
-		p.variables = append(p.variables, &compiledVariable{name: v.Name, program: prg, refs: refs})
+		p.variables = append(p.variables, &compiledVariable{name: v.Name, program: prg, native: nativeVariables[v.Name], refs: refs})
 		varsType.Fields[v.Name] = apiservercel.NewDeclField(v.Name, apiservercel.DynType, true, nil, nil)
 	}
 	p.variableIndex = make(map[string]int, len(p.variables))
@@ -371,7 +374,7 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 			errs = append(errs, fmt.Errorf("compiling rule %s (pack %q): %w", r.ID, r.pack, err))
 			continue
 		}
-		cr := &compiledRule{Rule: r, program: prg, variables: vars}
+		cr := &compiledRule{Rule: r, program: prg, variables: vars, reads: readSet(ast)}
 		for _, name := range vars {
 			if declared[name] {
 				cr.parameters = append(cr.parameters, name)
@@ -384,6 +387,10 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
+	}
+	p.plans = make(map[string]*kindPlan, len(p.byKind))
+	for k, rules := range p.byKind {
+		p.plans[k] = newKindPlan(rules, declared)
 	}
 	return p, nil
 }

@@ -48,8 +48,12 @@ type Policy struct {
 	params    []*boundParameter
 	variables []*compiledVariable
 	byKind    map[string][]*compiledRule
+	plans     map[string]*kindPlan // by Kind.group key
 	waivers   []Waiver
+	cache     resultCache
+	keyBufs   sync.Pool // of *[]byte
 
+	adapter       types.Adapter  // turns natively computed variables into CEL values
 	variableIndex map[string]int // position in variables by name
 	variablesType *types.Type    // the runtime type of `variables`
 	activations   sync.Pool      // of *activation
@@ -169,6 +173,7 @@ type ObjectResult struct {
 type activation struct {
 	object    map[string]any
 	variables variableValues
+	pod       podView
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
@@ -205,11 +210,13 @@ func (p *Policy) newActivation(ctx context.Context, obj map[string]any) *activat
 		act.variables.act = act
 	}
 	act.object, act.variables.ctx = obj, ctx
+	act.pod.reset(obj)
 	return act
 }
 
 func (p *Policy) releaseActivation(act *activation) {
 	act.object, act.variables.ctx = nil, nil
+	act.pod = podView{}
 	clear(act.variables.values)
 	p.activations.Put(act)
 }
@@ -220,6 +227,13 @@ func (v *variableValues) resolve(i int) ref.Val {
 	}
 	cv := v.policy.variables[i]
 	val := cv.value
+	if cv.native != nil {
+		if native, ok := cv.native(&v.act.pod); ok {
+			val = v.policy.adapter.NativeToValue(native)
+			v.values[i] = val
+			return val
+		}
+	}
 	if cv.program != nil {
 		var err error
 		val, _, err = cv.program.ContextEval(v.ctx, v.act)
@@ -334,38 +348,65 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 	u := unstructured.Unstructured{Object: obj}
 	where.APIVersion, where.Kind, where.Namespace, where.Name = u.GetAPIVersion(), u.GetKind(), u.GetNamespace(), u.GetName()
 	res := ObjectResult{Object: where}
-	rules := p.byKind[kindKey(where.APIVersion, where.Kind)]
-	if len(rules) == 0 {
+	kk := kindKey(where.APIVersion, where.Kind)
+	plan := p.plans[kk]
+	if plan == nil {
 		return res
 	}
+	res.Checked = slices.Clone(plan.checked)
+
+	var key []byte
+	kind, kindIsString := obj["kind"].(string)
+	if class := kindClass(kind); kindIsString && plan.cacheable[class] {
+		bufp, _ := p.keyBufs.Get().(*[]byte)
+		if bufp == nil {
+			bufp = new([]byte)
+		}
+		defer p.keyBufs.Put(bufp)
+		var ok bool
+		*bufp, ok = appendKey((*bufp)[:0], kk, kind, plan.keyFields[class], obj)
+		if ok {
+			key = *bufp
+			if cached, hit := p.cache.get(key); hit {
+				res.Findings = slices.Clone(cached)
+				p.applyWaivers(res.Findings, u, now)
+				return res
+			}
+		}
+	}
+
+	res.Findings = p.evaluateRules(ctx, plan.rules, obj)
+	// A finding of outcome error may come from the context ending mid-evaluation,
+	// and an interrupted variable may even turn into a wrong pass, so nothing is
+	// remembered from such an evaluation (ctx.Err stays set once the context ends).
+	if key != nil && ctx.Err() == nil && !slices.ContainsFunc(res.Findings, func(f Finding) bool { return f.Outcome == OutcomeError }) {
+		p.cache.put(key, slices.Clone(res.Findings))
+	}
+	p.applyWaivers(res.Findings, u, now)
+	return res
+}
+
+// evaluateRules runs rules on obj and returns their findings, before waivers,
+// ordered worst first, then by rule and path.
+func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj map[string]any) []Finding {
 	act := p.newActivation(ctx, obj)
 	defer p.releaseActivation(act)
-	res.Checked = make([]string, 0, len(rules))
+	var findings []Finding
 	for _, r := range rules {
-		res.Checked = append(res.Checked, r.ID)
-		start := len(res.Findings)
 		val, _, err := r.program.ContextEval(ctx, act)
 		if err == nil {
 			var paths []string
 			paths, err = fieldPaths(val)
 			for _, path := range paths {
-				res.Findings = append(res.Findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeFail, Path: path, Message: r.Message})
+				findings = append(findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeFail, Path: path, Message: r.Message})
 			}
 		}
 		if err != nil {
-			res.Findings = append(res.Findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeError,
+			findings = append(findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeError,
 				Message: fmt.Sprintf("rule could not be evaluated on this object: %v", err)})
 		}
-		if len(res.Findings) > start {
-			if w := p.waiverFor(r.ID, u, now); w != nil {
-				for i := start; i < len(res.Findings); i++ {
-					res.Findings[i].Outcome = OutcomeWaived
-					res.Findings[i].Waiver = w
-				}
-			}
-		}
 	}
-	slices.SortStableFunc(res.Findings, func(a, b Finding) int {
+	slices.SortStableFunc(findings, func(a, b Finding) int {
 		if c := b.Severity.Rank() - a.Severity.Rank(); c != 0 {
 			return c
 		}
@@ -374,7 +415,28 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 		}
 		return comparePaths(a.Path, b.Path)
 	})
-	return res
+	return findings
+}
+
+// applyWaivers marks the findings of every rule an active waiver covers for this object.
+func (p *Policy) applyWaivers(findings []Finding, u unstructured.Unstructured, now time.Time) {
+	if len(p.waivers) == 0 {
+		return
+	}
+	for i := 0; i < len(findings); {
+		rule := findings[i].Rule
+		j := i + 1
+		for j < len(findings) && findings[j].Rule == rule {
+			j++
+		}
+		if w := p.waiverFor(rule, u, now); w != nil {
+			for k := i; k < j; k++ {
+				findings[k].Outcome = OutcomeWaived
+				findings[k].Waiver = w
+			}
+		}
+		i = j
+	}
 }
 
 // fieldPaths turns an expression result into paths, flattening one level of nesting.
