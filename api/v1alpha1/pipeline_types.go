@@ -152,6 +152,18 @@ type PipelineRunStatus struct {
 	// PromotionCommit is the ops repository commit that carries the image.
 	// +optional
 	PromotionCommit string `json:"promotionCommit,omitempty"`
+	// CommitTime is the committer time of the built commit; lead times
+	// count from it.
+	// +optional
+	CommitTime *metav1.Time `json:"commitTime,omitempty"`
+	// DeployedAt is the earliest time an Application deploying the
+	// promotion's ops repository path was seen Synced and Healthy at
+	// PromotionCommit, or at a revision it deployed after PromotionCommit.
+	// +optional
+	DeployedAt *metav1.Time `json:"deployedAt,omitempty"`
+	// DeployedApplication is the namespace/name of that Application.
+	// +optional
+	DeployedApplication string `json:"deployedApplication,omitempty"`
 }
 
 // PipelineRun is one execution of a Pipeline.

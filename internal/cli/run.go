@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
@@ -74,6 +75,31 @@ func runDuration(r *slipwayv1.PipelineRun) string {
 	return end.Sub(r.Status.StartTime.Time).Round(100 * time.Millisecond).String()
 }
 
+// leadTimes says how long the built commit took, from its committer time,
+// to be promoted into the ops repository and to run in an Application.
+func leadTimes(r *slipwayv1.PipelineRun) string {
+	if r.Status.CommitTime == nil {
+		return "-"
+	}
+	since := func(t *metav1.Time) string {
+		if t == nil {
+			return "-"
+		}
+		return t.Sub(r.Status.CommitTime.Time).Round(time.Second).String()
+	}
+	var promoted *metav1.Time
+	for _, s := range r.Status.Steps {
+		if s.Name == "promote" && s.State == "Succeeded" && r.Status.PromotionCommit != "" {
+			promoted = s.Finished
+		}
+	}
+	running := since(r.Status.DeployedAt) + " to running"
+	if r.Status.DeployedApplication != "" {
+		running += " in " + r.Status.DeployedApplication
+	}
+	return since(promoted) + " to promoted, " + running
+}
+
 func newRunGetCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "get NAME", Short: "Show a run: commit, steps, digest, promotion", Args: cobra.ExactArgs(1)}
 	kube := withKube(cmd, false)
@@ -92,7 +118,7 @@ func newRunGetCommand() *cobra.Command {
 		if c := apimeta.FindStatusCondition(run.Status.Conditions, slipwayv1.ConditionReady); c != nil {
 			fmt.Fprintf(w, "Message:   %s\n", c.Message)
 		}
-		fmt.Fprintf(w, "Image:     %s\nPromoted:  %s\n\n", orDash(run.Status.Image), orDash(run.Status.PromotionCommit))
+		fmt.Fprintf(w, "Image:     %s\nPromoted:  %s\nLead time: %s\n\n", orDash(run.Status.Image), orDash(run.Status.PromotionCommit), leadTimes(run))
 		tw := newTable(w)
 		fmt.Fprintln(tw, "STEP\tSTATE\tDURATION\tMESSAGE")
 		for _, s := range run.Status.Steps {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
@@ -34,10 +35,16 @@ type RunReconciler struct {
 	running map[types.UID]context.CancelFunc
 }
 
-// SetupWithManager registers the controller.
+// SetupWithManager registers the controller. It watches Applications too,
+// to mark a succeeded run deployed when one runs its promotion (deployed.go).
 func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.running = map[types.UID]context.CancelFunc{}
-	return ctrl.NewControllerManagedBy(mgr).For(&slipwayv1.PipelineRun{}).Complete(r)
+	if err := setupDeploymentJoin(context.Background(), mgr); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).For(&slipwayv1.PipelineRun{}).
+		Watches(&slipwayv1.Application{}, handler.EnqueueRequestsFromMapFunc(r.runsAwaiting)).
+		Complete(r)
 }
 
 // Reconcile starts, cancels or closes one run.
@@ -47,7 +54,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if terminal(run.Status.Phase) {
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.recordDeployment(ctx, run)
 	}
 	r.mu.Lock()
 	cancel, mine := r.running[run.UID]
@@ -192,6 +199,9 @@ func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, 
 		run.Status.Phase, run.Status.CompletionTime = phase, &now
 		if res != nil {
 			run.Status.Image, run.Status.Digest, run.Status.PromotionCommit = res.Image, res.Digest, res.PromotionCommit
+			if !res.CommitTime.IsZero() {
+				run.Status.CommitTime = &metav1.Time{Time: res.CommitTime}
+			}
 			run.Status.Steps = nil
 			for _, s := range res.Steps {
 				st := slipwayv1.StepStatus{Name: string(s.Name), State: string(s.State), Message: s.Message, Log: s.Log}
@@ -215,6 +225,7 @@ func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, 
 	if err != nil {
 		return fmt.Errorf("recording the result of run %s: %w", run.Name, err)
 	}
+	observeFinished(run, res)
 	if r.Recorder != nil {
 		eventType := corev1.EventTypeNormal
 		if phase != slipwayv1.RunSucceeded {
