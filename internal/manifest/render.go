@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/api/types"
@@ -165,8 +166,15 @@ func renderKustomization(files map[string][]byte, kustomization string) ([]*unst
 	}
 	var objs []*unstructured.Unstructured
 	for _, res := range resMap.Resources() {
-		m, err := res.Map()
+		// Through JSON rather than res.Map(): kustomize's maps hold Go ints,
+		// which unstructured content must not (DeepCopy panics on them); the
+		// API machinery's decoder gives int64, as for plain YAML files.
+		js, err := res.MarshalJSON()
 		if err != nil {
+			return nil, &Error{File: kustomization, Err: err}
+		}
+		var m map[string]any
+		if err := utiljson.Unmarshal(js, &m); err != nil {
 			return nil, &Error{File: kustomization, Err: err}
 		}
 		obj := &unstructured.Unstructured{Object: m}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 func names(t *testing.T, files map[string]string) []string {
@@ -46,6 +48,25 @@ func TestRenderKustomization(t *testing.T) {
 	})
 	if len(got) != 1 || got[0] != "ConfigMap/prod-settings@kustomization.yaml" {
 		t.Fatalf("got %v", got)
+	}
+}
+
+// TestKustomizeNumbersAreInt64 guards the unstructured contract: numbers are
+// int64 or float64, never int, or DeepCopy (which server-side apply calls)
+// panics. Plain YAML gives int64; kustomize's own maps give int.
+func TestKustomizeNumbersAreInt64(t *testing.T) {
+	objs, err := Render(map[string][]byte{
+		"kustomization.yaml": []byte("resources:\n- deploy.yaml\nimages:\n- name: tea\n  newName: registry.example.com/tea\n"),
+		"deploy.yaml": []byte("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tea\nspec:\n  replicas: 2\n  template:\n    spec:\n" +
+			"      containers:\n      - name: tea\n        image: tea\n        ports:\n        - containerPort: 8080\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := objs[0].DeepCopy() // panics on an int
+	replicas, found, err := unstructured.NestedFieldNoCopy(copied.Object, "spec", "replicas")
+	if _, isInt64 := replicas.(int64); !found || err != nil || !isInt64 || replicas != int64(2) {
+		t.Fatalf("spec.replicas = %#v (found %v, %v), want int64 2", replicas, found, err)
 	}
 }
 
