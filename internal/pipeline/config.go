@@ -6,6 +6,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"sigs.k8s.io/yaml"
 )
 
@@ -24,6 +25,7 @@ const maxConfigBytes = 64 << 10
 //	# slipway.yaml
 //	test:
 //	  command: go test ./...   # run with sh -c in the build context; no test step when absent
+//	  image: golang:1.26       # image the command runs in under the Kubernetes executor; the operator's default when absent
 //	build:
 //	  context: .               # directory of the repository the build and test run in; "." by default
 //	  package: ./cmd/tea       # Go main package, relative to the context; "." by default
@@ -39,6 +41,7 @@ type Config struct {
 // TestConfig describes the test step.
 type TestConfig struct {
 	Command string `json:"command,omitempty"`
+	Image   string `json:"image,omitempty"`
 }
 
 // BuildConfig describes the image build.
@@ -83,6 +86,11 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	if strings.TrimSpace(c.Test.Command) == "" && c.Test.Command != "" {
 		return nil, fmt.Errorf("%s: test.command is blank; remove it to skip the test step", ConfigFile)
+	}
+	if c.Test.Image != "" {
+		if _, err := name.ParseReference(c.Test.Image); err != nil {
+			return nil, fmt.Errorf("%s: test.image: %w", ConfigFile, err)
+		}
 	}
 	return &c, nil
 }

@@ -38,6 +38,7 @@ func TestParseConfigErrors(t *testing.T) {
 		"build:\n  dockerfile: ..\\\\Dockerfile\n":     "inside the repository",
 		"build:\n  package: ./../../etc\n":             "inside the repository",
 		"- a list\n":                                   "cannot unmarshal",
+		"test:\n  command: x\n  image: Not An Image\n": "test.image",
 	} {
 		_, err := ParseConfig([]byte(in))
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), ConfigFile) {

@@ -17,12 +17,13 @@ import (
 
 // Executor runs the commands developers define for a run (the test
 // command) in the run's workspace. The local executor runs them as child
-// processes of the server; a Kubernetes executor will run them in the
-// run's Pod, with the workspace on a volume, which is why a Command
-// carries everything the process may see and nothing of the server's own
-// environment.
+// processes of the server; the Kubernetes executor (KubeExecutor) runs
+// them in a Pod of their own that checks the source out onto a volume,
+// which is why a Command carries everything the process may see and
+// nothing of the server's own environment.
 type Executor interface {
-	// Name identifies the executor in logs and provenance ("local").
+	// Name identifies the executor in logs and provenance ("local",
+	// "kubernetes").
 	Name() string
 	// Exec runs cmd to completion, or until ctx is done, when every
 	// process it started is killed. A command that exits non-zero returns
@@ -46,6 +47,19 @@ type Command struct {
 	Output io.Writer
 	// Limits bound the resources of each process the command starts.
 	Limits Limits
+
+	// The fields below serve executors that run the command away from the
+	// server's workspace, such as the Kubernetes executor, which check the
+	// source out themselves; the local executor ignores them.
+
+	// RunID names the run the command belongs to.
+	RunID string
+	// Source is the repository and commit checked out in Workspace, with
+	// the credentials to fetch it.
+	Source Source
+	// Image is the container image to run the command in; empty for the
+	// executor's default.
+	Image string
 }
 
 // Limits bound a step's processes. Zero fields are not limited.
@@ -58,6 +72,10 @@ type Limits struct {
 	Memory int64
 	// OpenFiles is the number of file descriptors (RLIMIT_NOFILE).
 	OpenFiles int64
+	// CPU is the processor time all processes together may use per
+	// second, in thousandths of a core: a container's CPU limit. The
+	// local executor does not apply it.
+	CPU int64
 }
 
 // ExitError is a command that ran and exited non-zero.

@@ -82,8 +82,9 @@ var DefaultTimeouts = Timeouts{
 	GitOperation: time.Minute,
 }
 
-// DefaultLimits bound each process of the test step.
-var DefaultLimits = Limits{CPUTime: 30 * time.Minute, Memory: 8 << 30, OpenFiles: 4096}
+// DefaultLimits bound each process of the test step, and the CPU of the
+// container it runs in under an executor that runs containers.
+var DefaultLimits = Limits{CPUTime: 30 * time.Minute, Memory: 8 << 30, OpenFiles: 4096, CPU: 2000}
 
 // Source is what to build.
 type Source struct {
@@ -514,6 +515,9 @@ func (e *Engine) test(r *run) func(context.Context, io.Writer, *Result) (string,
 			Env:       env,
 			Output:    w,
 			Limits:    r.s.Limits,
+			RunID:     r.req.RunID,
+			Source:    r.req.Source,
+			Image:     r.cfg.Test.Image,
 		})
 		if err != nil {
 			// The command itself is in the log; the message stays short
