@@ -12,6 +12,11 @@ type PipelineSource struct {
 	// Branches whose pushes start a run. Defaults to [main].
 	// +optional
 	Branches []string `json:"branches,omitempty"`
+	// IgnorePaths are files whose changes alone start no run, e.g. "*.md"
+	// or "docs/**". A pattern with a slash matches the path from the
+	// repository's root, one without matches the file name anywhere.
+	// +optional
+	IgnorePaths []string `json:"ignorePaths,omitempty"`
 	// SecretRef names a Secret with `username`/`password` for the repository.
 	// +optional
 	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`

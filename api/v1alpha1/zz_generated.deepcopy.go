@@ -458,6 +458,11 @@ func (in *PipelineSource) DeepCopyInto(out *PipelineSource) {
 		*out = make([]string, len(*in))
 		copy(*out, *in)
 	}
+	if in.IgnorePaths != nil {
+		in, out := &in.IgnorePaths, &out.IgnorePaths
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.SecretRef != nil {
 		in, out := &in.SecretRef, &out.SecretRef
 		*out = new(LocalObjectReference)

@@ -186,7 +186,7 @@ func newLabDemoCommand(newLab labFactory) *cobra.Command {
 				return err
 			}
 			printLabInfo(cmd, info)
-			printDemoNextSteps(cmd, info)
+			printDemoNextSteps(cmd, l, info)
 			if keep {
 				fmt.Fprintf(cmd.OutOrStdout(), "\nThe lab keeps running: `slipway lab down` stops it.\n")
 				return nil
@@ -201,22 +201,30 @@ func newLabDemoCommand(newLab labFactory) *cobra.Command {
 	return cmd
 }
 
-func printDemoNextSteps(cmd *cobra.Command, info *lab.Info) {
+func printDemoNextSteps(cmd *cobra.Command, l *lab.Lab, info *lab.Info) {
 	// Show the binary as it was invoked (e.g. bin/slipway from make demo).
 	slipway := os.Args[0]
 	fmt.Fprintf(cmd.OutOrStdout(), `
-The tea and coffee services run in namespace %[1]s, two replicas each, spread over worker-01 and worker-02.
+The tea and coffee services were tested, built, signed and promoted from their
+source repos by their Pipelines, and run in namespace %[1]s, two replicas each,
+spread over worker-01 and worker-02.
 
 Try it (the git password is in `+"`%[5]s lab status -o json`"+`, key git.password):
   export KUBECONFIG=%[2]s
+  %[5]s run list -n %[1]s
   %[5]s app list -n %[1]s
-  git clone http://%[3]s@%[4]s /tmp/ops && cd /tmp/ops
-  sed -i 's/replicas: 2/replicas: 3/' apps/tea/deployment.yaml
-  git commit -am "Scale tea to 3" && git push
-  %[5]s app get tea -n %[1]s        # the push is applied within seconds
+  git clone http://%[3]s@%[6]s /tmp/tea && cd /tmp/tea
+  sed -i 's/a cup of tea/a pot of tea/' main.go main_test.go
+  git commit -am "Serve a pot" && git push
+  %[5]s run list -n %[1]s              # the push started a run: follow it with
+  %[5]s run logs -n %[1]s -f RUN-NAME
+  %[5]s app get tea -n %[1]s        # the new digest runs within seconds
   %[5]s app history tea -n %[1]s
   %[5]s app rollback tea -n %[1]s
-`, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"), slipway)
+
+Images are signed with %[7]s; the ops repo is http://%[3]s@%[4]s.
+`, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"), slipway,
+		strings.TrimPrefix(info.Git.SourceRepos["tea"], "http://"), l.PublicKeyFile())
 }
 
 func newLabGitServerCommand(newLab labFactory) *cobra.Command {

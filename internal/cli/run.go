@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -47,9 +48,9 @@ func newRunListCommand() *cobra.Command {
 			return fmt.Errorf("listing PipelineRuns: %w", err)
 		}
 		items := list.Items
-		for i, j := 0, len(items)-1; i < j; i, j = i+1, j-1 {
-			items[i], items[j] = items[j], items[i]
-		}
+		sort.SliceStable(items, func(i, j int) bool {
+			return items[j].CreationTimestamp.Before(&items[i].CreationTimestamp)
+		})
 		if done, err := printStructured(cmd.OutOrStdout(), *out, items); done {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/pipeline"
 	"slipway.dev/slipway/internal/server"
 	"slipway.dev/slipway/internal/upstream"
 )
@@ -40,6 +41,9 @@ without one every webhook delivery is refused.`,
 	cmd.Flags().StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", install.Namespace, "namespace of the leader-election lease")
 	cmd.Flags().StringVar(&opts.GitCacheDir, "git-cache-dir", filepath.Join(upstream.CacheDir(), "git"), "directory for cached clones")
 	cmd.Flags().StringVar(&opts.RunDir, "run-dir", filepath.Join(upstream.CacheDir(), "runs"), "directory for pipeline run workspaces and logs")
+	cmd.Flags().StringVar(&opts.Executor, "executor", "local", "where pipeline test commands run: local (child processes with resource limits) or kubernetes (a Pod per command)")
+	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.Namespace, "namespace of the kubernetes executor's Pods and Secrets")
+	cmd.Flags().StringVar(&opts.TestImage, "test-image", pipeline.DefaultKubeImage, "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest)")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
 	cmd.Flags().IntVar(&qps, "kube-api-qps", 500, "client-side limit of requests per second to the API server (burst: twice this)")
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")

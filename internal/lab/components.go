@@ -175,7 +175,7 @@ func (l *Lab) components(st *State) []component {
 		{
 			name: compServer, exe: l.Slipway, timeout: 60 * time.Second,
 			args: []string{"server", "--kubeconfig", l.Kubeconfig(), "--addr", "127.0.0.1:" + strconv.Itoa(p.Server),
-				"--webhook-secret-file", l.WebhookSecretFile(), "--git-cache-dir", l.path("git-cache")},
+				"--webhook-secret-file", l.WebhookSecretFile(), "--git-cache-dir", l.path("git-cache"), "--run-dir", l.path("runs")},
 			ready: func(ctx context.Context) error {
 				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Server)+"/readyz", nil)
 			},

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	git "github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/storer"
 	"github.com/go-logr/logr"
 
 	"slipway.dev/slipway/internal/gitserver"
@@ -32,8 +35,10 @@ func (l *Lab) ServeGit(ctx context.Context, log logr.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := srv.CreateRepo(ctx, OpsRepo); err != nil {
-		return err
+	for _, repo := range append([]string{OpsRepo}, sourceRepos()...) {
+		if err := srv.CreateRepo(ctx, repo); err != nil {
+			return err
+		}
 	}
 	secret, err := os.ReadFile(l.WebhookSecretFile())
 	if err != nil {
@@ -60,6 +65,15 @@ func (l *Lab) ServeGit(ctx context.Context, log logr.Logger) error {
 	return nil
 }
 
+// sourceRepos are the demo services' source repositories.
+func sourceRepos() []string {
+	var repos []string
+	for _, app := range DemoApps {
+		repos = append(repos, SourceRepo(app))
+	}
+	return repos
+}
+
 type notifier struct {
 	root, webhook, baseURL string
 	secret                 []byte
@@ -79,18 +93,23 @@ func (n *notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	after := n.heads(repo)
 	for ref, sha := range after {
 		if before[ref] != sha {
-			go n.notify(repo, ref, sha)
+			go n.notify(repo, ref, before[ref], sha)
 		}
 	}
+}
+
+// open opens a repository under the root, refusing names that leave it.
+func (n *notifier) open(repo string) (*git.Repository, error) {
+	if strings.Contains(repo, "..") {
+		return nil, fmt.Errorf("repository name %q leaves the root", repo)
+	}
+	return git.PlainOpen(filepath.Join(n.root, repo))
 }
 
 // heads reads the repository's branches straight from disk.
 func (n *notifier) heads(repo string) map[string]string {
 	out := map[string]string{}
-	if strings.Contains(repo, "..") {
-		return out
-	}
-	r, err := git.PlainOpen(n.root + "/" + repo)
+	r, err := n.open(repo)
 	if err != nil {
 		return out
 	}
@@ -107,11 +126,101 @@ func (n *notifier) heads(repo string) map[string]string {
 	return out
 }
 
-func (n *notifier) notify(repo, ref, sha string) {
-	body, _ := json.Marshal(map[string]any{
-		"ref": ref, "after": sha,
-		"repository": map[string]string{"clone_url": n.baseURL + "/" + repo},
+// maxNotifiedCommits is how many commits a push event lists, as GitHub does;
+// a receiver treats a list this long as possibly incomplete.
+const maxNotifiedCommits = 20
+
+type pushCommit struct {
+	ID        string            `json:"id"`
+	Message   string            `json:"message"`
+	Timestamp string            `json:"timestamp"`
+	Author    map[string]string `json:"author"`
+	Added     []string          `json:"added"`
+	Removed   []string          `json:"removed"`
+	Modified  []string          `json:"modified"`
+}
+
+// pushEvent is a GitHub-shaped push payload: the ref, both heads, and the
+// pushed commits (newest first, at most maxNotifiedCommits) with the files
+// each changed, so receivers can skip pushes that touch only files they ignore.
+func (n *notifier) pushEvent(repo, ref, before, after string) map[string]any {
+	event := map[string]any{
+		"ref": ref, "before": before, "after": after,
+		"repository": map[string]string{"clone_url": n.baseURL + "/" + repo, "full_name": strings.TrimSuffix(repo, ".git")},
+	}
+	r, err := n.open(repo)
+	if err != nil {
+		return event
+	}
+	commits, err := r.Log(&git.LogOptions{From: plumbing.NewHash(after)})
+	if err != nil {
+		return event
+	}
+	var listed []pushCommit
+	_ = commits.ForEach(func(c *object.Commit) error {
+		if c.Hash.String() == before || len(listed) == maxNotifiedCommits {
+			return storer.ErrStop
+		}
+		pc := pushCommit{
+			ID: c.Hash.String(), Message: c.Message, Timestamp: c.Committer.When.Format(time.RFC3339),
+			Author: map[string]string{"name": c.Author.Name, "email": c.Author.Email},
+			Added:  []string{}, Removed: []string{}, Modified: []string{},
+		}
+		if err := changedFiles(c, &pc); err != nil {
+			return err
+		}
+		listed = append(listed, pc)
+		return nil
 	})
+	if len(listed) > 0 {
+		event["head_commit"] = listed[0]
+		event["commits"] = listed
+	}
+	return event
+}
+
+// changedFiles fills the files c changed against its first parent.
+func changedFiles(c *object.Commit, pc *pushCommit) error {
+	tree, err := c.Tree()
+	if err != nil {
+		return err
+	}
+	var parentTree *object.Tree
+	if c.NumParents() > 0 {
+		parent, err := c.Parent(0)
+		if err != nil {
+			return err
+		}
+		if parentTree, err = parent.Tree(); err != nil {
+			return err
+		}
+	}
+	changes, err := object.DiffTree(parentTree, tree)
+	if err != nil {
+		return err
+	}
+	for _, ch := range changes {
+		switch {
+		case ch.From.Name == "":
+			pc.Added = append(pc.Added, ch.To.Name)
+		case ch.To.Name == "":
+			pc.Removed = append(pc.Removed, ch.From.Name)
+		default:
+			pc.Modified = append(pc.Modified, ch.To.Name)
+		}
+	}
+	return nil
+}
+
+func (n *notifier) notify(repo, ref, before, after string) {
+	if before == "" {
+		before = plumbing.ZeroHash.String()
+	}
+	body, err := json.Marshal(n.pushEvent(repo, ref, before, after))
+	if err != nil {
+		n.log.Error(err, "encoding a push event", "repo", repo)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.webhook, bytes.NewReader(body))
@@ -128,5 +237,5 @@ func (n *notifier) notify(repo, ref, sha string) {
 		return
 	}
 	resp.Body.Close()
-	n.log.Info("push notified", "repo", repo, "ref", ref, "after", sha, "status", resp.StatusCode)
+	n.log.Info("push notified", "repo", repo, "ref", ref, "after", after, "status", resp.StatusCode)
 }

@@ -257,6 +257,8 @@ type GitInfo struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
 	OpsRepo  string `json:"opsRepo"`
+	// SourceRepos are the demo services' source repositories, by service.
+	SourceRepos map[string]string `json:"sourceRepos"`
 }
 
 // RegistryInfo locates the lab's OCI registry.
@@ -315,9 +317,12 @@ func (l *Lab) info(st *State) *Info {
 		Dir:        l.Dir,
 		Kubeconfig: l.Kubeconfig(),
 		APIServer:  "https://127.0.0.1:" + strconv.Itoa(st.Ports.APIServer),
-		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo},
+		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo, SourceRepos: map[string]string{}},
 		Registry:   RegistryInfo{Host: "127.0.0.1:" + strconv.Itoa(st.Ports.Registry), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
+	}
+	for _, app := range DemoApps {
+		info.Git.SourceRepos[app] = gitURL + "/" + SourceRepo(app)
 	}
 	for _, name := range componentOrder() {
 		if p := st.Components[name]; p != nil {

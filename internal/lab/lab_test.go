@@ -11,12 +11,21 @@ import (
 	"testing"
 	"time"
 
+	git "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitserver"
+	"slipway.dev/slipway/internal/imagebuild"
 	"slipway.dev/slipway/internal/lab"
+	"slipway.dev/slipway/internal/promote"
+	"slipway.dev/slipway/internal/signing"
 	"slipway.dev/slipway/internal/testenv"
 )
 
@@ -44,7 +53,7 @@ func TestLabEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	l := &lab.Lab{Dir: dir, BinDir: testenv.BinDir(), Slipway: exe, Progress: t.Logf}
 	t.Cleanup(func() { _ = l.Down(false) })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
 	info, err := l.Up(ctx)
@@ -76,9 +85,13 @@ func TestLabEndToEnd(t *testing.T) {
 	for _, app := range lab.DemoApps {
 		waitPods(t, c, app, 2)
 	}
-	// `make demo` run again on the same lab finds its work done.
+	// `make demo` run again on the same lab finds its work done and
+	// delivers one more change.
 	if err := l.Demo(ctx, info); err != nil {
 		t.Fatalf("second demo run: %v", err)
+	}
+	for _, app := range lab.DemoApps {
+		checkSupplyChain(t, c, l, info, app)
 	}
 
 	// The status command gives scripts what they need.
@@ -129,7 +142,7 @@ func TestLabEndToEnd(t *testing.T) {
 		Result   string
 	}
 	runJSON(t, exe, &history, append([]string{"app", "history", "tea", "-o", "json"}, kube...)...)
-	if len(history) != 3 || history[0].Revision != history[2].Revision {
+	if len(history) < 3 || history[0].Revision != history[2].Revision {
 		t.Fatalf("history after rollback = %+v", history)
 	}
 
@@ -149,6 +162,79 @@ func TestLabEndToEnd(t *testing.T) {
 	}
 	if out, err := exec.Command(exe, "lab", "status", "--dir", dir).CombinedOutput(); err == nil {
 		t.Fatalf("lab status exits 0 after down:\n%s", out)
+	}
+}
+
+// checkSupplyChain follows the head of app's source repository to the
+// cluster: a succeeded PipelineRun built it; the registry holds the image
+// at the run's digest, signed by the lab's key with SBOM and provenance
+// attestations; the ops repo commit that promoted it names the source
+// commit and the digest; and the Deployment runs exactly that image.
+func checkSupplyChain(t *testing.T, c client.Client, l *lab.Lab, info *lab.Info, app string) {
+	t.Helper()
+	ctx := context.Background()
+	source, err := git.PlainOpen(filepath.Join(info.Dir, "git", lab.SourceRepo(app)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := source.Reference(plumbing.NewBranchReferenceName("main"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs slipwayv1.PipelineRunList
+	if err := c.List(ctx, &runs, client.InNamespace(lab.DemoNamespace), client.MatchingLabels{"slipway.dev/pipeline": app}); err != nil {
+		t.Fatal(err)
+	}
+	var run *slipwayv1.PipelineRun
+	for i := range runs.Items {
+		if r := &runs.Items[i]; r.Spec.Commit == head.Hash().String() && r.Status.Phase == slipwayv1.RunSucceeded {
+			run = r
+		}
+	}
+	if run == nil {
+		t.Fatalf("%s: no succeeded PipelineRun for the source head %s among %d runs", app, head.Hash(), len(runs.Items))
+	}
+
+	digest, err := name.NewDigest(run.Status.Image)
+	if err != nil {
+		t.Fatalf("%s: run %s image %q: %v", app, run.Name, run.Status.Image, err)
+	}
+	if digest.DigestStr() != run.Status.Digest || !strings.HasPrefix(run.Status.Image, info.Registry.Host+"/cafe/"+app+"@") {
+		t.Fatalf("%s: run status image %s, digest %s", app, run.Status.Image, run.Status.Digest)
+	}
+	pemKey, err := os.ReadFile(l.PublicKeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := signing.DecodePublicKey(pemKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	registryAuth := remote.WithAuth(&authn.Basic{Username: info.Registry.Username, Password: info.Registry.Password})
+	if _, err := signing.Verify(ctx, digest, pub, []string{imagebuild.PredicateSPDX, imagebuild.PredicateSLSAProvenance}, registryAuth); err != nil {
+		t.Fatalf("%s: %v", app, err)
+	}
+
+	ops, err := git.PlainOpen(filepath.Join(info.Dir, "git", lab.OpsRepo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	promotion, err := ops.CommitObject(plumbing.NewHash(run.Status.PromotionCommit))
+	if err != nil {
+		t.Fatalf("%s: promotion commit %q: %v", app, run.Status.PromotionCommit, err)
+	}
+	for _, trailer := range []string{promote.TrailerSourceCommit + ": " + head.Hash().String(), promote.TrailerImageDigest + ": " + run.Status.Digest} {
+		if !strings.Contains(promotion.Message, trailer) {
+			t.Fatalf("%s: promotion commit message lacks %q:\n%s", app, trailer, promotion.Message)
+		}
+	}
+
+	var d appsv1.Deployment
+	if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: app}, &d); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Spec.Template.Spec.Containers[0].Image; got != run.Status.Image {
+		t.Fatalf("%s: the Deployment runs %s, want the run's %s", app, got, run.Status.Image)
 	}
 }
 

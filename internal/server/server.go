@@ -40,8 +40,13 @@ type Options struct {
 	LeaderElectionNamespace string
 	GitCacheDir             string
 	// RunDir holds each pipeline run's workspace (removed when it ends) and logs.
-	RunDir      string
-	Concurrency int
+	RunDir string
+	// Executor runs the test step: "local" (child processes of the server)
+	// or "kubernetes" (a Pod per command in RunNamespace, from TestImage).
+	Executor     string
+	RunNamespace string
+	TestImage    string
+	Concurrency  int
 	// Started, when set, receives the bound HTTP address once the server listens.
 	Started func(addr string)
 }
@@ -55,6 +60,23 @@ func Scheme() *runtime.Scheme {
 		}
 	}
 	return s
+}
+
+// newExecutor builds the test step's executor that opts name.
+func newExecutor(opts Options) (pipeline.Executor, error) {
+	switch opts.Executor {
+	case "", "local":
+		return &pipeline.LocalExecutor{}, nil
+	case "kubernetes":
+		// Uncached: a manager-cached client would list and watch every Pod
+		// of the cluster for the few the executor creates.
+		c, err := client.New(opts.Config, client.Options{Scheme: Scheme()})
+		if err != nil {
+			return nil, fmt.Errorf("creating the Kubernetes executor's client: %w", err)
+		}
+		return pipeline.NewKubeExecutor(c, opts.Config, opts.RunNamespace, opts.TestImage)
+	}
+	return nil, fmt.Errorf("unknown executor %q: use local or kubernetes", opts.Executor)
 }
 
 // Run serves until ctx is cancelled.
@@ -80,9 +102,13 @@ func Run(ctx context.Context, opts Options) error {
 	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency}); err != nil {
 		return err
 	}
+	executor, err := newExecutor(opts)
+	if err != nil {
+		return err
+	}
 	runs := &pipeline.RunReconciler{
 		Client:   mgr.GetClient(),
-		Engine:   &pipeline.Engine{Dir: opts.RunDir, Executor: &pipeline.LocalExecutor{}},
+		Engine:   &pipeline.Engine{Dir: opts.RunDir, Executor: executor},
 		Recorder: mgr.GetEventRecorderFor("slipway-pipeline"),
 	}
 	if err := runs.SetupWithManager(mgr); err != nil {

@@ -260,7 +260,7 @@ func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
 	pipe := &slipwayv1.Pipeline{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tea"},
 		Spec: slipwayv1.PipelineSpec{
-			Source:  slipwayv1.PipelineSource{URL: "http://127.0.0.1:1/src/tea.git", Branches: []string{"main"}},
+			Source:  slipwayv1.PipelineSource{URL: "http://127.0.0.1:1/src/tea.git", Branches: []string{"main"}, IgnorePaths: []string{"*.md", "docs/**"}},
 			Image:   slipwayv1.ImageTarget{Repository: "127.0.0.1:1/shop/tea"},
 			Signing: slipwayv1.SigningKey{SecretRef: slipwayv1.LocalObjectReference{Name: "missing-key"}},
 		},
@@ -269,8 +269,13 @@ func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	const sha = "0123456789abcdef0123456789abcdef01234567"
-	push := func(ref, delivery string) []string {
-		body := []byte(`{"ref":"` + ref + `","after":"` + sha + `","head_commit":{"author":{"name":"Dev"}},"repository":{"clone_url":"http://127.0.0.1:1/src/tea.git"}}`)
+	push := func(ref, delivery string, changed ...string) []string {
+		commits := ""
+		if len(changed) > 0 {
+			files, _ := json.Marshal(changed)
+			commits = `,"commits":[{"modified":` + string(files) + `}]`
+		}
+		body := []byte(`{"ref":"` + ref + `","after":"` + sha + `","head_commit":{"author":{"name":"Dev"}},"repository":{"clone_url":"http://127.0.0.1:1/src/tea.git"}` + commits + `}`)
 		code, resp := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": webhook.Sign(secret, body)})
 		if code != http.StatusAccepted {
 			t.Fatalf("push: %d %s", code, resp)
@@ -281,7 +286,10 @@ func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
 		}
 		return got.PipelineRuns
 	}
-	first := push("refs/heads/main", "delivery-1")
+	if docs := push("refs/heads/main", "delivery-0", "README.md", "docs/guide.md"); len(docs) != 0 {
+		t.Fatalf("a push changing only ignored files started %v", docs)
+	}
+	first := push("refs/heads/main", "delivery-1", "README.md", "main.go")
 	if len(first) != 1 {
 		t.Fatalf("a push to main started %v, want one run", first)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -43,6 +44,11 @@ func (h *Handler) startRuns(ctx context.Context, push *Push, deliveryID string) 
 		if p.Spec.Suspend || !repos[NormalizeURL(p.Spec.Source.URL)] || !slices.Contains(branches, branch) {
 			continue
 		}
+		if push.ChangedFiles != nil && !slices.ContainsFunc(push.ChangedFiles, func(f string) bool {
+			return !Ignored(p.Spec.Source.IgnorePaths, f)
+		}) {
+			continue // only files the Pipeline ignores changed
+		}
 		run := &slipwayv1.PipelineRun{
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace: p.Namespace,
@@ -75,4 +81,29 @@ func runName(pipeline, sha, deliveryID string) string {
 		pipeline = strings.TrimRight(pipeline[:max], "-.")
 	}
 	return pipeline + suffix
+}
+
+// Ignored reports whether a Pipeline with these ignore patterns ignores a
+// change to file (a path from the repository's root). A pattern is a
+// path.Match glob: one with a slash matches the whole path ("docs/*.md"),
+// one without matches the file's name in any directory ("*.md"), and one
+// ending in "/**" matches everything under a directory ("docs/**").
+// A malformed pattern matches nothing, so it cannot hide a change.
+func Ignored(patterns []string, file string) bool {
+	for _, p := range patterns {
+		if dir, ok := strings.CutSuffix(p, "/**"); ok {
+			if strings.HasPrefix(file, dir+"/") {
+				return true
+			}
+			continue
+		}
+		target := file
+		if !strings.Contains(p, "/") {
+			target = path.Base(file)
+		}
+		if ok, err := path.Match(p, target); err == nil && ok {
+			return true
+		}
+	}
+	return false
 }

@@ -38,7 +38,16 @@ type Push struct {
 	RepoURLs []string
 	// Author of the head commit, when the payload names one.
 	Author string
+	// ChangedFiles are the paths the pushed commits add, modify or remove;
+	// nil when the payload does not tell them all (no commit list, or one
+	// the sender truncated), in which case every file counts as changed.
+	ChangedFiles []string
 }
+
+// maxListedCommits is how many commits GitHub lists in a push payload; a
+// list that long may have been truncated, so its files are not the push's
+// whole change.
+const maxListedCommits = 20
 
 type pushPayload struct {
 	Ref        string `json:"ref"`
@@ -49,6 +58,11 @@ type pushPayload struct {
 			Email string `json:"email"`
 		} `json:"author"`
 	} `json:"head_commit"`
+	Commits []struct {
+		Added    []string `json:"added"`
+		Removed  []string `json:"removed"`
+		Modified []string `json:"modified"`
+	} `json:"commits"`
 	Repository struct {
 		CloneURL string `json:"clone_url"`
 		HTMLURL  string `json:"html_url"`
@@ -68,6 +82,14 @@ func ParsePush(body []byte) (*Push, error) {
 	for _, u := range []string{p.Repository.CloneURL, p.Repository.HTMLURL, p.Repository.SSHURL, p.Repository.GitURL, p.Repository.URL} {
 		if u != "" {
 			push.RepoURLs = append(push.RepoURLs, u)
+		}
+	}
+	if n := len(p.Commits); n > 0 && n < maxListedCommits {
+		push.ChangedFiles = []string{}
+		for _, c := range p.Commits {
+			push.ChangedFiles = append(push.ChangedFiles, c.Added...)
+			push.ChangedFiles = append(push.ChangedFiles, c.Removed...)
+			push.ChangedFiles = append(push.ChangedFiles, c.Modified...)
 		}
 	}
 	if len(push.RepoURLs) == 0 {

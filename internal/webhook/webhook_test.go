@@ -2,6 +2,8 @@ package webhook
 
 import (
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -44,6 +46,55 @@ func TestParsePush(t *testing.T) {
 		if _, err := ParsePush([]byte(bad)); err == nil {
 			t.Errorf("ParsePush(%s) accepted", bad)
 		}
+	}
+}
+
+func TestParsePushChangedFiles(t *testing.T) {
+	const repo = `"repository":{"clone_url":"https://git.example.com/org/tea.git"}`
+	push, err := ParsePush([]byte(`{"ref":"refs/heads/main","after":"1",` + repo + `,"commits":[` +
+		`{"added":["docs/new.md"],"removed":[],"modified":["README.md"]},{"added":[],"removed":["old.go"],"modified":[]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"docs/new.md", "README.md", "old.go"}; !slices.Equal(push.ChangedFiles, want) {
+		t.Fatalf("ChangedFiles = %q, want %q", push.ChangedFiles, want)
+	}
+	// Without a commit list, or with one the sender may have truncated, the
+	// change is unknown: nil, so that no Pipeline skips it.
+	many := strings.Repeat(`{"modified":["README.md"]},`, maxListedCommits)
+	for name, body := range map[string]string{
+		"no commits":        `{"ref":"refs/heads/main","after":"1",` + repo + `}`,
+		"truncated commits": `{"ref":"refs/heads/main","after":"1",` + repo + `,"commits":[` + strings.TrimSuffix(many, ",") + `]}`,
+	} {
+		push, err := ParsePush([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if push.ChangedFiles != nil {
+			t.Errorf("%s: ChangedFiles = %q, want nil", name, push.ChangedFiles)
+		}
+	}
+}
+
+func TestIgnored(t *testing.T) {
+	patterns := []string{"*.md", "docs/**", "deploy/*.yaml", "[bad"}
+	for file, want := range map[string]bool{
+		"README.md":            true,
+		"cmd/tea/NOTES.md":     true,
+		"docs/guide/index.md":  true,
+		"docs/img/a.png":       true,
+		"deploy/values.yaml":   true,
+		"deploy/x/values.yaml": false,
+		"main.go":              false,
+		"docsx/a.go":           false,
+		"[bad":                 false,
+	} {
+		if got := Ignored(patterns, file); got != want {
+			t.Errorf("Ignored(%q) = %v, want %v", file, got, want)
+		}
+	}
+	if Ignored(nil, "README.md") {
+		t.Error("no patterns ignored a file")
 	}
 }
 
