@@ -88,6 +88,11 @@ func newPolicyCheckCommand(flags *policyFlags) *cobra.Command {
 		Long: `Check reads YAML or JSON manifests as a stream and evaluates them against the
 profile. A directory holding a kustomization is rendered first.
 
+All inputs form one set: rules about a namespace (a workload must be selected
+by a NetworkPolicy, say) see the objects of that namespace in every input.
+Objects without metadata.namespace are taken to share the namespace they will
+be deployed to.
+
 Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 2 on bad input (unreadable or invalid manifests, unknown packs, bad flags).`,
 		Args: func(_ *cobra.Command, args []string) error {
@@ -131,10 +136,12 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 		}
 
 		ctx := cmd.Context()
-		now := time.Now()
-		var results []policy.ObjectResult
+		// Every input is one set, so a NetworkPolicy in one file counts for the
+		// Deployment of another; the SetEvaluator keeps of the stream only what
+		// cross-object rules need, so memory stays bounded by that.
+		set := pol.NewSetEvaluator(time.Now())
 		err = policy.ReadManifests(ctx, args, policy.ReadOptions{MaxDocumentSize: int(limit.Value()), Stdin: cmd.InOrStdin()}, func(m policy.Manifest) error {
-			results = append(results, pol.EvaluateObject(ctx, m.Object, m.Ref, now))
+			set.Add(ctx, m.Object, m.Ref)
 			return nil
 		})
 		if err != nil {
@@ -142,6 +149,10 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 				return err
 			}
 			return usageError(err)
+		}
+		results, err := set.Results(ctx)
+		if err != nil {
+			return err
 		}
 		report := policy.NewReport(pol, results)
 		if err := writeReport(cmd.OutOrStdout(), *out, report); err != nil {
@@ -268,6 +279,9 @@ func writeExplanation(w io.Writer, v ruleView) error {
 	if len(v.Replaces) > 0 {
 		fmt.Fprintf(&b, "Replaces:     %s\n", strings.Join(v.Replaces, ", "))
 	}
+	if v.CrossObject() {
+		fmt.Fprintf(&b, "Reads:        %s of the object's namespace, as namespaceObjects\n", strings.Join(v.NamespaceObjects, ", "))
+	}
 	fmt.Fprintf(&b, "\nViolation:    %s\nRemediation:  %s\n", v.Message, v.Remediation)
 	if len(v.Parameters) > 0 {
 		b.WriteString("\nParameters in force:\n")
@@ -286,8 +300,8 @@ func writeExplanation(w io.Writer, v ruleView) error {
 		}
 		b.WriteString("\n")
 	}
-	if v.AdmissionSkip != "" {
-		fmt.Fprintf(&b, "\nNot exported as an admission policy: %s\n", strings.Join(strings.Fields(v.AdmissionSkip), " "))
+	if reason := v.AdmissionSkipReason(); reason != "" {
+		fmt.Fprintf(&b, "\nNot exported as an admission policy: %s\n", reason)
 	}
 	fmt.Fprintf(&b, "\nCheck (CEL, returns the offending field paths):\n  %s\n", strings.TrimSpace(v.Expression))
 	_, err := io.WriteString(w, b.String())

@@ -106,8 +106,87 @@ func TestPolicyListExplainExport(t *testing.T) {
 	if _, _, code := runPolicy(t, "", "explain", "FIN-XX-001"); code != ExitUsage {
 		t.Errorf("explain of an unknown rule: exit %d", code)
 	}
+	out, _, code = runPolicy(t, "", "explain", "FIN-NET-002")
+	for _, want := range []string{"Reads:        NetworkPolicy.networking.k8s.io of the object's namespace", "Not exported as an admission policy: it reads other objects", "systemNamespaces: [kube-system kube-public kube-node-lease]"} {
+		if code != ExitOK || !strings.Contains(out, want) {
+			t.Errorf("explain FIN-NET-002 lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
 	out, errOut, code := runPolicy(t, "", "export", "--mode", "audit")
 	if code != ExitOK || !strings.Contains(out, "kind: ValidatingAdmissionPolicyBinding") || !strings.Contains(out, "- Warn") || !strings.Contains(errOut, "not exported: FIN-SEC-004") {
 		t.Errorf("export: exit %d\n%.300s\n%s", code, out, errOut)
+	}
+	for _, id := range []string{"FIN-NET-001", "FIN-NET-002"} {
+		if !strings.Contains(errOut, "not exported: "+id+": it reads other objects of the namespace") || !strings.Contains(out, "#   "+id+": ") ||
+			strings.Contains(out, "policy.slipway.dev/rule: "+id) {
+			t.Errorf("export does not list %s as not exported:\n%s", id, errOut)
+		}
+	}
+}
+
+// TestPolicyCheckOneSet: every input of a check is one set, so the
+// NetworkPolicies of one file count for the workloads of another.
+func TestPolicyCheckOneSet(t *testing.T) {
+	dir := t.TempDir()
+	workload := filepath.Join(dir, "deployment.yaml")
+	policies := filepath.Join(dir, "networkpolicy.yaml")
+	if err := os.WriteFile(workload, []byte(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web
+      automountServiceAccountToken: false
+      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: web
+          image: registry.slipway.internal/shop/web:1.0.0
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+          resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 200m, memory: 128Mi}}
+          livenessProbe: {httpGet: {path: /healthz, port: 8080}}
+          readinessProbe: {httpGet: {path: /readyz, port: 8080}}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(policies, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runPolicy(t, "", "check", workload)
+	if code != ExitFailure || !strings.Contains(out, "FIN-NET-001 metadata.namespace") || !strings.Contains(out, "FIN-NET-002 spec.template.metadata.labels") {
+		t.Errorf("the workload alone: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = runPolicy(t, "", "check", workload, policies)
+	if code != ExitOK || strings.Contains(out, "FIN-NET") {
+		t.Errorf("the workload with its namespace's default deny: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = runPolicy(t, "", "check", "-o", "json", corpus+"segmentation.yaml")
+	var report struct {
+		Results []struct {
+			Object   struct{ Kind, Name string }
+			Findings []struct{ Rule, Path string }
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &report); err != nil || code != ExitFailure {
+		t.Fatalf("segmentation: exit %d, %v\n%s", code, err, errOut)
+	}
+	unselected := 0
+	for _, r := range report.Results {
+		for _, f := range r.Findings {
+			if f.Rule == "FIN-NET-002" {
+				unselected++
+				if r.Object.Name != "nightly-report" || f.Path != "spec.jobTemplate.spec.template.metadata.labels" {
+					t.Errorf("FIN-NET-002 on %s/%s at %s", r.Object.Kind, r.Object.Name, f.Path)
+				}
+			}
+		}
+	}
+	if unselected != 1 {
+		t.Errorf("%d FIN-NET-002 findings in segmentation.yaml, want 1", unselected)
 	}
 }

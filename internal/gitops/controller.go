@@ -20,8 +20,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitsource"
@@ -50,16 +52,74 @@ type ApplicationReconciler struct {
 
 // SetupWithManager registers the controller. Metadata changes (the
 // reconcile and sync request annotations) trigger it as well as spec changes.
+//
+// With the policy gate on, a change of policy triggers it too: a waiver that
+// unblocks a sync, or a profile that now blocks one, takes effect at once
+// rather than at each Application's next interval (which may be an hour).
+// Only spec changes count (GenerationChangedPredicate), so status and label
+// edits of profiles and waivers do not re-evaluate anything.
 func (r *ApplicationReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&slipwayv1.Application{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrency, 1)}).
-		Complete(r)
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{})))
+	if r.Policy != nil {
+		b = b.
+			Watches(&slipwayv1.PolicyProfile{}, handler.EnqueueRequestsFromMapFunc(r.applicationsUsingProfile),
+				builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+			Watches(&slipwayv1.PolicyWaiver{}, handler.EnqueueRequestsFromMapFunc(r.applicationsUnderPolicy),
+				builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+	}
+	return b.WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrency, 1)}).Complete(r)
+}
+
+// applicationsUsingProfile maps a PolicyProfile to the Applications it
+// gates: those naming it, and for the default profile those naming none.
+func (r *ApplicationReconciler) applicationsUsingProfile(ctx context.Context, profile client.Object) []reconcile.Request {
+	return r.applicationsWhere(ctx, func(a *slipwayv1.Application) bool {
+		name := a.Spec.PolicyProfile
+		if name == "" {
+			name = slipwayv1.DefaultPolicyProfile
+		}
+		return name == profile.GetName()
+	})
+}
+
+// applicationsUnderPolicy maps a PolicyWaiver to every Application a profile
+// gates. Waivers are cluster-wide and name a rule, not a profile, and any
+// profile may hold the rule; an Application naming no profile is gated only
+// while the default profile exists.
+func (r *ApplicationReconciler) applicationsUnderPolicy(ctx context.Context, _ client.Object) []reconcile.Request {
+	err := r.Get(ctx, client.ObjectKey{Name: slipwayv1.DefaultPolicyProfile}, &slipwayv1.PolicyProfile{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		log.FromContext(ctx).Error(err, "reading the default PolicyProfile to find the Applications a waiver concerns")
+	}
+	defaultGates := err == nil
+	return r.applicationsWhere(ctx, func(a *slipwayv1.Application) bool {
+		return a.Spec.PolicyProfile != "" || defaultGates
+	})
+}
+
+func (r *ApplicationReconciler) applicationsWhere(ctx context.Context, match func(*slipwayv1.Application) bool) []reconcile.Request {
+	var apps slipwayv1.ApplicationList
+	if err := r.List(ctx, &apps); err != nil {
+		// A map function cannot return an error; the Applications still
+		// re-evaluate at their interval.
+		log.FromContext(ctx).Error(err, "listing Applications after a policy change")
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range apps.Items {
+		if a := &apps.Items[i]; match(a) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(a)})
+		}
+	}
+	return out
 }
 
 // +kubebuilder:rbac:groups=slipway.dev,resources=applications,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=slipway.dev,resources=applications/status;applications/finalizers,verbs=get;update;patch
+// +kubebuilder:rbac:groups=slipway.dev,resources=policyprofiles;policywaivers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
 // Reconcile brings one Application closer to its desired state.

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -35,6 +39,9 @@ func init() { metrics.Registry.MustRegister(policyViolations) }
 type PolicyGate struct {
 	Client  client.Reader
 	Catalog *policy.Catalog
+	// Mapper resolves the kinds cross-object rules read (NetworkPolicies) to
+	// list the live ones; nil means only the rendered objects count.
+	Mapper apimeta.RESTMapper
 
 	mu       sync.Mutex
 	compiled map[string]compiledProfile // by profile name
@@ -71,7 +78,11 @@ func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, desi
 	if err != nil {
 		return nil, stalled(ReasonPolicyViolation, fmt.Errorf("PolicyProfile %s: %w", name, err))
 	}
-	results, err := compiled.Evaluate(ctx, desired.Objects, time.Now())
+	live, err := g.liveNeighbours(ctx, app, desired, compiled.NamespaceObjectKinds())
+	if err != nil {
+		return nil, err
+	}
+	results, err := compiled.EvaluateSet(ctx, desired.Objects, live, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("evaluating policy %s: %w", name, err)
 	}
@@ -150,6 +161,71 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 	}
 	g.compiled[profile.Name] = compiledProfile{key: key, policy: compiled}
 	return compiled, nil
+}
+
+// liveNeighbours lists the live objects of kinds (what cross-object rules
+// read, e.g. NetworkPolicies) in the namespaces desired deploys to, as the
+// namespaces will hold them after the sync: the rendered version of an object
+// replaces the live one, and when the Application prunes, a live object it
+// owns that the revision no longer has is going away. A namespace default deny
+// kept outside the Application (by a platform team, say) thus counts for its
+// workloads.
+//
+// The list is a live read, not a cached one: unstructured reads bypass the
+// manager's cache, so the controller needs list on these kinds in the
+// destination namespaces only, not a cluster-wide watch.
+func (g *PolicyGate) liveNeighbours(ctx context.Context, app *slipwayv1.Application, desired *Desired, kinds []string) ([]*unstructured.Unstructured, error) {
+	if len(kinds) == 0 || g.Mapper == nil {
+		return nil, nil
+	}
+	namespaces := map[string]bool{}
+	rendered := map[string]bool{}
+	for _, o := range desired.Objects {
+		if ns := o.GetNamespace(); ns != "" {
+			namespaces[ns] = true
+		}
+		rendered[objectID(o)] = true
+	}
+	ownerLabels := resourceManager(nil, nil).GetOwnerLabels(app.Name, app.Namespace)
+	var out []*unstructured.Unstructured
+	for _, k := range kinds {
+		kind, group, _ := strings.Cut(k, ".")
+		mapping, err := g.Mapper.RESTMapping(schema.GroupKind{Group: group, Kind: kind})
+		if apimeta.IsNoMatchError(err) {
+			continue // the cluster does not serve the kind, so none are live
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resolving %s for the policy gate: %w", k, err)
+		}
+		for ns := range namespaces {
+			list := &unstructured.UnstructuredList{}
+			list.SetGroupVersionKind(mapping.GroupVersionKind.GroupVersion().WithKind(mapping.GroupVersionKind.Kind + "List"))
+			if err := g.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+				return nil, fmt.Errorf("listing live %s in namespace %s for the policy gate: %w", k, ns, err)
+			}
+			for i := range list.Items {
+				o := &list.Items[i]
+				if rendered[objectID(o)] || o.GetDeletionTimestamp() != nil {
+					continue
+				}
+				if app.Spec.SyncPolicy.Prune && ownedBy(o, ownerLabels) {
+					continue
+				}
+				out = append(out, o)
+			}
+		}
+	}
+	return out, nil
+}
+
+func ownedBy(o *unstructured.Unstructured, owner map[string]string) bool {
+	labels := o.GetLabels()
+	for k, v := range owner {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 func objectName(o policy.ObjectRef) string {

@@ -24,7 +24,7 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 		return nil, fmt.Errorf("loading the policy packs: %w", err)
 	}
 	r := &ApplicationReconciler{
-		Policy: &PolicyGate{Client: mgr.GetClient(), Catalog: catalog},
+		Policy: &PolicyGate{Client: mgr.GetClient(), Catalog: catalog, Mapper: mgr.GetRESTMapper()},
 		Client: mgr.GetClient(),
 		Loader: &Loader{
 			Client:  mgr.GetClient(),

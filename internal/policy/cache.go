@@ -132,6 +132,8 @@ func objectFields(reads []ruleRead, kind string, params map[string]bool) []field
 			out = append(out, under(append(slices.Clone(steps), "spec"), r.path))
 		case r.variable == "podMetadata":
 			out = append(out, under(append(slices.Clone(steps), "metadata"), r.path))
+		case r.variable == "podLabels":
+			out = append(out, under(append(slices.Clone(steps), "metadata", "labels"), r.path))
 		case r.variable == "containers", r.variable == "securityContexts", r.variable == "volumes":
 			out = append(out, under(append(slices.Clone(steps), "spec"), nil))
 		case r.variable == "namespace":
@@ -162,13 +164,25 @@ func hasPrefix(p, prefix fieldPath) bool {
 }
 
 // kindPlan is how objects of one Kind.group key are evaluated.
+//
+// Cross-object rules are kept apart from the others: their findings depend on
+// the object's neighbours, which no key made of the object's own fields
+// captures, so they never go through the cache and are evaluated only where
+// the neighbours are known (Evaluate, EvaluateSet, SetEvaluator).
 type kindPlan struct {
-	rules   []*compiledRule
-	checked []string // rule ids, the ObjectResult.Checked of every such object
+	rules   []*compiledRule // the rules that read the object alone
+	checked []string        // their ids, the ObjectResult.Checked of EvaluateObject
 	// keyFields by kind class ("Pod", "CronJob", anything else); nil when the
 	// rules read the whole object, which leaves nothing worth caching.
 	keyFields map[string][]fieldPath
 	cacheable map[string]bool
+
+	crossRules []*compiledRule
+	allChecked []string // every rule's id in pack order, the Checked of a set evaluation
+	// projection by kind class is the fields the cross-object rules read plus
+	// the object's identity: all a SetEvaluator keeps of an object until the
+	// set is complete. A class that is missing means the whole object.
+	projection map[string][]fieldPath
 }
 
 // kindClasses are the kinds whose pod template lives in a different place.
@@ -182,21 +196,34 @@ func kindClass(kind string) string {
 }
 
 func newKindPlan(rules []*compiledRule, params map[string]bool) *kindPlan {
-	kp := &kindPlan{rules: rules, keyFields: map[string][]fieldPath{}, cacheable: map[string]bool{}}
-	var reads []ruleRead
+	kp := &kindPlan{keyFields: map[string][]fieldPath{}, cacheable: map[string]bool{}}
+	crossFields := map[string][]fieldPath{}
+	var reads, crossReads []ruleRead
 	for _, r := range rules {
+		kp.allChecked = append(kp.allChecked, r.ID)
+		if r.CrossObject() {
+			kp.crossRules = append(kp.crossRules, r)
+			crossReads = append(crossReads, r.reads...)
+			continue
+		}
+		kp.rules = append(kp.rules, r)
 		kp.checked = append(kp.checked, r.ID)
 		reads = append(reads, r.reads...)
 	}
 	for _, class := range kindClasses {
-		fields := objectFields(reads, class, params)
-		if len(fields) > 0 && len(fields[0]) == 0 {
-			continue
+		if fields := objectFields(reads, class, params); len(kp.rules) > 0 && !wholeObject(fields) {
+			kp.keyFields[class], kp.cacheable[class] = fields, true
 		}
-		kp.keyFields[class], kp.cacheable[class] = fields, true
+		if fields := objectFields(crossReads, class, params); !wholeObject(fields) {
+			crossFields[class] = fields
+		}
 	}
+	kp.projection = projectionFields(crossFields)
 	return kp
 }
+
+// wholeObject reports whether minimal paths include the empty path.
+func wholeObject(fields []fieldPath) bool { return len(fields) > 0 && len(fields[0]) == 0 }
 
 // resultCache maps keys to the findings of the rules before waivers.
 type resultCache struct {

@@ -62,6 +62,11 @@ var BuiltinVariables = []Variable{
 		Expression:  `object.kind == 'Pod' ? object.?metadata.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?metadata.orValue({}) : object.?spec.?template.?metadata.orValue({}))`,
 	},
 	{
+		Name:        "podLabels",
+		Description: "the labels of a Pod or of a workload's pod template ({} when none): what a NetworkPolicy's podSelector is matched against",
+		Expression:  `variables.podMetadata.?labels.orValue({})`,
+	},
+	{
 		Name:        "containers",
 		Description: "every container, init container and ephemeral container as {path, type, value}",
 		Expression: `variables.podSpec.?containers.orValue([]).transformList(i, c, {'path': dyn(variables.podSpecPath + '.containers[' + string(i) + ']'), 'type': dyn('containers'), 'value': c}) +
@@ -102,6 +107,9 @@ type compiledRule struct {
 	parameters []string // parameters the expression reads, for docs and export
 	variables  []string // every variable the expression reads, for export
 	reads      []ruleRead
+	// neighbourKinds are the Kind.group keys of Rule.NamespaceObjects; nil for
+	// a rule that reads the checked object alone.
+	neighbourKinds []string
 }
 
 // boundParameter is a parameter with the value in force for a profile.
@@ -128,6 +136,22 @@ func newEnv() (*cel.Env, *apiservercel.DeclType, error) {
 		return nil, nil, fmt.Errorf("building the CEL environment: %w", err)
 	}
 	return envSet.NewExpressionsEnv(), varsType, nil
+}
+
+// namespaceObjectsVariable is what cross-object rules read their neighbours as.
+// It is a top-level name, not one of `variables`, because it has no
+// counterpart in a ValidatingAdmissionPolicy: only environments compiling
+// rules that declare Rule.NamespaceObjects have it, so any other rule reading
+// it fails to compile instead of failing in the API server after export.
+const namespaceObjectsVariable = "namespaceObjects"
+
+// withNamespaceObjects extends a checking environment for cross-object rules.
+func withNamespaceObjects(env *cel.Env) (*cel.Env, error) {
+	ext, err := env.Extend(cel.Variable(namespaceObjectsVariable, cel.ListType(cel.DynType)))
+	if err != nil {
+		return nil, fmt.Errorf("building the CEL environment of cross-object rules: %w", err)
+	}
+	return ext, nil
 }
 
 // newEvalEnv derives the environment programs are planned in from the checking
@@ -175,6 +199,20 @@ type compiler struct {
 	env     *cel.Env
 	evalEnv *cel.Env
 	bind    *cel.StaticOptimizer
+}
+
+// withNamespaceObjects returns a compiler for cross-object rules: the same
+// environment and parameter binding plus `namespaceObjects`.
+func (c *compiler) withNamespaceObjects() (*compiler, error) {
+	env, err := withNamespaceObjects(c.env)
+	if err != nil {
+		return nil, err
+	}
+	evalEnv, err := newEvalEnv(env)
+	if err != nil {
+		return nil, err
+	}
+	return &compiler{env: env, evalEnv: evalEnv, bind: c.bind}, nil
 }
 
 // checkExpression type-checks expr and returns its AST and the variables it reads.
@@ -362,25 +400,44 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 	p.variablesType = cel.ObjectType(varsType.CelType().TypeName(), traits.IndexerType|traits.FieldTesterType|traits.IterableType)
 
 	var errs []error
+	var crossCompiler *compiler // built when the first cross-object rule needs it
 	for _, r := range res.rules {
 		if !r.HasTarget(TargetManifest) {
 			continue
 		}
-		prg, ast, vars, err := c.compile(r.Expression)
+		rc := c
+		if r.CrossObject() {
+			if crossCompiler == nil {
+				if crossCompiler, err = c.withNamespaceObjects(); err != nil {
+					return nil, err
+				}
+			}
+			rc = crossCompiler
+		}
+		prg, ast, vars, err := rc.compile(r.Expression)
 		if err == nil {
 			err = checkOutputType(ast.OutputType())
+		}
+		if err != nil && !r.CrossObject() && strings.Contains(err.Error(), "'"+namespaceObjectsVariable+"'") {
+			err = fmt.Errorf("%w (a rule reading %s must list their kinds in namespaceObjects)", err, namespaceObjectsVariable)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("compiling rule %s (pack %q): %w", r.ID, r.pack, err))
 			continue
 		}
-		cr := &compiledRule{Rule: r, program: prg, variables: vars, reads: readSet(ast)}
+		cr := &compiledRule{Rule: r, program: prg, variables: vars, reads: readSet(ast), neighbourKinds: r.NamespaceObjects}
 		for _, name := range vars {
 			if declared[name] {
 				cr.parameters = append(cr.parameters, name)
 			}
 		}
 		p.rules = append(p.rules, cr)
+		for _, k := range r.NamespaceObjects {
+			if p.neighbourKinds == nil {
+				p.neighbourKinds = map[string]bool{}
+			}
+			p.neighbourKinds[k] = true
+		}
 		for _, k := range r.MatchedKinds() {
 			p.byKind[k] = append(p.byKind[k], cr)
 		}

@@ -13,8 +13,9 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
-// TestCorpus runs fin-kr over realistic manifests and compares every finding
-// with testdata/corpus/*.golden (regenerate with -update, then review the diff).
+// TestCorpus runs fin-kr over realistic manifests, each file one set (as one
+// `slipway policy check FILE` sees it), and compares every finding with
+// testdata/corpus/*.golden (regenerate with -update, then review the diff).
 func TestCorpus(t *testing.T) {
 	pol, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}})
 	if err != nil {
@@ -27,15 +28,23 @@ func TestCorpus(t *testing.T) {
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
 			var b strings.Builder
-			err := ReadManifests(context.Background(), []string{file}, ReadOptions{}, func(m Manifest) error {
-				res := pol.EvaluateObject(context.Background(), m.Object, m.Ref, time.Now())
-				for _, f := range res.Findings {
-					fmt.Fprintf(&b, "%s %s %s %s\n", res.Object, f.Rule, f.Outcome, f.Path)
-				}
+			ctx := context.Background()
+			set := pol.NewSetEvaluator(time.Now())
+			err := ReadManifests(ctx, []string{file}, ReadOptions{}, func(m Manifest) error {
+				set.Add(ctx, m.Object, m.Ref)
 				return nil
 			})
 			if err != nil {
 				t.Fatal(err)
+			}
+			results, err := set.Results(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, res := range results {
+				for _, f := range res.Findings {
+					fmt.Fprintf(&b, "%s %s %s %s\n", res.Object, f.Rule, f.Outcome, f.Path)
+				}
 			}
 			golden := strings.TrimSuffix(file, ".yaml") + ".golden"
 			if *update {

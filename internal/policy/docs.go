@@ -27,6 +27,14 @@ func GenerateDocs(c *Catalog) []byte {
 	for _, v := range BuiltinVariables {
 		fmt.Fprintf(&b, "- `%s`: %s\n", v.Name, v.Description)
 	}
+	b.WriteString("\nA cross-object rule names, in `namespaceObjects`, kinds of objects it reads\n")
+	b.WriteString("besides the one it checks: the objects of those kinds in the checked object's\n")
+	b.WriteString("namespace are its CEL variable `namespaceObjects` (a list). They come from the\n")
+	b.WriteString("objects checked together: every input of `slipway policy check`, or an\n")
+	b.WriteString("Application's rendered manifests plus the live objects of those kinds in the\n")
+	b.WriteString("namespaces it deploys to. Objects without `metadata.namespace` are taken to\n")
+	b.WriteString("share one namespace, the one they will be deployed to. An admission policy sees\n")
+	b.WriteString("one object at a time, so cross-object rules are not exported.\n")
 	for _, name := range c.PackNames() {
 		p := c.packs[name]
 		fmt.Fprintf(&b, "\n## Pack %s\n\n", p.Name)
@@ -66,9 +74,12 @@ func writeRuleDoc(b *bytes.Buffer, r *Rule) {
 	if len(r.Replaces) > 0 {
 		fmt.Fprintf(b, "- Replaces: %s\n", strings.Join(r.Replaces, ", "))
 	}
+	if r.CrossObject() {
+		fmt.Fprintf(b, "- Reads from the object's namespace (`namespaceObjects`): %s\n", strings.Join(r.NamespaceObjects, ", "))
+	}
 	fmt.Fprintf(b, "- Violation: %s\n- Remediation: %s\n", r.Message, r.Remediation)
-	if r.AdmissionSkip != "" {
-		fmt.Fprintf(b, "- Not exported as an admission policy: %s\n", strings.Join(strings.Fields(r.AdmissionSkip), " "))
+	if reason := r.AdmissionSkipReason(); reason != "" {
+		fmt.Fprintf(b, "- Not exported as an admission policy: %s\n", reason)
 	}
 	b.WriteString("\nSources:\n\n")
 	for _, m := range r.Mappings {

@@ -3,7 +3,8 @@
 // manifests with waivers, and reported as text, JSON, SARIF or JUnit.
 //
 // The main entry point is Catalog.Compile, which turns a Profile (packs,
-// parameters, waivers) into a Policy; Policy.Evaluate checks a slice of objects.
+// parameters, waivers) into a Policy; Policy.Evaluate checks a slice of objects
+// as one set, and a SetEvaluator checks a stream of them.
 package policy
 
 import (
@@ -51,7 +52,10 @@ type Policy struct {
 	plans     map[string]*kindPlan // by Kind.group key
 	waivers   []Waiver
 	cache     resultCache
-	keyBufs   sync.Pool // of *[]byte
+	// neighbourKinds are the Kind.group keys cross-object rules read from a
+	// namespace: what a namespaceIndex keeps.
+	neighbourKinds map[string]bool
+	keyBufs        sync.Pool // of *[]byte
 
 	adapter       types.Adapter  // turns natively computed variables into CEL values
 	variableIndex map[string]int // position in variables by name
@@ -167,13 +171,16 @@ type ObjectResult struct {
 	Findings []Finding `json:"findings,omitempty"`
 }
 
-// activation resolves the two names expressions may read. One activation serves
+// activation resolves the names expressions may read. One activation serves
 // every rule evaluated on an object, so each variable is computed at most once
 // per object; activations are pooled because the engine sees millions of objects.
 type activation struct {
 	object    map[string]any
 	variables variableValues
 	pod       podView
+	// neighbours is the namespaceObjects of the cross-object rule being
+	// evaluated; only those rules are compiled with the name declared.
+	neighbours []any
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
@@ -182,6 +189,8 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		return a.object, true
 	case "variables":
 		return &a.variables, true
+	case namespaceObjectsVariable:
+		return a.neighbours, true
 	}
 	return nil, false
 }
@@ -215,7 +224,7 @@ func (p *Policy) newActivation(ctx context.Context, obj map[string]any) *activat
 }
 
 func (p *Policy) releaseActivation(act *activation) {
-	act.object, act.variables.ctx = nil, nil
+	act.object, act.variables.ctx, act.neighbours = nil, nil, nil
 	act.pod = podView{}
 	clear(act.variables.values)
 	p.activations.Put(act)
@@ -317,10 +326,27 @@ func kindKey(apiVersion, kind string) string {
 	return kind + "." + group
 }
 
-// Evaluate checks objects against the policy at time now (waiver expiry is judged
-// against it), spreading them over GOMAXPROCS goroutines. It returns one result
-// per object, in input order; it fails only when ctx ends.
+// Evaluate checks objects as one set (see EvaluateSet) at time now (waiver
+// expiry is judged against it). It returns one result per object, in input
+// order; it fails only when ctx ends.
 func (p *Policy) Evaluate(ctx context.Context, objs []*unstructured.Unstructured, now time.Time) ([]ObjectResult, error) {
+	return p.EvaluateSet(ctx, objs, nil, now)
+}
+
+// EvaluateSet checks objs as one set, spreading them over GOMAXPROCS
+// goroutines: every rule applies, and a cross-object rule sees the objects of
+// its Rule.NamespaceObjects kinds in the checked object's namespace, from objs
+// and from related. Related objects are context only (the live objects of the
+// namespaces the set is deployed to, say): they are not checked, and leaving
+// out the ones an object of objs replaces is up to the caller. It returns one
+// result per object of objs, in input order; it fails only when ctx ends.
+func (p *Policy) EvaluateSet(ctx context.Context, objs, related []*unstructured.Unstructured, now time.Time) ([]ObjectResult, error) {
+	idx := p.newNamespaceIndex()
+	for _, set := range [][]*unstructured.Unstructured{objs, related} {
+		for _, o := range set {
+			idx.add(o.Object)
+		}
+	}
 	out := make([]ObjectResult, len(objs))
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -331,7 +357,7 @@ func (p *Policy) Evaluate(ctx context.Context, objs []*unstructured.Unstructured
 				if i >= len(objs) {
 					return
 				}
-				out[i] = p.EvaluateObject(ctx, objs[i].Object, ObjectRef{}, now)
+				out[i] = p.evaluateInSet(ctx, objs[i].Object, ObjectRef{}, idx, now)
 			}
 		})
 	}
@@ -342,8 +368,11 @@ func (p *Policy) Evaluate(ctx context.Context, objs []*unstructured.Unstructured
 	return out, nil
 }
 
-// EvaluateObject checks one object given as its unstructured content. where carries
-// where it was read from; identity fields are filled from the object.
+// EvaluateObject checks one object on its own, given as its unstructured
+// content; where carries where it was read from, and identity fields are
+// filled from the object. Cross-object rules (Rule.NamespaceObjects) need the
+// object's neighbours, so they are not evaluated here and not in Checked:
+// Evaluate, EvaluateSet and SetEvaluator apply them.
 func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where ObjectRef, now time.Time) ObjectResult {
 	u := unstructured.Unstructured{Object: obj}
 	where.APIVersion, where.Kind, where.Namespace, where.Name = u.GetAPIVersion(), u.GetKind(), u.GetNamespace(), u.GetName()
@@ -375,7 +404,7 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 		}
 	}
 
-	res.Findings = p.evaluateRules(ctx, plan.rules, obj)
+	res.Findings = p.evaluateRules(ctx, plan.rules, obj, nil)
 	// A finding of outcome error may come from the context ending mid-evaluation,
 	// and an interrupted variable may even turn into a wrong pass, so nothing is
 	// remembered from such an evaluation (ctx.Err stays set once the context ends).
@@ -387,12 +416,16 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 }
 
 // evaluateRules runs rules on obj and returns their findings, before waivers,
-// ordered worst first, then by rule and path.
-func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj map[string]any) []Finding {
+// ordered worst first, then by rule and path. idx holds the neighbours of
+// cross-object rules; it may be nil when rules has none.
+func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj map[string]any, idx *namespaceIndex) []Finding {
 	act := p.newActivation(ctx, obj)
 	defer p.releaseActivation(act)
 	var findings []Finding
 	for _, r := range rules {
+		if r.neighbourKinds != nil {
+			act.neighbours = idx.neighbours(objectNamespace(obj), r.neighbourKinds)
+		}
 		val, _, err := r.program.ContextEval(ctx, act)
 		if err == nil {
 			var paths []string
@@ -406,6 +439,13 @@ func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj m
 				Message: fmt.Sprintf("rule could not be evaluated on this object: %v", err)})
 		}
 	}
+	sortFindings(findings)
+	return findings
+}
+
+// sortFindings orders findings worst first, then by rule and path, which keeps
+// the findings of one rule together (applyWaivers relies on it).
+func sortFindings(findings []Finding) {
 	slices.SortStableFunc(findings, func(a, b Finding) int {
 		if c := b.Severity.Rank() - a.Severity.Rank(); c != 0 {
 			return c
@@ -415,7 +455,6 @@ func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj m
 		}
 		return comparePaths(a.Path, b.Path)
 	})
-	return findings
 }
 
 // applyWaivers marks the findings of every rule an active waiver covers for this object.

@@ -12,13 +12,15 @@ import (
 )
 
 // TestEvaluateBatchMatchesSequential checks that the parallel batch evaluation
-// returns, in input order, exactly what evaluating one object at a time returns.
+// returns, in input order, exactly what a SetEvaluator fed one object at a
+// time returns, and that it holds every rule's findings: those of the rules
+// that read the object alone are what EvaluateObject reports.
 func TestEvaluateBatchMatchesSequential(t *testing.T) {
 	pol, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	corpus := benchCorpus(500)
+	corpus := append(benchCorpus(500), benchNetworkPolicies(50)...)
 	objs := make([]*unstructured.Unstructured, len(corpus))
 	for i, o := range corpus {
 		objs[i] = &unstructured.Unstructured{Object: o}
@@ -28,10 +30,27 @@ func TestEvaluateBatchMatchesSequential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	set := pol.NewSetEvaluator(now)
+	for _, o := range corpus {
+		set.Add(context.Background(), o, ObjectRef{})
+	}
+	sequential, err := set.Results(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i, o := range corpus {
-		want := pol.EvaluateObject(context.Background(), o, ObjectRef{}, now)
-		if !reflect.DeepEqual(got[i], want) {
-			t.Fatalf("object %d: batch result %+v, sequential %+v", i, got[i], want)
+		if !reflect.DeepEqual(got[i], sequential[i]) {
+			t.Fatalf("object %d: batch result %+v, sequential %+v", i, got[i], sequential[i])
+		}
+		alone := pol.EvaluateObject(context.Background(), o, ObjectRef{}, now)
+		var single []Finding
+		for _, f := range got[i].Findings {
+			if r, _ := pol.Rule(f.Rule); !r.CrossObject() {
+				single = append(single, f)
+			}
+		}
+		if !reflect.DeepEqual(single, alone.Findings) {
+			t.Fatalf("object %d: findings of single-object rules in the set %+v, alone %+v", i, single, alone.Findings)
 		}
 	}
 

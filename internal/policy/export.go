@@ -95,8 +95,10 @@ func (p *Policy) ExportAdmission(opts ExportOptions) (*AdmissionExport, error) {
 		}
 	}
 	for _, r := range p.rules {
-		if r.AdmissionSkip != "" {
-			out.Skipped = append(out.Skipped, ExportSkip{Rule: r.ID, Reason: strings.TrimSpace(r.AdmissionSkip)})
+		// Cross-object rules are skipped here too: their expression reads
+		// namespaceObjects, which an admission policy does not have.
+		if reason := r.AdmissionSkipReason(); reason != "" {
+			out.Skipped = append(out.Skipped, ExportSkip{Rule: r.ID, Reason: reason})
 			continue
 		}
 		rules, missing := resourceRules(r.MatchedKinds())

@@ -127,6 +127,13 @@ type Rule struct {
 	// AdmissionSkip, when set, explains why the rule must not become an admission
 	// policy (export lists it instead of emitting it).
 	AdmissionSkip string `json:"admissionSkip,omitempty"`
+	// NamespaceObjects makes the rule a cross-object rule: the objects of these
+	// kinds (written like Match.Kinds) in the evaluated object's namespace, among
+	// the objects checked together, are the expression's `namespaceObjects`
+	// list. Some controls are about a namespace, not an object ("every workload
+	// is selected by a NetworkPolicy"), and a manifest checker sees the
+	// namespace only through the objects deployed into it.
+	NamespaceObjects []string `json:"namespaceObjects,omitempty"`
 
 	pack string
 }
@@ -294,6 +301,11 @@ func (r *Rule) validate() error {
 			errs = append(errs, fmt.Errorf("match kind %q must be written Kind or Kind.group", k))
 		}
 	}
+	for _, k := range r.NamespaceObjects {
+		if !kindPattern.MatchString(k) {
+			errs = append(errs, fmt.Errorf("namespaceObjects kind %q must be written Kind or Kind.group", k))
+		}
+	}
 	if len(r.Mappings) == 0 {
 		errs = append(errs, errors.New("at least one mapping to a source is required"))
 	}
@@ -315,6 +327,23 @@ func (r *Rule) validate() error {
 
 // HasTarget reports whether the rule checks t.
 func (r *Rule) HasTarget(t Target) bool { return slices.Contains(r.Targets, t) }
+
+// CrossObject reports whether the rule reads objects besides the one it checks.
+func (r *Rule) CrossObject() bool { return len(r.NamespaceObjects) > 0 }
+
+// AdmissionSkipReason says why export leaves the rule out, or "" when it
+// exports it. A cross-object rule is always left out: an admission policy sees
+// the one object being admitted, never its neighbours.
+func (r *Rule) AdmissionSkipReason() string {
+	if r.AdmissionSkip != "" {
+		return strings.Join(strings.Fields(r.AdmissionSkip), " ")
+	}
+	if r.CrossObject() {
+		return fmt.Sprintf("it reads other objects of the namespace (%s), and an admission policy sees one object at a time; "+
+			"Slipway's sync gate and `slipway policy check` evaluate it over the whole set", strings.Join(r.NamespaceObjects, ", "))
+	}
+	return ""
+}
 
 // podTemplateKinds are the kinds Match.PodTemplates selects, keyed Kind.group.
 var podTemplateKinds = []string{"Pod", "Deployment.apps", "StatefulSet.apps", "DaemonSet.apps", "ReplicaSet.apps", "Job.batch", "CronJob.batch"}

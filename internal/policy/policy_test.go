@@ -312,12 +312,16 @@ func corpusReport(t *testing.T) *Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var results []ObjectResult
 	now := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	set := pol.NewSetEvaluator(now)
 	if err := ReadManifests(context.Background(), []string{"testdata/corpus"}, ReadOptions{}, func(m Manifest) error {
-		results = append(results, pol.EvaluateObject(context.Background(), m.Object, m.Ref, now))
+		set.Add(context.Background(), m.Object, m.Ref)
 		return nil
 	}); err != nil {
+		t.Fatal(err)
+	}
+	results, err := set.Results(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	return NewReport(pol, results)

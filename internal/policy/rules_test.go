@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 type ruleCase struct {
@@ -15,6 +17,9 @@ type ruleCase struct {
 	pass   map[string]any
 	fail   map[string]any
 	want   []string
+	// passWith and failWith are checked in one set with pass and fail: the
+	// neighbours cross-object rules read.
+	passWith, failWith []map[string]any
 }
 
 func loadRuleCases(t *testing.T) []ruleCase {
@@ -33,6 +38,12 @@ func loadRuleCases(t *testing.T) []ruleCase {
 		c := ruleCase{rule: m["rule"].(string), pass: m["pass"].(map[string]any), fail: m["fail"].(map[string]any)}
 		for _, w := range m["want"].([]any) {
 			c.want = append(c.want, w.(string))
+		}
+		for key, dst := range map[string]*[]map[string]any{"passWith": &c.passWith, "failWith": &c.failWith} {
+			l, _ := m[key].([]any)
+			for _, o := range l {
+				*dst = append(*dst, o.(map[string]any))
+			}
 		}
 		if p, ok := m["params"].(map[string]any); ok {
 			c.params = map[string]json.RawMessage{}
@@ -73,10 +84,10 @@ func TestRules(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := findingsOf(pol, c.pass, rule.ID); len(got) != 0 {
+				if got := findingsInSet(t, pol, c.pass, c.passWith, rule.ID); len(got) != 0 {
 					t.Errorf("passing object: got findings %+v", got)
 				}
-				got := findingsOf(pol, c.fail, rule.ID)
+				got := findingsInSet(t, pol, c.fail, c.failWith, rule.ID)
 				var paths []string
 				for _, f := range got {
 					if f.Outcome != OutcomeFail || f.Message != rule.Message || f.Severity != rule.Severity {
@@ -92,10 +103,20 @@ func TestRules(t *testing.T) {
 	}
 }
 
-func findingsOf(pol *Policy, obj map[string]any, rule string) []Finding {
-	res := pol.EvaluateObject(context.Background(), obj, ObjectRef{}, time.Now())
+// findingsInSet returns the findings of rule on obj checked in one set with
+// neighbours, which are checked too but whose findings are not returned.
+func findingsInSet(t *testing.T, pol *Policy, obj map[string]any, neighbours []map[string]any, rule string) []Finding {
+	t.Helper()
+	objs := []*unstructured.Unstructured{{Object: obj}}
+	for _, n := range neighbours {
+		objs = append(objs, &unstructured.Unstructured{Object: n})
+	}
+	results, err := pol.Evaluate(context.Background(), objs, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out []Finding
-	for _, f := range res.Findings {
+	for _, f := range results[0].Findings {
 		if f.Rule == rule {
 			out = append(out, f)
 		}
