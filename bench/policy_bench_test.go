@@ -122,15 +122,22 @@ func runSlipwayCheck(ctx context.Context, file string) (int, time.Duration, time
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	now := time.Now()
-	var results []policy.ObjectResult
+	// As `policy check` does: every object is one set, so the cross-object
+	// rules (FIN-NET-001/002) run once the stream has been read.
+	set := pol.NewSetEvaluator(time.Now())
 	var evaluating time.Duration
 	err = policy.ReadManifests(ctx, []string{file}, policy.ReadOptions{}, func(m policy.Manifest) error {
 		t := time.Now()
-		results = append(results, pol.EvaluateObject(ctx, m.Object, m.Ref, now))
+		set.Add(ctx, m.Object, m.Ref)
 		evaluating += time.Since(t)
 		return nil
 	})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	t := time.Now()
+	results, err := set.Results(ctx)
+	evaluating += time.Since(t)
 	if err != nil {
 		return 0, 0, 0, err
 	}
