@@ -24,6 +24,7 @@ import (
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/imagebuild"
+	"slipway.dev/slipway/internal/lab"
 	"slipway.dev/slipway/internal/pipeline"
 	"slipway.dev/slipway/internal/registry"
 	"slipway.dev/slipway/internal/signing"
@@ -31,12 +32,6 @@ import (
 
 // koModule is the peer of the build step, built from the Go module proxy.
 const koModule = "github.com/google/ko@v0.19.1"
-
-// teaSource is the demo tea service as the lab commits it; the lab writes
-// its go.mod when it seeds the repository, so the bench does too.
-const teaSource = "../internal/lab/demo/_src/tea"
-
-const teaGoMod = "module example.com/tea\n\ngo 1.26\n"
 
 const (
 	benchGitUser = "bench-git"
@@ -116,7 +111,7 @@ func runPipelineBench(b *testing.B, runs int) {
 
 	gitAuth := gitserver.BasicAuth{Username: benchGitUser, Password: benchGitPass}
 	srcURL, opsURL := gs.RepoURL("tea.git"), gs.RepoURL("ops.git")
-	files, err := readTeaSource()
+	files, err := lab.DemoSource("tea")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -266,26 +261,6 @@ func runPipelineBench(b *testing.B, runs int) {
 		median(ratios), faster, len(koLocal))
 	fmt.Printf("| goal: build step no slower than ko | %.2f s vs %.2f s | %s | | |\n",
 		median(build).Seconds(), median(koLocal).Seconds(), metIf(median(build) <= median(koLocal)))
-}
-
-// readTeaSource returns the demo's tea files and the go.mod the lab writes.
-func readTeaSource() (map[string][]byte, error) {
-	entries, err := os.ReadDir(teaSource)
-	if err != nil {
-		return nil, err
-	}
-	files := map[string][]byte{"go.mod": []byte(teaGoMod)}
-	for _, e := range entries {
-		if e.IsDir() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(teaSource, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		files[e.Name()] = b
-	}
-	return files, nil
 }
 
 // brewFile is the change the demo pushes: a new value of tea's constant.

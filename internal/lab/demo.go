@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
@@ -74,11 +75,10 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 			heads[app] = sha
 			continue
 		}
-		files, err := demoTree("demo/_src/" + app)
+		files, err := DemoSource(app)
 		if err != nil {
 			return err
 		}
-		files["go.mod"] = []byte("module example.com/" + app + "\n\ngo " + goLanguageVersion() + "\n")
 		sha, err := l.commit(ctx, repoURL, auth, files, "Add the "+app+" service")
 		if err != nil {
 			return err
@@ -104,6 +104,20 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 	}
 	l.progress("tea's new build (%s) serves in the cluster %.1fs after the push", brew, time.Since(pushed).Seconds())
 	return nil
+}
+
+// DemoSource returns the files of a demo service's source repository. Both
+// services start from one template, named for each.
+func DemoSource(app string) (map[string][]byte, error) {
+	files, err := demoTree("demo/_src/service")
+	if err != nil {
+		return nil, err
+	}
+	for p, b := range files {
+		files[p] = bytes.ReplaceAll(b, []byte("SERVICE"), []byte(app))
+	}
+	files["go.mod"] = []byte("module example.com/" + app + "\n\ngo " + goLanguageVersion() + "\n")
+	return files, nil
 }
 
 // demoTree reads an embedded directory as repository files.

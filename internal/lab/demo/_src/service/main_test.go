@@ -9,7 +9,7 @@ import (
 func TestServe(t *testing.T) {
 	rec := httptest.NewRecorder()
 	serve(rec, httptest.NewRequest("GET", "/", nil))
-	if !strings.Contains(rec.Body.String(), "coffee") {
-		t.Fatalf("body %q does not serve coffee", rec.Body.String())
+	if !strings.Contains(rec.Body.String(), "SERVICE") {
+		t.Fatalf("body %q does not serve SERVICE", rec.Body.String())
 	}
 }

@@ -1,4 +1,4 @@
-// Command tea is one of the demo's cafe services: a small HTTP server
+// Command SERVICE is one of the demo's cafe services: a small HTTP server
 // that Slipway tests, builds, signs and delivers from this repository.
 package main
 
@@ -12,7 +12,7 @@ import (
 
 // serve answers every order.
 func serve(w http.ResponseWriter, _ *http.Request) {
-	fmt.Fprintf(w, "a cup of tea (%s)\n", brew)
+	fmt.Fprintf(w, "a cup of SERVICE (%s)\n", brew)
 }
 
 func main() {
