@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
@@ -98,4 +99,85 @@ func BenchmarkEvaluateFinKRBatch(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*len(objs))/b.Elapsed().Seconds(), "objects/s")
+}
+
+// benchManifestStream renders n objects as one YAML stream in the style of an
+// ops repo and of the bench/ corpus: block mappings with flow mappings and
+// sequences inside, plain, quoted and numeric scalars.
+func benchManifestStream(n int) []byte {
+	var b bytes.Buffer
+	for i := range n {
+		name, ns := fmt.Sprintf("svc-%d", i), fmt.Sprintf("team-%d", i%40)
+		if i%5 == 1 {
+			fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: %s\n  labels: {app: %s}\nspec:\n  type: ClusterIP\n  selector: {app: %s}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n", name, ns, name, name)
+			continue
+		}
+		securityContext := "        securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: {drop: [ALL]}}\n"
+		if i%3 == 0 {
+			securityContext = "        securityContext:\n          privileged: true\n"
+		}
+		fmt.Fprintf(&b, `---
+# %[1]s serves team %[2]s
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+  labels: {app: %[1]s}
+  annotations:
+    slipway.dev/owner: "team-%[3]d"
+spec:
+  replicas: %[4]d
+  selector:
+    matchLabels: {app: %[1]s}
+  template:
+    metadata:
+      labels: {app: %[1]s}
+    spec:
+      serviceAccountName: app
+      automountServiceAccountToken: false
+      securityContext: {seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: app
+        image: registry.slipway.internal/team-%[3]d/app:1.%[4]d.%[5]d
+        ports: [{containerPort: 8080}]
+        env:
+        - {name: MODE, value: production}
+        - name: DB_HOST
+          value: 'db.%[2]s.svc'
+%[6]s        resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {cpu: 500m, memory: 256Mi}}
+        livenessProbe: {httpGet: {path: /healthz, port: 8080}}
+      - name: proxy
+        image: registry.slipway.internal/platform/proxy:2.1
+        args: ["--listen=:9000", --verbose]
+      volumes:
+      - {name: tmp, emptyDir: {}}
+`, name, ns, i%40, 2+i%3, i, securityContext)
+	}
+	return b.Bytes()
+}
+
+// BenchmarkReadManifests measures reading a YAML stream (splitting, decoding,
+// checking) without evaluation.
+func BenchmarkReadManifests(b *testing.B) {
+	const n = 2000
+	stream := benchManifestStream(n)
+	ctx := context.Background()
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		count := 0
+		err := ReadManifests(ctx, []string{StdinPath}, ReadOptions{Stdin: bytes.NewReader(stream)}, func(Manifest) error {
+			count++
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if count != n {
+			b.Fatalf("read %d objects, want %d", count, n)
+		}
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "objects/s")
 }

@@ -16,7 +16,6 @@ import (
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
-	"sigs.k8s.io/yaml"
 )
 
 // DefaultMaxDocumentSize bounds one document. The API server refuses requests
@@ -181,24 +180,6 @@ func readStream(ctx context.Context, r io.Reader, source string, limit int, fn f
 	})
 }
 
-// decodeYAML converts one YAML document to unstructured content. Duplicate keys
-// are refused: two values for `privileged` must not let the checker and the API
-// server see different objects.
-func decodeYAML(data []byte) (obj map[string]any, err error) {
-	// The YAML parser is third-party code fed untrusted input; a panic in it must
-	// become a bad-input error, not a crash of the controller that called us.
-	defer func() {
-		if r := recover(); r != nil {
-			obj, err = nil, fmt.Errorf("the YAML parser failed on this document: %v", r)
-		}
-	}()
-	js, err := yaml.YAMLToJSONStrict(data)
-	if err != nil {
-		return nil, fmt.Errorf("invalid YAML: %w", err)
-	}
-	return decodeJSON(js)
-}
-
 func decodeJSON(js []byte) (map[string]any, error) {
 	trimmed := bytes.TrimSpace(js)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
@@ -317,67 +298,59 @@ type rawDocument struct {
 
 // splitDocuments cuts a YAML stream at `---` lines, holding at most one document
 // (bounded by limit) in memory. Documents holding only comments or blank lines
-// are skipped and not counted.
+// are skipped and not counted. Lines are read straight into one document
+// buffer, reused from document to document, which fn must not keep.
 func splitDocuments(r io.Reader, source string, limit int, fn func(rawDocument) error) error {
 	br, ok := r.(*bufio.Reader)
 	if !ok {
 		br = bufio.NewReader(r)
 	}
 	var (
-		doc        bytes.Buffer
+		doc        []byte
 		line       = 0
 		start      = 1
 		index      = 0
 		hasContent bool
 	)
 	flush := func() error {
-		defer func() { doc.Reset(); hasContent = false; start = line + 1 }()
+		defer func() { doc = doc[:0]; hasContent = false; start = line + 1 }()
 		if !hasContent {
 			return nil
 		}
 		index++
-		return fn(rawDocument{data: doc.Bytes(), index: index, line: start})
+		return fn(rawDocument{data: doc, index: index, line: start})
 	}
 	for {
-		l, err := readLine(br, limit-doc.Len())
-		if errors.Is(err, errDocumentTooLarge) {
-			return fmt.Errorf("%s: document %d (line %d): larger than the limit of %d bytes", source, index+1, start, limit)
+		lineStart := len(doc)
+		var err error
+		for {
+			var chunk []byte
+			chunk, err = br.ReadSlice('\n')
+			if len(doc)+len(chunk) > limit {
+				return fmt.Errorf("%s: document %d (line %d): larger than the limit of %d bytes", source, index+1, start, limit)
+			}
+			doc = append(doc, chunk...)
+			if !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("reading manifests from %s: %w", source, err)
 		}
-		if len(l) > 0 {
+		if l := doc[lineStart:]; len(l) > 0 {
 			line++
 			if isSeparator(l) {
+				doc = doc[:lineStart]
 				if ferr := flush(); ferr != nil {
 					return ferr
 				}
-			} else {
-				doc.Write(l)
-				if !hasContent && lineHasContent(l) {
-					hasContent = true
-				}
+			} else if !hasContent && lineHasContent(l) {
+				hasContent = true
 			}
 		}
 		if errors.Is(err, io.EOF) {
 			return flush()
 		}
-	}
-}
-
-// readLine returns the next line including its newline, failing once it exceeds max.
-func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if len(line)+len(chunk) > max {
-			return nil, errDocumentTooLarge
-		}
-		line = append(line, chunk...)
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		return line, err
 	}
 }
 
