@@ -132,7 +132,7 @@ func runPipelineBench(b *testing.B, runs int) {
 	creds := &gitsource.Credentials{Username: benchGitUser, Password: benchGitPass}
 	run := func(n int) *pipeline.Result {
 		sha, err := gitserver.CommitFiles(ctx, srcURL, gitAuth, gitserver.Commit{
-			Files:   map[string][]byte{"brew.go": brewFile(fmt.Sprintf("pipeline brew %d", n))},
+			Files:   map[string][]byte{"brew.go": lab.BrewFile(fmt.Sprintf("pipeline brew %d", n))},
 			Message: fmt.Sprintf("Brew %d", n), Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
 		})
 		if err != nil {
@@ -263,11 +263,6 @@ func runPipelineBench(b *testing.B, runs int) {
 		median(build).Seconds(), median(koLocal).Seconds(), metIf(median(build) <= median(koLocal)))
 }
 
-// brewFile is the change the demo pushes: a new value of tea's constant.
-func brewFile(brew string) []byte {
-	return []byte("package main\n\n// brew names this build of the service.\nconst brew = " + strconv.Quote(brew) + "\n")
-}
-
 func failedStepLog(res *pipeline.Result) string {
 	if res == nil {
 		return ""
@@ -385,7 +380,7 @@ func newKoPeer(ctx context.Context, bin, dir string, reg *registry.Server, srcUR
 // push false ko stops at the digest, as our build step does; with push
 // true it also writes the image, to compare with our build and push steps.
 func (k *koPeer) build(ctx context.Context, brew string, push bool) (time.Duration, error) {
-	if err := os.WriteFile(filepath.Join(k.src, "brew.go"), brewFile(brew), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(k.src, "brew.go"), lab.BrewFile(brew), 0o644); err != nil {
 		return 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -93,9 +94,8 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 
 	// The change a developer makes: a new brew of tea.
 	brew := "brewed " + time.Now().UTC().Format(time.RFC3339)
-	change := []byte("package main\n\n// brew names this build of the service; the demo changes it to show a\n// push to the source travelling to the cluster.\nconst brew = \"" + brew + "\"\n")
 	pushed := time.Now()
-	sha, err := l.commit(ctx, info.Git.URL+"/"+SourceRepo("tea"), auth, map[string][]byte{"brew.go": change}, "Serve a fresh brew")
+	sha, err := l.commit(ctx, info.Git.URL+"/"+SourceRepo("tea"), auth, map[string][]byte{"brew.go": BrewFile(brew)}, "Serve a fresh brew")
 	if err != nil {
 		return err
 	}
@@ -104,6 +104,11 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 	}
 	l.progress("tea's new build (%s) serves in the cluster %.1fs after the push", brew, time.Since(pushed).Seconds())
 	return nil
+}
+
+// BrewFile is the demo's change to a service: brew.go naming a new brew.
+func BrewFile(brew string) []byte {
+	return []byte("package main\n\n// brew names this build of the service; the demo changes it to show a\n// push to the source travelling to the cluster.\nconst brew = " + strconv.Quote(brew) + "\n")
 }
 
 // DemoSource returns the files of a demo service's source repository. Both
