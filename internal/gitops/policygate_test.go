@@ -122,3 +122,44 @@ func TestPolicyAuditModeAppliesAndReports(t *testing.T) {
 		t.Fatalf("audit mode did not report the violation: %+v", got.Status.Policy)
 	}
 }
+
+// orgPack is an organisation's own pack, loaded from a file by the suite's
+// controller as `slipway server --policy-pack` does.
+const orgPack = `apiVersion: slipway.dev/v1alpha1
+kind: PolicyPack
+name: org-gate-test
+title: An organisation's additions
+version: "1"
+rules:
+  - id: ORG-LBL-001
+    title: ConfigMaps carry an owner label
+    severity: low
+    targets: [manifest]
+    match: {kinds: [ConfigMap]}
+    expression: "has(object.metadata.labels) && 'owner' in object.metadata.labels ? [] : ['metadata.labels']"
+    message: no owner label
+    remediation: Add metadata.labels.owner.
+    mappings: [{framework: Org standard, clause: "4.2", relation: direct}]
+`
+
+// TestPolicyGateOrganisationPack: a profile selects a pack the server loaded
+// from a file, and its rule blocks a sync like an embedded one.
+func TestPolicyGateOrganisationPack(t *testing.T) {
+	ns := env.Namespace(t)
+	profile := &slipwayv1.PolicyProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: "org-" + ns},
+		Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{"org-gate-test"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "low"},
+	}
+	if err := env.Client.Create(testCtx, profile); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(testCtx, profile) })
+	url := newRepo(t, map[string]string{"deploy/cm.yaml": configMap("settings", "v1")})
+	app := newApp(t, ns, url, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
+	waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+		return hasCondition(a, slipwayv1.ConditionReady, metav1.ConditionFalse, "PolicyViolation", "ORG-LBL-001")
+	})
+	if _, err := getConfigMap(t, ns, "settings"); !apierrors.IsNotFound(err) {
+		t.Fatalf("a revision the organisation's rule blocks changed the cluster: %v", err)
+	}
+}

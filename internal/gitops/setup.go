@@ -15,6 +15,10 @@ type Options struct {
 	GitCacheDir string
 	// Concurrency is how many Applications are reconciled in parallel.
 	Concurrency int
+	// PolicyPacks are pack files added to the embedded ones, so an
+	// organisation's own rules gate syncs without a rebuild; PolicyProfiles
+	// select them by name.
+	PolicyPacks []string
 }
 
 // Setup registers the Application controller with mgr.
@@ -22,6 +26,11 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 	catalog, err := policy.NewCatalog()
 	if err != nil {
 		return nil, fmt.Errorf("loading the policy packs: %w", err)
+	}
+	for _, file := range opts.PolicyPacks {
+		if err := catalog.AddFile(file); err != nil {
+			return nil, fmt.Errorf("loading policy pack %s: %w", file, err)
+		}
 	}
 	r := &ApplicationReconciler{
 		Policy: &PolicyGate{Client: mgr.GetClient(), Catalog: catalog, Mapper: mgr.GetRESTMapper()},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,7 +97,12 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: cacheDir, Concurrency: 4}); err != nil {
+	packFile := filepath.Join(cacheDir, "org-pack.yaml")
+	if err := os.WriteFile(packFile, []byte(orgPack), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: cacheDir, Concurrency: 4, PolicyPacks: []string{packFile}}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

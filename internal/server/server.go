@@ -47,6 +47,8 @@ type Options struct {
 	RunNamespace string
 	TestImage    string
 	Concurrency  int
+	// PolicyPacks are extra policy pack files for the sync gate.
+	PolicyPacks []string
 	// Started, when set, receives the bound HTTP address once the server listens.
 	Started func(addr string)
 }
@@ -99,7 +101,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
-	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency}); err != nil {
+	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency, PolicyPacks: opts.PolicyPacks}); err != nil {
 		return err
 	}
 	executor, err := newExecutor(opts)
