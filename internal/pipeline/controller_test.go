@@ -25,14 +25,7 @@ import (
 // real API server: the run's status carries the digest the registry holds,
 // signed and attested, and the ops repo commit that pins it.
 func TestPipelineRunController(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server")
-	}
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	env := startAPIServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
@@ -124,3 +117,18 @@ func TestPipelineRunController(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// startAPIServer starts etcd and kube-apiserver for one test, skipped in
+// -short runs.
+func startAPIServer(t *testing.T) *testenv.Env {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts an API server")
+	}
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	return env
+}

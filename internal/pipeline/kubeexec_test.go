@@ -20,7 +20,6 @@ import (
 
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gitsource"
-	"slipway.dev/slipway/internal/testenv"
 )
 
 const (
@@ -34,14 +33,7 @@ const (
 // Nothing runs the Pods (there is no kubelet): each test plays the kubelet
 // by writing the status a kubelet would once the containers ended.
 func TestKubeExecutor(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server")
-	}
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	env := startAPIServer(t)
 	c := env.Client
 	newExecutor := func(t *testing.T) *KubeExecutor {
 		t.Helper()

@@ -28,14 +28,7 @@ import (
 // promotion's path, Synced and Healthy at the promotion commit, marks the
 // run deployed, and the commit-to-running lead time is observed once.
 func TestRunMetricsAndDeployment(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server")
-	}
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	env := startAPIServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ns := env.Namespace(t)
