@@ -101,6 +101,11 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	if err != nil {
 		return nil, err
 	}
+	if upgraded, err := st.upgrade(); err != nil {
+		return nil, err
+	} else if upgraded {
+		l.progress("added the registry to the lab's state from an earlier version")
+	}
 	if err := st.save(l.Dir); err != nil {
 		return nil, err
 	}

@@ -85,6 +85,31 @@ func newState() (*State, error) {
 	return s, nil
 }
 
+// upgrade fills in what a lab directory made by an earlier version lacks
+// (the registry came later), so `lab up` keeps its data instead of asking
+// for a purge. It reports whether anything changed.
+func (s *State) upgrade() (bool, error) {
+	changed := false
+	if s.Registry.Password == "" {
+		s.Registry = GitCredentials{Username: "slipway", Password: randomHex(16)}
+		changed = true
+	}
+	if s.Ports.Registry == 0 {
+		taken := map[int]bool{s.Ports.Etcd: true, s.Ports.EtcdPeer: true, s.Ports.APIServer: true, s.Ports.ControllerManager: true,
+			s.Ports.Scheduler: true, s.Ports.KWOK: true, s.Ports.Git: true, s.Ports.Server: true}
+		for s.Ports.Registry == 0 || taken[s.Ports.Registry] {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return false, fmt.Errorf("choosing a free port for the registry: %w", err)
+			}
+			s.Ports.Registry = l.Addr().(*net.TCPAddr).Port
+			l.Close()
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
