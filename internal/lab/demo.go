@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -236,7 +237,7 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 	}
 	for name, data := range secrets {
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: name}}
-		if _, err := controllerutil.CreateOrUpdate(ctx, c, secret, func() error {
+		if _, err := upsert(ctx, c, secret, func() error {
 			secret.Data = data
 			return nil
 		}); err != nil {
@@ -246,7 +247,7 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 	gitSecret := &slipwayv1.LocalObjectReference{Name: "git"}
 	for _, name := range DemoApps {
 		pipe := &slipwayv1.Pipeline{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: name}}
-		if _, err := controllerutil.CreateOrUpdate(ctx, c, pipe, func() error {
+		if _, err := upsert(ctx, c, pipe, func() error {
 			pipe.Spec = slipwayv1.PipelineSpec{
 				Source: slipwayv1.PipelineSource{
 					URL: info.Git.URL + "/" + SourceRepo(name), Branches: []string{"main"},
@@ -264,7 +265,7 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 			return fmt.Errorf("creating Pipeline %s: %w", name, err)
 		}
 		app := &slipwayv1.Application{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: name}}
-		if _, err := controllerutil.CreateOrUpdate(ctx, c, app, func() error {
+		if _, err := upsert(ctx, c, app, func() error {
 			app.Spec = slipwayv1.ApplicationSpec{
 				Source: slipwayv1.ApplicationSource{
 					URL: info.Git.OpsRepo, Ref: slipwayv1.GitRef{Branch: "main"}, Path: "apps/" + name, SecretRef: gitSecret,
@@ -280,6 +281,19 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 	}
 	l.progress("created Pipelines and Applications %v in namespace %s", DemoApps, DemoNamespace)
 	return nil
+}
+
+// upsert creates or updates obj, retrying when the controllers change it
+// between the read and the write (a running lab's Applications get
+// finalizers and annotations at any time).
+func upsert(ctx context.Context, c client.Client, obj client.Object, mutate controllerutil.MutateFn) (controllerutil.OperationResult, error) {
+	var result controllerutil.OperationResult
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var err error
+		result, err = controllerutil.CreateOrUpdate(ctx, c, obj, mutate)
+		return err
+	})
+	return result, err
 }
 
 // SigningKeyFile is the demo's cosign private key (PEM); the public key is
