@@ -214,7 +214,7 @@ Try it (the git password is in `+"`%[5]s lab status -o json`"+`, key git.passwor
   %[5]s run list -n %[1]s
   %[5]s app list -n %[1]s
   git clone http://%[3]s@%[6]s /tmp/tea && cd /tmp/tea
-  sed -i 's/a cup of tea/a pot of tea/' main.go main_test.go
+  sed -i 's/a cup of tea/a pot of tea/' main.go
   git commit -am "Serve a pot" && git push
   %[5]s run list -n %[1]s              # the push started a run: follow it with
   %[5]s run logs -n %[1]s -f RUN-NAME
