@@ -120,6 +120,11 @@ type PolicyStatus struct {
 	// Violations lists the findings (failed and waived), at most 50.
 	// +optional
 	Violations []PolicyViolation `json:"violations,omitempty"`
+	// WaiversExpireAt is when the first waiver that covered a finding
+	// expires; the Application is checked again then, so an expired waiver
+	// shows without waiting for a commit or the interval.
+	// +optional
+	WaiversExpireAt *metav1.Time `json:"waiversExpireAt,omitempty"`
 }
 
 // PolicyViolation is one rule failing on one object.

@@ -263,7 +263,15 @@ func (r *ApplicationReconciler) healthOnly(app *slipwayv1.Application, syncReque
 		ready != nil && ready.Reason == ReasonProgressing &&
 		app.Status.ObservedGeneration == app.Generation &&
 		app.Annotations[slipwayv1.ReconcileRequestAnnotation] == app.Status.LastHandledReconcileAt &&
-		app.Status.LastReconcileAt != nil && time.Since(app.Status.LastReconcileAt.Time) < baseInterval(app)
+		app.Status.LastReconcileAt != nil && time.Since(app.Status.LastReconcileAt.Time) < baseInterval(app) &&
+		!waiverExpired(app)
+}
+
+// waiverExpired reports whether a waiver the last policy check relied on has
+// expired since, which calls for a full pass.
+func waiverExpired(app *slipwayv1.Application) bool {
+	p := app.Status.Policy
+	return p != nil && p.WaiversExpireAt != nil && !time.Now().Before(p.WaiversExpireAt.Time)
 }
 
 // compare reports drift without changing anything (automated sync or
@@ -468,10 +476,15 @@ func setCondition(app *slipwayv1.Application, condType string, status metav1.Con
 }
 
 // interval is spec.interval plus up to 10% jitter, so Applications created
-// together do not all hit git and the API server at the same moment.
+// together do not all hit git and the API server at the same moment; or less,
+// up to just after a waiver that covered a finding expires.
 func interval(app *slipwayv1.Application) time.Duration {
 	d := baseInterval(app)
-	return d + time.Duration(rand.Int64N(int64(d)/10+1))
+	d += time.Duration(rand.Int64N(int64(d)/10 + 1))
+	if p := app.Status.Policy; p != nil && p.WaiversExpireAt != nil {
+		d = min(d, max(time.Until(p.WaiversExpireAt.Time)+time.Second, time.Second))
+	}
+	return d
 }
 
 func baseInterval(app *slipwayv1.Application) time.Duration {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -108,6 +109,9 @@ func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, desi
 			v := slipwayv1.PolicyViolation{Rule: f.Rule, Severity: string(f.Severity), Object: objectName(r.Object), Path: f.Path, Message: f.Message}
 			if f.Waiver != nil {
 				v.Waiver = f.Waiver.Name
+				if e := f.Waiver.Expires; st.WaiversExpireAt == nil || e.Before(st.WaiversExpireAt.Time) {
+					st.WaiversExpireAt = &metav1.Time{Time: e}
+				}
 			}
 			st.Violations = append(st.Violations, v)
 		}
@@ -143,7 +147,16 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 	for k, v := range profile.Spec.Parameters {
 		p.Parameters[k] = v.Raw
 	}
+	compiled, err := g.Catalog.Compile(p)
+	if err != nil {
+		return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
+	}
+	// Waivers are cluster-wide and profiles differ: a waiver applies to the
+	// profiles that contain its rule and is no business of the others.
 	for _, w := range list.Items {
+		if _, ok := compiled.Rule(w.Spec.Rule); !ok {
+			continue
+		}
 		s := w.Spec.Scope
 		waiver, err := policy.NewWaiver(w.Name, w.Spec.Rule, policy.WaiverScope{Namespace: s.Namespace, Kind: s.Kind, Name: s.Name, Selector: s.Selector},
 			w.Spec.Reason, w.Spec.Approver, w.Spec.Expires.Time)
@@ -152,9 +165,10 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 		}
 		p.Waivers = append(p.Waivers, waiver)
 	}
-	compiled, err := g.Catalog.Compile(p)
-	if err != nil {
-		return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
+	if len(p.Waivers) > 0 {
+		if compiled, err = g.Catalog.Compile(p); err != nil {
+			return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
+		}
 	}
 	if g.compiled == nil {
 		g.compiled = map[string]compiledProfile{}

@@ -163,3 +163,58 @@ func TestPolicyGateOrganisationPack(t *testing.T) {
 		t.Fatalf("a revision the organisation's rule blocks changed the cluster: %v", err)
 	}
 }
+
+// TestExpiredWaiverIsCheckedAgain: an Application synced under a waiver is
+// checked again when the waiver expires, without a commit and long before
+// its (hourly) interval, and reports the violation it no longer covers:
+// both when it is Ready (a ConfigMap) and while a rollout is still polled
+// (a Deployment, which never becomes ready without a kubelet).
+func TestExpiredWaiverIsCheckedAgain(t *testing.T) {
+	cases := map[string]struct {
+		pack, rule, kind, name, file string
+	}{
+		"ready":       {"org-gate-test", "ORG-LBL-001", "ConfigMap", "settings", configMap("settings", "v1")},
+		"rolling out": {"pss-baseline", "PSS-B-003", "Deployment", "app", deployment("app", true)},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ns := env.Namespace(t)
+			profile := &slipwayv1.PolicyProfile{
+				ObjectMeta: metav1.ObjectMeta{Name: "expiry-" + ns},
+				Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{tc.pack}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "low"},
+			}
+			if err := env.Client.Create(testCtx, profile); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = env.Client.Delete(testCtx, profile) })
+			waiver := &slipwayv1.PolicyWaiver{
+				ObjectMeta: metav1.ObjectMeta{Name: "expiry-" + ns},
+				Spec: slipwayv1.PolicyWaiverSpec{
+					Rule: tc.rule, Scope: slipwayv1.WaiverScope{Namespace: ns, Kind: tc.kind, Name: tc.name},
+					Reason: "a short exception", Approver: "security-officer@example.com",
+					Expires: metav1.NewTime(time.Now().Add(10 * time.Second)),
+				},
+			}
+			if err := env.Client.Create(testCtx, waiver); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
+
+			url := newRepo(t, map[string]string{"deploy/object.yaml": tc.file})
+			app := newApp(t, ns, url, hourly, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
+			synced := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+				if a.Status.LastAppliedRevision == "" || a.Status.Policy == nil || a.Status.Policy.Waived == 0 {
+					return fmt.Errorf("not applied under the waiver: %s", conditionMessage(a, slipwayv1.ConditionReady))
+				}
+				return nil
+			})
+			if got := synced.Status.Policy.WaiversExpireAt; got == nil || !got.Equal(&waiver.Spec.Expires) {
+				t.Fatalf("status.policy.waiversExpireAt = %v, want %v", got, waiver.Spec.Expires)
+			}
+			waitFor(t, app, syncTimeout+10*time.Second, func(a *slipwayv1.Application) error {
+				return hasCondition(a, slipwayv1.ConditionReady, metav1.ConditionFalse, "PolicyViolation", tc.rule)
+			})
+		})
+	}
+}
