@@ -75,6 +75,18 @@ func (k *kubeFlags) ns() (string, error) {
 	return ns, nil
 }
 
+// listOptions scope a list to the namespace, or to none with -A.
+func (k *kubeFlags) listOptions() ([]client.ListOption, error) {
+	if k.allNamespaces {
+		return nil, nil
+	}
+	ns, err := k.ns()
+	if err != nil {
+		return nil, err
+	}
+	return []client.ListOption{client.InNamespace(ns)}, nil
+}
+
 func withKube(cmd *cobra.Command, allNamespaces bool) *kubeFlags {
 	k := &kubeFlags{}
 	k.addTo(cmd.Flags(), allNamespaces)

@@ -35,13 +35,9 @@ func newRunListCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var opts []client.ListOption
-		if !kube.allNamespaces {
-			ns, err := kube.ns()
-			if err != nil {
-				return err
-			}
-			opts = append(opts, client.InNamespace(ns))
+		opts, err := kube.listOptions()
+		if err != nil {
+			return err
 		}
 		var list slipwayv1.PipelineRunList
 		if err := c.List(cmd.Context(), &list, opts...); err != nil {
