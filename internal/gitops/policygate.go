@@ -147,14 +147,14 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 	for k, v := range profile.Spec.Parameters {
 		p.Parameters[k] = v.Raw
 	}
-	compiled, err := g.Catalog.Compile(p)
+	// Waivers are cluster-wide and profiles differ: a waiver applies to the
+	// profiles that contain its rule and is no business of the others.
+	rules, err := g.Catalog.RuleIDs(p.Packs)
 	if err != nil {
 		return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
 	}
-	// Waivers are cluster-wide and profiles differ: a waiver applies to the
-	// profiles that contain its rule and is no business of the others.
 	for _, w := range list.Items {
-		if _, ok := compiled.Rule(w.Spec.Rule); !ok {
+		if !rules[w.Spec.Rule] {
 			continue
 		}
 		s := w.Spec.Scope
@@ -165,10 +165,9 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 		}
 		p.Waivers = append(p.Waivers, waiver)
 	}
-	if len(p.Waivers) > 0 {
-		if compiled, err = g.Catalog.Compile(p); err != nil {
-			return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
-		}
+	compiled, err := g.Catalog.Compile(p)
+	if err != nil {
+		return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
 	}
 	if g.compiled == nil {
 		g.compiled = map[string]compiledProfile{}

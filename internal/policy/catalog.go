@@ -90,10 +90,28 @@ func (c *Catalog) PackNames() []string {
 	return names
 }
 
+// RuleIDs returns the ids of the rules a profile of the named packs holds,
+// resolving the packs without compiling them.
+func (c *Catalog) RuleIDs(packs []string) (map[string]bool, error) {
+	res, err := c.resolve(packs)
+	if err != nil {
+		return nil, err
+	}
+	return res.ruleIDs(), nil
+}
+
 // resolved is a set of packs flattened through extends and replaces.
 type resolved struct {
 	rules  []*Rule
 	params []*Parameter
+}
+
+func (r *resolved) ruleIDs() map[string]bool {
+	ids := make(map[string]bool, len(r.rules))
+	for _, rule := range r.rules {
+		ids[rule.ID] = true
+	}
+	return ids
 }
 
 // resolve flattens the named packs: parents' rules first, replaced rules removed.

@@ -75,10 +75,7 @@ func (c *Catalog) Compile(p Profile) (*Policy, error) {
 	}
 	pol.name = p.Name()
 	pol.all = res.rules
-	ids := map[string]bool{}
-	for _, r := range res.rules {
-		ids[r.ID] = true
-	}
+	ids := res.ruleIDs()
 	for _, w := range p.Waivers {
 		if !ids[w.Rule] {
 			return nil, fmt.Errorf("compiling policy profile %s: waiver %q names rule %s, which the profile does not contain", p.Name(), w.Name, w.Rule)
