@@ -16,6 +16,7 @@ import (
 
 	git "github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -174,15 +175,25 @@ func (l *Lab) repoDir(repoURL string) string {
 
 // head reads the main branch of a lab repository from disk.
 func (l *Lab) head(repoURL string) (string, error) {
-	r, err := git.PlainOpen(l.repoDir(repoURL))
+	c, err := l.headCommit(repoURL)
 	if err != nil {
-		return "", fmt.Errorf("opening %s: %w", l.repoDir(repoURL), err)
+		return "", err
+	}
+	return c.Hash.String(), nil
+}
+
+// headCommit is the commit at main of a lab repository, read from disk.
+func (l *Lab) headCommit(repoURL string) (*object.Commit, error) {
+	dir := l.repoDir(repoURL)
+	r, err := git.PlainOpen(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", dir, err)
 	}
 	ref, err := r.Reference(plumbing.NewBranchReferenceName("main"), true)
 	if err != nil {
-		return "", fmt.Errorf("reading main of %s: %w", l.repoDir(repoURL), err)
+		return nil, fmt.Errorf("reading main of %s: %w", dir, err)
 	}
-	return ref.Hash().String(), nil
+	return r.CommitObject(ref.Hash())
 }
 
 // pushDemoManifests commits the services' manifests to the ops repo. A
@@ -198,15 +209,8 @@ func (l *Lab) pushDemoManifests(ctx context.Context, info *Info, auth gitserver.
 			delete(files, p)
 		}
 	}
-	r, err := git.PlainOpen(l.repoDir(info.Git.OpsRepo))
-	if err != nil {
-		return fmt.Errorf("opening the ops repo: %w", err)
-	}
-	if ref, err := r.Reference(plumbing.NewBranchReferenceName("main"), true); err == nil {
-		commit, err := r.CommitObject(ref.Hash())
-		if err != nil {
-			return fmt.Errorf("reading the ops repo: %w", err)
-		}
+	// An ops repo without a main branch yet (a new lab) has nothing to keep.
+	if commit, err := l.headCommit(info.Git.OpsRepo); err == nil {
 		for _, app := range DemoApps {
 			p := "apps/" + app + "/kustomization.yaml"
 			if _, err := commit.File(p); err == nil {
