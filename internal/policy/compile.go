@@ -107,6 +107,10 @@ type compiledRule struct {
 	parameters []string // parameters the expression reads, for docs and export
 	variables  []string // every variable the expression reads, for export
 	reads      []ruleRead
+	// native evaluates the expression in Go (nil when nativeErr says why not);
+	// the program decides whenever native declines.
+	native    *nativeProgram
+	nativeErr error
 	// neighbourKinds are the Kind.group keys of Rule.NamespaceObjects; nil for
 	// a rule that reads the checked object alone.
 	neighbourKinds []string
@@ -224,22 +228,29 @@ func checkExpression(env *cel.Env, expr string) (*cel.Ast, []string, error) {
 	return ast, referencedVariables(ast), nil
 }
 
-// compile checks expr and returns its program, its checked AST (before
-// parameters were bound) and the variables it reads.
-func (c *compiler) compile(expr string) (cel.Program, *cel.Ast, []string, error) {
+// compiledExpression is an expression checked and planned for evaluation.
+type compiledExpression struct {
+	program cel.Program
+	checked *cel.Ast // before parameters were bound
+	bound   *cel.Ast // with parameters as constants: what program runs
+	refs    []string // the variables it reads
+}
+
+// compile checks expr and plans it with the profile's parameters bound.
+func (c *compiler) compile(expr string) (*compiledExpression, error) {
 	ast, refs, err := checkExpression(c.env, expr)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	bound, iss := c.bind.Optimize(c.env, ast)
 	if iss.Err() != nil {
-		return nil, nil, nil, fmt.Errorf("binding parameters: %w", iss.Err())
+		return nil, fmt.Errorf("binding parameters: %w", iss.Err())
 	}
 	prg, err := c.evalEnv.Program(bound, evalProgramOptions...)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return prg, ast, refs, nil
+	return &compiledExpression{program: prg, checked: ast, bound: bound, refs: refs}, nil
 }
 
 // parameterBinder replaces every `variables.<parameter>` with the parameter's
@@ -386,16 +397,22 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 	// Variables are declared one at a time, in order, so an expression can only
 	// read variables defined before it, as in ValidatingAdmissionPolicy.
 	for _, v := range BuiltinVariables {
-		prg, _, refs, err := c.compile(v.Expression)
+		ce, err := c.compile(v.Expression)
 		if err != nil {
 			return nil, fmt.Errorf("compiling builtin variable %s: %w", v.Name, err)
 		}
-		p.variables = append(p.variables, &compiledVariable{name: v.Name, program: prg, native: nativeVariables[v.Name], refs: refs})
+		p.variables = append(p.variables, &compiledVariable{name: v.Name, program: ce.program, native: nativeVariables[v.Name], refs: ce.refs})
 		varsType.Fields[v.Name] = apiservercel.NewDeclField(v.Name, apiservercel.DynType, true, nil, nil)
 	}
 	p.variableIndex = make(map[string]int, len(p.variables))
 	for i, v := range p.variables {
 		p.variableIndex[v.name] = i
+	}
+	nativeIndex := map[string]int{}
+	for i, v := range p.variables {
+		if v.native != nil {
+			nativeIndex[v.name] = i
+		}
 	}
 	p.variablesType = cel.ObjectType(varsType.CelType().TypeName(), traits.IndexerType|traits.FieldTesterType|traits.IterableType)
 
@@ -414,9 +431,9 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 			}
 			rc = crossCompiler
 		}
-		prg, ast, vars, err := rc.compile(r.Expression)
+		ce, err := rc.compile(r.Expression)
 		if err == nil {
-			err = checkOutputType(ast.OutputType())
+			err = checkOutputType(ce.checked.OutputType())
 		}
 		if err != nil && !r.CrossObject() && strings.Contains(err.Error(), "'"+namespaceObjectsVariable+"'") {
 			err = fmt.Errorf("%w (a rule reading %s must list their kinds in namespaceObjects)", err, namespaceObjectsVariable)
@@ -425,8 +442,10 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 			errs = append(errs, fmt.Errorf("compiling rule %s (pack %q): %w", r.ID, r.pack, err))
 			continue
 		}
-		cr := &compiledRule{Rule: r, program: prg, variables: vars, reads: readSet(ast), neighbourKinds: r.NamespaceObjects}
-		for _, name := range vars {
+		cr := &compiledRule{Rule: r, program: ce.program, variables: ce.refs, reads: readSet(ce.checked), neighbourKinds: r.NamespaceObjects}
+		// A rule the Go closures cannot express runs in CEL alone (see native.go).
+		cr.native, cr.nativeErr = compileNative(ce.bound.NativeRep().Expr(), nativeIndex)
+		for _, name := range ce.refs {
 			if declared[name] {
 				cr.parameters = append(cr.parameters, name)
 			}

@@ -178,6 +178,29 @@ type activation struct {
 	// neighbours is the namespaceObjects of the cross-object rule being
 	// evaluated; only those rules are compiled with the name declared.
 	neighbours []any
+	// native holds the builtin variables computed in Go for native programs,
+	// by position in Policy.variables; frame is reused by every program.
+	native []nativeValue
+	frame  nativeFrame
+}
+
+// nativeValue is a builtin variable computed natively: state 0 not yet,
+// 1 computed, 2 declined (the shape is one only CEL handles).
+type nativeValue struct {
+	value any
+	state uint8
+}
+
+// nativeVariable returns the builtin variable i for a native program.
+func (a *activation) nativeVariable(i int) (any, bool) {
+	nv := &a.native[i]
+	if nv.state == 0 {
+		nv.state = 2
+		if v, ok := a.variables.policy.variables[i].native(&a.pod); ok {
+			nv.value, nv.state = v, 1
+		}
+	}
+	return nv.value, nv.state == 1
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
@@ -212,7 +235,7 @@ var (
 func (p *Policy) newActivation(ctx context.Context, obj map[string]any) *activation {
 	act, _ := p.activations.Get().(*activation)
 	if act == nil {
-		act = &activation{variables: variableValues{policy: p, values: make([]ref.Val, len(p.variables))}}
+		act = &activation{variables: variableValues{policy: p, values: make([]ref.Val, len(p.variables))}, native: make([]nativeValue, len(p.variables))}
 		act.variables.act = act
 	}
 	act.object, act.variables.ctx = obj, ctx
@@ -224,6 +247,7 @@ func (p *Policy) releaseActivation(act *activation) {
 	act.object, act.variables.ctx, act.neighbours = nil, nil, nil
 	act.pod = podView{}
 	clear(act.variables.values)
+	clear(act.native)
 	p.activations.Put(act)
 }
 
@@ -422,6 +446,16 @@ func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj m
 	for _, r := range rules {
 		if r.neighbourKinds != nil {
 			act.neighbours = idx.neighbours(objectNamespace(obj), r.neighbourKinds)
+		}
+		if r.native != nil {
+			if v, ok := r.native.run(act); ok {
+				if paths, ok := nativeFieldPaths(v); ok {
+					for _, path := range paths {
+						findings = append(findings, Finding{Rule: r.ID, Severity: r.Severity, Outcome: OutcomeFail, Path: path, Message: r.Message})
+					}
+					continue
+				}
+			}
 		}
 		val, _, err := r.program.ContextEval(ctx, act)
 		if err == nil {

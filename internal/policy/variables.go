@@ -32,6 +32,14 @@ var nativeVariables = map[string]nativeVariable{
 		pv.resolve()
 		return pv.meta, pv.metaOK
 	},
+	"podLabels": func(pv *podView) (any, bool) {
+		pv.resolve()
+		meta, isMap := pv.meta.(map[string]any)
+		if !pv.metaOK || !isMap {
+			return nil, false
+		}
+		return orEmptyMap(meta, "labels"), true
+	},
 	"containers": func(pv *podView) (any, bool) {
 		c, ok := pv.containerList()
 		if !ok {

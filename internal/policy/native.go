@@ -1,0 +1,951 @@
+package policy
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	celast "github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/types"
+)
+
+// Rules are CEL, and CEL is what an exported admission policy carries and the
+// API server runs. cel-go converts every map and list it reads into its own
+// value types, which costs most of an evaluation, so the engine also compiles
+// each rule's checked expression (parameters bound) into Go closures that read
+// the decoded manifest as it is.
+//
+// The closures cover the part of CEL the packs are written in, and decline
+// whenever they could differ from CEL: at compile time for a construct they do
+// not know (the rule then always runs in CEL), at run time for a value whose
+// CEL semantics they do not reproduce: an error (a missing field, an index
+// out of range), a comparison of values of different types, an integer
+// overflow. A declined evaluation is done again by the CEL program, so errors
+// and corner cases stay exactly CEL's. TestNativeRulesMatchCEL and
+// FuzzNativeRulesMatchCEL compare the two.
+
+// nativeFn evaluates one expression node; ok false declines.
+type nativeFn func(f *nativeFrame) (value any, ok bool)
+
+// nativeFrame is the state of one evaluation: the object's activation (for
+// `object`, `variables` and `namespaceObjects`) and the comprehension variables.
+type nativeFrame struct {
+	act   *activation
+	slots []any
+}
+
+// nativeProgram is a compiled expression.
+type nativeProgram struct {
+	eval  nativeFn
+	slots int // comprehension variables it needs
+}
+
+// optionalValue is a CEL optional: optional.none() when present is false.
+type optionalValue struct {
+	value   any
+	present bool
+}
+
+// nativeCompiler turns a checked CEL AST into closures.
+type nativeCompiler struct {
+	// variables maps the builtin variables computed natively to their index
+	// in Policy.variables; any other `variables.X` declines.
+	variables map[string]int
+	scope     []nativeScope
+	slots     int
+}
+
+// nativeScope is a comprehension variable in scope and its frame slot.
+type nativeScope struct {
+	name        string
+	slot        int
+	accumulator bool // a macro's accumulator of a list, built by appending
+}
+
+// compileNative compiles a checked expression, or says which construct it lacks.
+func compileNative(expr celast.Expr, variables map[string]int) (*nativeProgram, error) {
+	c := &nativeCompiler{variables: variables}
+	fn, err := c.compile(expr)
+	if err != nil {
+		return nil, err
+	}
+	return &nativeProgram{eval: fn, slots: c.slots}, nil
+}
+
+// run evaluates the program for the object of act.
+func (p *nativeProgram) run(act *activation) (any, bool) {
+	f := &act.frame
+	f.act = act
+	if cap(f.slots) < p.slots {
+		f.slots = make([]any, p.slots)
+	}
+	f.slots = f.slots[:p.slots]
+	v, ok := p.eval(f)
+	clear(f.slots)
+	return v, ok
+}
+
+func (c *nativeCompiler) lookup(name string) (nativeScope, bool) {
+	for i := len(c.scope) - 1; i >= 0; i-- {
+		if c.scope[i].name == name {
+			return c.scope[i], true
+		}
+	}
+	return nativeScope{}, false
+}
+
+func (c *nativeCompiler) compile(e celast.Expr) (nativeFn, error) {
+	switch e.Kind() {
+	case celast.LiteralKind:
+		v, err := nativeLiteral(e.AsLiteral())
+		if err != nil {
+			return nil, err
+		}
+		return func(*nativeFrame) (any, bool) { return v, true }, nil
+	case celast.IdentKind:
+		return c.ident(e.AsIdent())
+	case celast.SelectKind:
+		return c.selectField(e.AsSelect())
+	case celast.CallKind:
+		return c.call(e.AsCall())
+	case celast.ListKind:
+		return c.list(e.AsList())
+	case celast.MapKind:
+		return c.mapLiteral(e.AsMap())
+	case celast.ComprehensionKind:
+		return c.comprehension(e.AsComprehension())
+	}
+	return nil, fmt.Errorf("expression kind %v", e.Kind())
+}
+
+func nativeLiteral(v any) (any, error) {
+	switch x := v.(type) {
+	case types.Bool:
+		return bool(x), nil
+	case types.Int:
+		return int64(x), nil
+	case types.String:
+		return string(x), nil
+	case types.Null:
+		return nil, nil
+	}
+	return nil, fmt.Errorf("literal of type %T", v)
+}
+
+func (c *nativeCompiler) ident(name string) (nativeFn, error) {
+	if s, ok := c.lookup(name); ok {
+		slot := s.slot
+		return func(f *nativeFrame) (any, bool) { return f.slots[slot], true }, nil
+	}
+	switch name {
+	case "object":
+		return func(f *nativeFrame) (any, bool) { return f.act.object, true }, nil
+	case namespaceObjectsVariable:
+		return func(f *nativeFrame) (any, bool) { return f.act.neighbours, true }, nil
+	}
+	return nil, fmt.Errorf("identifier %s", name)
+}
+
+func (c *nativeCompiler) selectField(sel celast.SelectExpr) (nativeFn, error) {
+	field := sel.FieldName()
+	if op := sel.Operand(); op.Kind() == celast.IdentKind && op.AsIdent() == "variables" {
+		if _, shadowed := c.lookup("variables"); !shadowed {
+			i, ok := c.variables[field]
+			if !ok || sel.IsTestOnly() {
+				return nil, fmt.Errorf("variables.%s", field)
+			}
+			return func(f *nativeFrame) (any, bool) { return f.act.nativeVariable(i) }, nil
+		}
+	}
+	operand, err := c.compile(sel.Operand())
+	if err != nil {
+		return nil, err
+	}
+	if sel.IsTestOnly() {
+		// has(x.f)
+		return func(f *nativeFrame) (any, bool) {
+			v, ok := operand(f)
+			if !ok {
+				return nil, false
+			}
+			m, isMap := v.(map[string]any)
+			if !isMap {
+				return nil, false
+			}
+			_, present := m[field]
+			return present, true
+		}, nil
+	}
+	return func(f *nativeFrame) (any, bool) {
+		v, ok := operand(f)
+		if !ok {
+			return nil, false
+		}
+		m, isMap := v.(map[string]any)
+		if !isMap {
+			return nil, false
+		}
+		v, present := m[field]
+		return v, present
+	}, nil
+}
+
+func (c *nativeCompiler) list(l celast.ListExpr) (nativeFn, error) {
+	if len(l.OptionalIndices()) > 0 {
+		return nil, fmt.Errorf("optional list elements")
+	}
+	elems, err := c.compileAll(l.Elements())
+	if err != nil {
+		return nil, err
+	}
+	return func(f *nativeFrame) (any, bool) {
+		out := make([]any, len(elems))
+		for i, el := range elems {
+			v, ok := el(f)
+			if !ok {
+				return nil, false
+			}
+			out[i] = v
+		}
+		return out, true
+	}, nil
+}
+
+func (c *nativeCompiler) mapLiteral(m celast.MapExpr) (nativeFn, error) {
+	keys := make([]string, len(m.Entries()))
+	values := make([]nativeFn, len(m.Entries()))
+	for i, entry := range m.Entries() {
+		e := entry.AsMapEntry()
+		lit, isString := literalString(e.Key())
+		if !isString || e.IsOptional() || slices.Contains(keys[:i], lit) {
+			return nil, fmt.Errorf("map literal with a key that is not a distinct string constant")
+		}
+		v, err := c.compile(e.Value())
+		if err != nil {
+			return nil, err
+		}
+		keys[i], values[i] = lit, v
+	}
+	return func(f *nativeFrame) (any, bool) {
+		out := make(map[string]any, len(keys))
+		for i, k := range keys {
+			v, ok := values[i](f)
+			if !ok {
+				return nil, false
+			}
+			out[k] = v
+		}
+		return out, true
+	}, nil
+}
+
+func literalString(e celast.Expr) (string, bool) {
+	if e.Kind() != celast.LiteralKind {
+		return "", false
+	}
+	s, ok := e.AsLiteral().(types.String)
+	return string(s), ok
+}
+
+func (c *nativeCompiler) compileAll(exprs []celast.Expr) ([]nativeFn, error) {
+	fns := make([]nativeFn, len(exprs))
+	for i, e := range exprs {
+		fn, err := c.compile(e)
+		if err != nil {
+			return nil, err
+		}
+		fns[i] = fn
+	}
+	return fns, nil
+}
+
+// comprehension evaluates as cel-go's folder does: the accumulator starts at
+// accuInit; for each element the loop condition is evaluated first and a false
+// one ends the loop; then the step gives the next accumulator; the result
+// expression gives the value. Lists are iterated in order (two variables:
+// index and element); maps in sorted key order (key, or key and value), which
+// can only change the order of a list a rule returns, and findings are sorted.
+func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn, error) {
+	iterRange, err := c.compile(comp.IterRange())
+	if err != nil {
+		return nil, err
+	}
+	accuInit, err := c.compile(comp.AccuInit())
+	if err != nil {
+		return nil, err
+	}
+	depth := len(c.scope)
+	defer func() { c.scope = c.scope[:depth] }()
+	newSlot := func(name string, accumulator bool) int {
+		c.scope = append(c.scope, nativeScope{name: name, slot: c.slots, accumulator: accumulator})
+		c.slots++
+		return c.slots - 1
+	}
+	// Macros build their lists by appending to an accumulator that starts as
+	// [] and that nothing else can read; only then may + append in place.
+	init := comp.AccuInit()
+	appendable := strings.HasPrefix(comp.AccuVar(), "@") && init.Kind() == celast.ListKind && len(init.AsList().Elements()) == 0
+	accu := newSlot(comp.AccuVar(), appendable)
+	iter1 := newSlot(comp.IterVar(), false)
+	iter2, two := -1, comp.HasIterVar2()
+	if two {
+		iter2 = newSlot(comp.IterVar2(), false)
+	}
+	cond, err := c.compile(comp.LoopCondition())
+	if err != nil {
+		return nil, err
+	}
+	step, err := c.compile(comp.LoopStep())
+	if err != nil {
+		return nil, err
+	}
+	result, err := c.compile(comp.Result())
+	if err != nil {
+		return nil, err
+	}
+	// visit runs one iteration; more false ends the loop.
+	visit := func(f *nativeFrame) (more, ok bool) {
+		cv, ok := cond(f)
+		if !ok {
+			return false, false
+		}
+		b, isBool := cv.(bool)
+		if !isBool {
+			return false, false
+		}
+		if !b {
+			return false, true
+		}
+		next, ok := step(f)
+		f.slots[accu] = next
+		return ok, ok
+	}
+	return func(f *nativeFrame) (any, bool) {
+		rng, ok := iterRange(f)
+		if !ok {
+			return nil, false
+		}
+		if f.slots[accu], ok = accuInit(f); !ok {
+			return nil, false
+		}
+		switch r := rng.(type) {
+		case []any:
+			for i, el := range r {
+				if two {
+					f.slots[iter1], f.slots[iter2] = int64(i), el
+				} else {
+					f.slots[iter1] = el
+				}
+				more, ok := visit(f)
+				if !ok {
+					return nil, false
+				}
+				if !more {
+					break
+				}
+			}
+		case map[string]any:
+			keys := make([]string, 0, len(r))
+			for k := range r {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				f.slots[iter1] = k
+				if two {
+					f.slots[iter2] = r[k]
+				}
+				more, ok := visit(f)
+				if !ok {
+					return nil, false
+				}
+				if !more {
+					break
+				}
+			}
+		default:
+			return nil, false
+		}
+		return result(f)
+	}, nil
+}
+
+func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
+	name := call.FunctionName()
+	var target nativeFn
+	if call.IsMemberFunction() {
+		t, err := c.compile(call.Target())
+		if err != nil {
+			return nil, err
+		}
+		target = t
+	}
+	args, err := c.compileAll(call.Args())
+	if err != nil {
+		return nil, err
+	}
+	arity := len(args)
+	if target != nil {
+		// Member calls are compiled as functions of target and arguments.
+		args = append([]nativeFn{target}, args...)
+	}
+	want := func(n int) error {
+		if len(args) != n {
+			return fmt.Errorf("function %s with %d arguments", name, len(args))
+		}
+		return nil
+	}
+	switch name {
+	case "_&&_", "_||_":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		// CEL's && and || are commutative over errors; a false (&&) or true
+		// (||) left side decides, whatever the right one would give.
+		decisive := name == "_||_"
+		left, right := args[0], args[1]
+		return func(f *nativeFrame) (any, bool) {
+			l, ok := evalBool(left, f)
+			if !ok {
+				return nil, false
+			}
+			if l == decisive {
+				return decisive, true
+			}
+			r, ok := evalBool(right, f)
+			return r, ok
+		}, nil
+	case "!_":
+		if err := want(1); err != nil {
+			return nil, err
+		}
+		arg := args[0]
+		return func(f *nativeFrame) (any, bool) {
+			b, ok := evalBool(arg, f)
+			return !b, ok
+		}, nil
+	case "@not_strictly_false":
+		if err := want(1); err != nil {
+			return nil, err
+		}
+		arg := args[0]
+		return func(f *nativeFrame) (any, bool) {
+			b, ok := evalBool(arg, f)
+			return b, ok
+		}, nil
+	case "_?_:_":
+		if err := want(3); err != nil {
+			return nil, err
+		}
+		cond, yes, no := args[0], args[1], args[2]
+		return func(f *nativeFrame) (any, bool) {
+			b, ok := evalBool(cond, f)
+			if !ok {
+				return nil, false
+			}
+			if b {
+				return yes(f)
+			}
+			return no(f)
+		}, nil
+	case "_==_", "_!=_":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		negate := name == "_!=_"
+		return binaryOp(args, func(a, b any) (any, bool) {
+			eq, ok := nativeEqual(a, b)
+			return eq != negate, ok
+		}), nil
+	case "_<_", "_<=_", "_>_", "_>=_":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		return binaryOp(args, func(a, b any) (any, bool) {
+			cmp, ok := nativeCompare(a, b)
+			if !ok {
+				return nil, false
+			}
+			switch name {
+			case "_<_":
+				return cmp < 0, true
+			case "_<=_":
+				return cmp <= 0, true
+			case "_>_":
+				return cmp > 0, true
+			}
+			return cmp >= 0, true
+		}), nil
+	case "_+_":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		appendInPlace := false
+		if l := call.Args()[0]; l.Kind() == celast.IdentKind {
+			s, ok := c.lookup(l.AsIdent())
+			appendInPlace = ok && s.accumulator
+		}
+		if r := call.Args()[1]; appendInPlace && r.Kind() == celast.ListKind && len(r.AsList().OptionalIndices()) == 0 {
+			// accumulator + [e...]: append the elements without building a list.
+			accu := args[0]
+			elems, err := c.compileAll(r.AsList().Elements())
+			if err != nil {
+				return nil, err
+			}
+			return func(f *nativeFrame) (any, bool) {
+				a, ok := accu(f)
+				l, isList := a.([]any)
+				if !ok || !isList {
+					return nil, false
+				}
+				for _, el := range elems {
+					v, ok := el(f)
+					if !ok {
+						return nil, false
+					}
+					l = append(l, v)
+				}
+				return l, true
+			}, nil
+		}
+		return binaryOp(args, func(a, b any) (any, bool) { return nativeAdd(a, b, appendInPlace) }), nil
+	case "_-_":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		return binaryOp(args, func(a, b any) (any, bool) {
+			x, okX := a.(int64)
+			y, okY := b.(int64)
+			if !okX || !okY || (y > 0 && x < math.MinInt64+y) || (y < 0 && x > math.MaxInt64+y) {
+				return nil, false
+			}
+			return x - y, true
+		}), nil
+	case "@in":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		return c.in(call.Args()[1], args), nil
+	case "_?._", "_[?_]":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		return binaryOp(args, optionalIndex), nil
+	case "_[_]":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		return binaryOp(args, index), nil
+	case "orValue":
+		if target == nil || arity != 1 {
+			return nil, fmt.Errorf("orValue with %d arguments", arity)
+		}
+		opt, fallback := args[0], args[1]
+		if walk, ok := c.optionalChain(call.Target()); ok {
+			return func(f *nativeFrame) (any, bool) {
+				v, present, ok := walk(f)
+				if !ok || present {
+					return v, ok
+				}
+				return fallback(f)
+			}, nil
+		}
+		return func(f *nativeFrame) (any, bool) {
+			v, ok := opt(f)
+			if !ok {
+				return nil, false
+			}
+			o, isOpt := v.(optionalValue)
+			if !isOpt {
+				return nil, false
+			}
+			if o.present {
+				return o.value, true
+			}
+			return fallback(f)
+		}, nil
+	case "hasValue":
+		if target == nil || arity != 0 {
+			return nil, fmt.Errorf("hasValue with %d arguments", arity)
+		}
+		if walk, ok := c.optionalChain(call.Target()); ok {
+			return func(f *nativeFrame) (any, bool) {
+				_, present, ok := walk(f)
+				return present, ok
+			}, nil
+		}
+		return unaryOp(args[0], func(v any) (any, bool) {
+			o, isOpt := v.(optionalValue)
+			return o.present, isOpt
+		}), nil
+	case "dyn":
+		if err := want(1); err != nil {
+			return nil, err
+		}
+		return args[0], nil
+	case "size":
+		if err := want(1); err != nil {
+			return nil, err
+		}
+		return unaryOp(args[0], func(v any) (any, bool) {
+			switch x := v.(type) {
+			case string:
+				return int64(utf8.RuneCountInString(x)), true
+			case []any:
+				return int64(len(x)), true
+			case map[string]any:
+				return int64(len(x)), true
+			}
+			return nil, false
+		}), nil
+	case "string":
+		if err := want(1); err != nil {
+			return nil, err
+		}
+		return unaryOp(args[0], func(v any) (any, bool) {
+			switch x := v.(type) {
+			case string:
+				return x, true
+			case int64:
+				return strconv.FormatInt(x, 10), true
+			case bool:
+				return strconv.FormatBool(x), true
+			}
+			return nil, false
+		}), nil
+	case "contains", "startsWith", "endsWith", "split":
+		if target == nil || arity != 1 {
+			return nil, fmt.Errorf("%s with %d arguments", name, arity)
+		}
+		op := map[string]func(s, t string) any{
+			"contains":   func(s, t string) any { return strings.Contains(s, t) },
+			"startsWith": func(s, t string) any { return strings.HasPrefix(s, t) },
+			"endsWith":   func(s, t string) any { return strings.HasSuffix(s, t) },
+			"split": func(s, t string) any {
+				parts := strings.Split(s, t)
+				out := make([]any, len(parts))
+				for i, p := range parts {
+					out[i] = p
+				}
+				return out
+			},
+		}[name]
+		return binaryOp(args, func(a, b any) (any, bool) {
+			s, okS := a.(string)
+			t, okT := b.(string)
+			if !okS || !okT {
+				return nil, false
+			}
+			return op(s, t), true
+		}), nil
+	case "substring":
+		if target == nil || arity != 1 {
+			return nil, fmt.Errorf("substring with %d arguments", arity)
+		}
+		return binaryOp(args, func(a, b any) (any, bool) {
+			s, okS := a.(string)
+			start, okI := b.(int64)
+			if !okS || !okI {
+				return nil, false
+			}
+			runes := []rune(s)
+			if start < 0 || start > int64(len(runes)) {
+				return nil, false
+			}
+			return string(runes[start:]), true
+		}), nil
+	case "matches":
+		if err := want(2); err != nil {
+			return nil, err
+		}
+		return c.matches(call, args)
+	}
+	return nil, fmt.Errorf("function %s", name)
+}
+
+// optionalChain compiles x.?a.?b[?'c'] (constant keys, x not optional) into
+// one walk that gives the value at the end, or present false where a field
+// is missing, without building optional values on the way. ok is false when e
+// is not such a chain; the walk declines where optionalIndex would (a step on
+// a value that is not a map).
+func (c *nativeCompiler) optionalChain(e celast.Expr) (func(*nativeFrame) (value any, present, ok bool), bool) {
+	var keys []string
+	for e.Kind() == celast.CallKind {
+		call := e.AsCall()
+		if name := call.FunctionName(); (name != "_?._" && name != "_[?_]") || len(call.Args()) != 2 {
+			break
+		}
+		key, isConst := literalString(call.Args()[1])
+		if !isConst {
+			return nil, false
+		}
+		keys = append(keys, key)
+		e = call.Args()[0]
+	}
+	if len(keys) == 0 {
+		return nil, false
+	}
+	slices.Reverse(keys)
+	root, err := c.compile(e)
+	if err != nil {
+		return nil, false
+	}
+	return func(f *nativeFrame) (any, bool, bool) {
+		v, ok := root(f)
+		if !ok {
+			return nil, false, false
+		}
+		for _, k := range keys {
+			m, isMap := v.(map[string]any)
+			if !isMap {
+				return nil, false, false
+			}
+			if v, ok = m[k]; !ok {
+				return nil, false, true
+			}
+		}
+		return v, true, true
+	}, true
+}
+
+// matches precompiles a constant pattern, as the CEL program does (a bound
+// parameter is a constant); a computed one is compiled per call.
+func (c *nativeCompiler) matches(call celast.CallExpr, args []nativeFn) (nativeFn, error) {
+	patternExpr := call.Args()[len(call.Args())-1]
+	if pattern, isConst := literalString(patternExpr); isConst {
+		re, err := regexp.Compile(pattern)
+		if err != nil {
+			return nil, fmt.Errorf("pattern %q: %w", pattern, err)
+		}
+		return unaryOp(args[0], func(v any) (any, bool) {
+			s, ok := v.(string)
+			return ok && re.MatchString(s), ok
+		}), nil
+	}
+	return binaryOp(args, func(a, b any) (any, bool) {
+		s, okS := a.(string)
+		pattern, okP := b.(string)
+		if !okS || !okP {
+			return nil, false
+		}
+		re, err := regexp.Compile(pattern)
+		if err != nil {
+			return nil, false
+		}
+		return re.MatchString(s), true
+	}), nil
+}
+
+// in is `elem in list` and `key in map`. A list of string constants (a bound
+// parameter, an inline list) is looked up in a set.
+func (c *nativeCompiler) in(listExpr celast.Expr, args []nativeFn) nativeFn {
+	if listExpr.Kind() == celast.ListKind && len(listExpr.AsList().OptionalIndices()) == 0 {
+		set := map[string]bool{}
+		for _, el := range listExpr.AsList().Elements() {
+			s, ok := literalString(el)
+			if !ok {
+				set = nil
+				break
+			}
+			set[s] = true
+		}
+		if set != nil {
+			return unaryOp(args[0], func(v any) (any, bool) {
+				s, ok := v.(string)
+				return set[s], ok
+			})
+		}
+	}
+	return binaryOp(args, func(elem, container any) (any, bool) {
+		switch x := container.(type) {
+		case []any:
+			for _, item := range x {
+				eq, ok := nativeEqual(elem, item)
+				if !ok {
+					return nil, false
+				}
+				if eq {
+					return true, true
+				}
+			}
+			return false, true
+		case map[string]any:
+			k, isString := elem.(string)
+			if !isString {
+				return nil, false
+			}
+			_, present := x[k]
+			return present, true
+		}
+		return nil, false
+	})
+}
+
+func evalBool(fn nativeFn, f *nativeFrame) (bool, bool) {
+	v, ok := fn(f)
+	if !ok {
+		return false, false
+	}
+	b, isBool := v.(bool)
+	return b, isBool
+}
+
+func unaryOp(arg nativeFn, op func(any) (any, bool)) nativeFn {
+	return func(f *nativeFrame) (any, bool) {
+		v, ok := arg(f)
+		if !ok {
+			return nil, false
+		}
+		return op(v)
+	}
+}
+
+func binaryOp(args []nativeFn, op func(a, b any) (any, bool)) nativeFn {
+	left, right := args[0], args[1]
+	return func(f *nativeFrame) (any, bool) {
+		a, ok := left(f)
+		if !ok {
+			return nil, false
+		}
+		b, ok := right(f)
+		if !ok {
+			return nil, false
+		}
+		return op(a, b)
+	}
+}
+
+// nativeEqual is CEL equality for values of the same scalar type; anything
+// else (numbers of different types, lists, maps, optionals) declines.
+func nativeEqual(a, b any) (bool, bool) {
+	switch x := a.(type) {
+	case string:
+		y, ok := b.(string)
+		return x == y, ok
+	case bool:
+		y, ok := b.(bool)
+		return x == y, ok
+	case int64:
+		y, ok := b.(int64)
+		return x == y, ok
+	case nil:
+		return b == nil, b == nil
+	}
+	return false, false
+}
+
+// nativeCompare orders two integers or two strings (byte-wise, as CEL does).
+func nativeCompare(a, b any) (int, bool) {
+	switch x := a.(type) {
+	case int64:
+		y, ok := b.(int64)
+		if !ok {
+			return 0, false
+		}
+		switch {
+		case x < y:
+			return -1, true
+		case x > y:
+			return 1, true
+		}
+		return 0, true
+	case string:
+		y, ok := b.(string)
+		return strings.Compare(x, y), ok
+	}
+	return 0, false
+}
+
+// nativeAdd is + on strings, lists and integers. appendInPlace is set when a
+// is a macro's own accumulator (see comprehension).
+func nativeAdd(a, b any, appendInPlace bool) (any, bool) {
+	switch x := a.(type) {
+	case string:
+		y, ok := b.(string)
+		return x + y, ok
+	case []any:
+		y, ok := b.([]any)
+		if !ok {
+			return nil, false
+		}
+		if appendInPlace {
+			return append(x, y...), true
+		}
+		return slices.Concat(x, y), true
+	case int64:
+		y, ok := b.(int64)
+		if !ok || (y > 0 && x > math.MaxInt64-y) || (y < 0 && x < math.MinInt64-y) {
+			return nil, false
+		}
+		return x + y, true
+	}
+	return nil, false
+}
+
+// optionalIndex is x.?f and x[?k] on a map or an optional map.
+func optionalIndex(v, key any) (any, bool) {
+	if o, isOpt := v.(optionalValue); isOpt {
+		if !o.present {
+			return o, true
+		}
+		v = o.value
+	}
+	m, isMap := v.(map[string]any)
+	k, isString := key.(string)
+	if !isMap || !isString {
+		return nil, false
+	}
+	val, present := m[k]
+	return optionalValue{value: val, present: present}, true
+}
+
+// index is x[k] on a map with a present string key or a list with an index in range.
+func index(v, key any) (any, bool) {
+	switch x := v.(type) {
+	case map[string]any:
+		k, isString := key.(string)
+		if !isString {
+			return nil, false
+		}
+		val, present := x[k]
+		return val, present
+	case []any:
+		i, isInt := key.(int64)
+		if !isInt || i < 0 || i >= int64(len(x)) {
+			return nil, false
+		}
+		return x[i], true
+	}
+	return nil, false
+}
+
+// nativeFieldPaths is fieldPaths for a natively computed result; ok is false
+// for any value fieldPaths would reject (the CEL program then reports it).
+func nativeFieldPaths(v any) ([]string, bool) {
+	list, isList := v.([]any)
+	if !isList {
+		return nil, false
+	}
+	var paths []string
+	for _, el := range list {
+		switch e := el.(type) {
+		case string:
+			paths = append(paths, e)
+		case []any:
+			for _, inner := range e {
+				s, ok := inner.(string)
+				if !ok {
+					return nil, false
+				}
+				paths = append(paths, s)
+			}
+		default:
+			return nil, false
+		}
+	}
+	return paths, true
+}
