@@ -721,8 +721,12 @@ func (c *nativeCompiler) matches(call celast.CallExpr, args []nativeFn) (nativeF
 		if err != nil {
 			return nil, fmt.Errorf("pattern %q: %w", pattern, err)
 		}
+		mayMatch := literalPrefilter(pattern)
 		return unaryOp(args[0], func(v any) (any, bool) {
 			s, ok := v.(string)
+			if ok && mayMatch != nil && !mayMatch(s) {
+				return false, true
+			}
 			return ok && re.MatchString(s), ok
 		}), nil
 	}
