@@ -259,7 +259,7 @@ func (v *variableValues) resolve(i int) ref.Val {
 	val := cv.value
 	if cv.native != nil {
 		if native, ok := cv.native(&v.act.pod); ok {
-			val = v.policy.adapter.NativeToValue(native)
+			val = v.policy.adapter.NativeToValue(celShape(native))
 			v.values[i] = val
 			return val
 		}

@@ -44,6 +44,20 @@ type nativeProgram struct {
 	slots int // comprehension variables it needs
 }
 
+// lookupField reads field name of a map or of a pathEntry; isMap is false
+// for any other value.
+func lookupField(v any, name string) (value any, present, isMap bool) {
+	switch m := v.(type) {
+	case map[string]any:
+		value, present = m[name]
+		return value, present, true
+	case *pathEntry:
+		value, present = m.field(name)
+		return value, present, true
+	}
+	return nil, false, false
+}
+
 // optionalValue is a CEL optional: optional.none() when present is false.
 type optionalValue struct {
 	value   any
@@ -172,12 +186,8 @@ func (c *nativeCompiler) selectField(sel celast.SelectExpr) (nativeFn, error) {
 			if !ok {
 				return nil, false
 			}
-			m, isMap := v.(map[string]any)
-			if !isMap {
-				return nil, false
-			}
-			_, present := m[field]
-			return present, true
+			_, present, isMap := lookupField(v, field)
+			return present, isMap
 		}, nil
 	}
 	return func(f *nativeFrame) (any, bool) {
@@ -185,12 +195,8 @@ func (c *nativeCompiler) selectField(sel celast.SelectExpr) (nativeFn, error) {
 		if !ok {
 			return nil, false
 		}
-		m, isMap := v.(map[string]any)
-		if !isMap {
-			return nil, false
-		}
-		v, present := m[field]
-		return v, present
+		v, present, isMap := lookupField(v, field)
+		return v, present && isMap
 	}, nil
 }
 
@@ -201,6 +207,11 @@ func (c *nativeCompiler) list(l celast.ListExpr) (nativeFn, error) {
 	elems, err := c.compileAll(l.Elements())
 	if err != nil {
 		return nil, err
+	}
+	if constant, ok := constantList(l); ok {
+		// Built and boxed once: nothing appends to a list in place but a
+		// comprehension's own accumulator, which a literal never is.
+		return func(*nativeFrame) (any, bool) { return constant, true }, nil
 	}
 	return func(f *nativeFrame) (any, bool) {
 		out := make([]any, len(elems))
@@ -213,6 +224,22 @@ func (c *nativeCompiler) list(l celast.ListExpr) (nativeFn, error) {
 		}
 		return out, true
 	}, nil
+}
+
+// constantList is the value of a list literal whose elements are all literals.
+func constantList(l celast.ListExpr) (any, bool) {
+	out := make([]any, len(l.Elements()))
+	for i, e := range l.Elements() {
+		if e.Kind() != celast.LiteralKind {
+			return nil, false
+		}
+		v, err := nativeLiteral(e.AsLiteral())
+		if err != nil {
+			return nil, false
+		}
+		out[i] = v
+	}
+	return out, true
 }
 
 func (c *nativeCompiler) mapLiteral(m celast.MapExpr) (nativeFn, error) {
@@ -273,6 +300,9 @@ func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn,
 	iterRange, err := c.compile(comp.IterRange())
 	if err != nil {
 		return nil, err
+	}
+	if shape, ok := listBuilding(comp); ok {
+		return c.listComprehension(comp, shape, iterRange)
 	}
 	accuInit, err := c.compile(comp.AccuInit())
 	if err != nil {
@@ -371,6 +401,160 @@ func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn,
 			return nil, false
 		}
 		return result(f)
+	}, nil
+}
+
+// listShape is a comprehension that builds a list, as map, filter and
+// transformList expand to: the accumulator starts as [], the loop condition
+// is true, each step appends elems to it (when filter holds, if there is a
+// filter: `filter ? accu + [elems] : accu`, or its negation), and the result
+// is the accumulator.
+type listShape struct {
+	filter  celast.Expr // nil: every element
+	negate  bool        // append when filter is false
+	elems   []celast.Expr
+	accuVar string
+}
+
+// listBuilding recognises a list-building comprehension whose accumulator is
+// read nowhere else, so it can be built in place and boxed once.
+func listBuilding(comp celast.ComprehensionExpr) (listShape, bool) {
+	accu := comp.AccuVar()
+	isAccu := func(e celast.Expr) bool { return e.Kind() == celast.IdentKind && e.AsIdent() == accu }
+	appended := func(e celast.Expr) ([]celast.Expr, bool) {
+		if e.Kind() != celast.CallKind || e.AsCall().FunctionName() != "_+_" || len(e.AsCall().Args()) != 2 {
+			return nil, false
+		}
+		l, r := e.AsCall().Args()[0], e.AsCall().Args()[1]
+		if !isAccu(l) || r.Kind() != celast.ListKind || len(r.AsList().OptionalIndices()) > 0 {
+			return nil, false
+		}
+		return r.AsList().Elements(), true
+	}
+	init, cond := comp.AccuInit(), comp.LoopCondition()
+	if init.Kind() != celast.ListKind || len(init.AsList().Elements()) != 0 || !isAccu(comp.Result()) {
+		return listShape{}, false
+	}
+	if b, isBool := cond.AsLiteral().(types.Bool); cond.Kind() != celast.LiteralKind || !isBool || !bool(b) {
+		return listShape{}, false
+	}
+	shape := listShape{accuVar: accu}
+	step := comp.LoopStep()
+	if elems, ok := appended(step); ok {
+		shape.elems = elems
+	} else if step.Kind() == celast.CallKind && step.AsCall().FunctionName() == "_?_:_" && len(step.AsCall().Args()) == 3 {
+		args := step.AsCall().Args()
+		if elems, ok := appended(args[1]); ok && isAccu(args[2]) {
+			shape.filter, shape.elems = args[0], elems
+		} else if elems, ok := appended(args[2]); ok && isAccu(args[1]) {
+			shape.filter, shape.elems, shape.negate = args[0], elems, true
+		} else {
+			return listShape{}, false
+		}
+	} else {
+		return listShape{}, false
+	}
+	// The accumulator must not be read by the filter or the elements.
+	for _, e := range append([]celast.Expr{shape.filter}, shape.elems...) {
+		if e != nil && len(celast.MatchDescendants(celast.NavigateAST(celast.NewAST(e, nil)), func(n celast.NavigableExpr) bool { return isAccu(n) })) > 0 {
+			return listShape{}, false
+		}
+	}
+	return shape, true
+}
+
+// emptyList is the boxed empty list, shared: appending to it always copies.
+var emptyList any = []any{}
+
+// listComprehension evaluates a listShape: same iteration as comprehension.
+func (c *nativeCompiler) listComprehension(comp celast.ComprehensionExpr, shape listShape, iterRange nativeFn) (nativeFn, error) {
+	depth := len(c.scope)
+	defer func() { c.scope = c.scope[:depth] }()
+	newSlot := func(name string) int {
+		c.scope = append(c.scope, nativeScope{name: name, slot: c.slots})
+		c.slots++
+		return c.slots - 1
+	}
+	// The accumulator has a slot nothing reads, so an expression naming a
+	// variable of that name from an outer scope cannot see the outer one.
+	newSlot(shape.accuVar)
+	iter1 := newSlot(comp.IterVar())
+	iter2, two := -1, comp.HasIterVar2()
+	if two {
+		iter2 = newSlot(comp.IterVar2())
+	}
+	var filter nativeFn
+	if shape.filter != nil {
+		var err error
+		if filter, err = c.compile(shape.filter); err != nil {
+			return nil, err
+		}
+	}
+	elems, err := c.compileAll(shape.elems)
+	if err != nil {
+		return nil, err
+	}
+	negate := shape.negate
+	// visit appends what one element contributes.
+	visit := func(f *nativeFrame, out []any) ([]any, bool) {
+		if filter != nil {
+			b, ok := evalBool(filter, f)
+			if !ok {
+				return nil, false
+			}
+			if b == negate {
+				return out, true
+			}
+		}
+		for _, el := range elems {
+			v, ok := el(f)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, v)
+		}
+		return out, true
+	}
+	return func(f *nativeFrame) (any, bool) {
+		rng, ok := iterRange(f)
+		if !ok {
+			return nil, false
+		}
+		var out []any
+		switch r := rng.(type) {
+		case []any:
+			for i, el := range r {
+				if two {
+					f.slots[iter1], f.slots[iter2] = int64(i), el
+				} else {
+					f.slots[iter1] = el
+				}
+				if out, ok = visit(f, out); !ok {
+					return nil, false
+				}
+			}
+		case map[string]any:
+			keys := make([]string, 0, len(r))
+			for k := range r {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				f.slots[iter1] = k
+				if two {
+					f.slots[iter2] = r[k]
+				}
+				if out, ok = visit(f, out); !ok {
+					return nil, false
+				}
+			}
+		default:
+			return nil, false
+		}
+		if len(out) == 0 {
+			return emptyList, true
+		}
+		return out, true
 	}, nil
 }
 
@@ -539,6 +723,23 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 		if err := want(2); err != nil {
 			return nil, err
 		}
+		if str, sep, ok := c.splitCall(call.Args()[0]); ok {
+			// s.split(sep)[i]: the one part, without a list of them all.
+			return ternaryOp(str, sep, args[1], func(s, sep string, i int64) (any, bool) {
+				if sep == "" || i < 0 {
+					return nil, false
+				}
+				for ; i > 0; i-- {
+					_, rest, found := strings.Cut(s, sep)
+					if !found {
+						return nil, false
+					}
+					s = rest
+				}
+				part, _, _ := strings.Cut(s, sep)
+				return part, true
+			}), nil
+		}
 		return binaryOp(args, index), nil
 	case "orValue":
 		if target == nil || arity != 1 {
@@ -590,6 +791,17 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 	case "size":
 		if err := want(1); err != nil {
 			return nil, err
+		}
+		if str, sep, ok := c.splitCall(call.Args()[len(call.Args())-1]); ok && target == nil {
+			// size(s.split(sep)): count the separators instead.
+			return binaryOp([]nativeFn{str, sep}, func(a, b any) (any, bool) {
+				s, okS := a.(string)
+				sep, okSep := b.(string)
+				if !okS || !okSep || sep == "" {
+					return nil, false
+				}
+				return int64(strings.Count(s, sep) + 1), true
+			}), nil
 		}
 		return unaryOp(args[0], func(v any) (any, bool) {
 			switch x := v.(type) {
@@ -700,16 +912,58 @@ func (c *nativeCompiler) optionalChain(e celast.Expr) (func(*nativeFrame) (value
 			return nil, false, false
 		}
 		for _, k := range keys {
-			m, isMap := v.(map[string]any)
-			if !isMap {
-				return nil, false, false
-			}
-			if v, ok = m[k]; !ok {
-				return nil, false, true
+			var present bool
+			if v, present, ok = lookupField(v, k); !ok || !present {
+				return nil, false, ok
 			}
 		}
 		return v, true, true
 	}, true
+}
+
+// splitCall compiles the string and separator of s.split(sep); ok is false
+// when e is not such a call.
+func (c *nativeCompiler) splitCall(e celast.Expr) (str, sep nativeFn, ok bool) {
+	if e.Kind() != celast.CallKind {
+		return nil, nil, false
+	}
+	call := e.AsCall()
+	if call.FunctionName() != "split" || !call.IsMemberFunction() || len(call.Args()) != 1 {
+		return nil, nil, false
+	}
+	str, err := c.compile(call.Target())
+	if err != nil {
+		return nil, nil, false
+	}
+	if sep, err = c.compile(call.Args()[0]); err != nil {
+		return nil, nil, false
+	}
+	return str, sep, true
+}
+
+// ternaryOp applies op to a string, a string and an integer.
+func ternaryOp(a, b, c nativeFn, op func(string, string, int64) (any, bool)) nativeFn {
+	return func(f *nativeFrame) (any, bool) {
+		va, ok := a(f)
+		if !ok {
+			return nil, false
+		}
+		vb, ok := b(f)
+		if !ok {
+			return nil, false
+		}
+		vc, ok := c(f)
+		if !ok {
+			return nil, false
+		}
+		s, okA := va.(string)
+		t, okB := vb.(string)
+		i, okC := vc.(int64)
+		if !okA || !okB || !okC {
+			return nil, false
+		}
+		return op(s, t, i)
+	}
 }
 
 // matches precompiles a constant pattern, as the CEL program does (a bound
@@ -898,24 +1152,23 @@ func optionalIndex(v, key any) (any, bool) {
 		}
 		v = o.value
 	}
-	m, isMap := v.(map[string]any)
 	k, isString := key.(string)
-	if !isMap || !isString {
+	if !isString {
 		return nil, false
 	}
-	val, present := m[k]
-	return optionalValue{value: val, present: present}, true
+	val, present, isMap := lookupField(v, k)
+	return optionalValue{value: val, present: present}, isMap
 }
 
 // index is x[k] on a map with a present string key or a list with an index in range.
 func index(v, key any) (any, bool) {
 	switch x := v.(type) {
-	case map[string]any:
+	case map[string]any, *pathEntry:
 		k, isString := key.(string)
 		if !isString {
 			return nil, false
 		}
-		val, present := x[k]
+		val, present, _ := lookupField(x, k)
 		return val, present
 	case []any:
 		i, isInt := key.(int64)

@@ -12,6 +12,51 @@ import "strconv"
 // and corner case stays exactly the CEL one. TestNativeVariablesMatchCEL
 // checks the equality on the corpus, the rule fixtures and malformed objects.
 
+// pathEntry is an element of the containers, securityContexts and volumes
+// variables: in CEL a map {path, type, value} (type only for containers), as
+// the definitions build it; natively a struct, because building and reading
+// maps is most of what those variables cost. Native rule programs read it
+// through lookupField; CEL receives it as the map (celShape).
+type pathEntry struct {
+	path  string
+	typ   any // the container field name as a string; nil when the entry has no type
+	value any
+}
+
+func (e *pathEntry) field(name string) (any, bool) {
+	switch name {
+	case "path":
+		return e.path, true
+	case "value":
+		return e.value, true
+	case "type":
+		return e.typ, e.typ != nil
+	}
+	return nil, false
+}
+
+// celShape turns a list of pathEntry into the list of maps CEL evaluates; other
+// values are returned as they are.
+func celShape(v any) any {
+	list, isList := v.([]any)
+	if !isList || len(list) == 0 {
+		return v
+	}
+	if _, isEntry := list[0].(*pathEntry); !isEntry {
+		return v
+	}
+	out := make([]any, len(list))
+	for i, el := range list {
+		e := el.(*pathEntry)
+		m := map[string]any{"path": e.path, "value": e.value}
+		if e.typ != nil {
+			m["type"] = e.typ
+		}
+		out[i] = m
+	}
+	return out
+}
+
 // nativeVariable computes a builtin variable of obj natively; ok is false
 // when the object's shape is one the native code does not handle.
 type nativeVariable func(pv *podView) (value any, ok bool)
@@ -54,15 +99,15 @@ var nativeVariables = map[string]nativeVariable{
 		}
 		spec := pv.spec.(map[string]any)
 		out := make([]any, 0, len(cs)+1)
-		out = append(out, map[string]any{"path": pv.specPath + ".securityContext", "value": orEmptyMap(spec, "securityContext")})
+		out = append(out, &pathEntry{path: pv.specPath + ".securityContext", value: orEmptyMap(spec, "securityContext")})
 		for _, c := range cs {
-			entry := c.(map[string]any)
-			value, isMap := entry["value"].(map[string]any)
+			entry := c.(*pathEntry)
+			value, isMap := entry.value.(map[string]any)
 			if !isMap {
 				// c.value.?securityContext on a non-map: leave the error to CEL.
 				return nil, false
 			}
-			out = append(out, map[string]any{"path": entry["path"].(string) + ".securityContext", "value": orEmptyMap(value, "securityContext")})
+			out = append(out, &pathEntry{path: entry.path + ".securityContext", value: orEmptyMap(value, "securityContext")})
 		}
 		return out, true
 	},
@@ -78,7 +123,7 @@ var nativeVariables = map[string]nativeVariable{
 		}
 		out := make([]any, len(vols))
 		for i, v := range vols {
-			out[i] = map[string]any{"path": pv.specPath + ".volumes[" + strconv.Itoa(i) + "]", "value": v}
+			out[i] = &pathEntry{path: pv.specPath + ".volumes[" + strconv.Itoa(i) + "]", value: v}
 		}
 		return out, true
 	},
@@ -199,7 +244,7 @@ func (pv *podView) containerList() ([]any, bool) {
 	for i, field := range containerFields {
 		prefix := pv.specPath + "." + field + "["
 		for j, c := range lists[i] {
-			out = append(out, map[string]any{"path": prefix + strconv.Itoa(j) + "]", "type": field, "value": c})
+			out = append(out, &pathEntry{path: prefix + strconv.Itoa(j) + "]", typ: containerFieldNames[i], value: c})
 		}
 	}
 	pv.containers, pv.containersOK = out, true
@@ -207,6 +252,9 @@ func (pv *podView) containerList() ([]any, bool) {
 }
 
 var containerFields = [3]string{"containers", "initContainers", "ephemeralContainers"}
+
+// containerFieldNames are containerFields as values, boxed once.
+var containerFieldNames = [3]any{containerFields[0], containerFields[1], containerFields[2]}
 
 // listField is `m.?field.orValue([])` where the value must be a list (the
 // variables call transformList on it; anything else is left to CEL).
