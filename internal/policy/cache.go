@@ -362,3 +362,71 @@ func appendValue(buf []byte, v any) ([]byte, bool) {
 	}
 	return buf, false
 }
+
+// decodeValue reads back a value written by appendValue; ok is false on a
+// malformed encoding. Strings are copied out of buf.
+func decodeValue(buf []byte) (v any, rest []byte, ok bool) {
+	if len(buf) == 0 {
+		return nil, buf, false
+	}
+	tag, buf := buf[0], buf[1:]
+	switch tag {
+	case tagNull:
+		return nil, buf, true
+	case tagFalse:
+		return false, buf, true
+	case tagTrue:
+		return true, buf, true
+	case tagString:
+		s, rest, ok := decodeString(buf)
+		return s, rest, ok
+	case tagInt64, tagInt, tagFloat64:
+		if len(buf) < 8 {
+			return nil, buf, false
+		}
+		bits := binary.BigEndian.Uint64(buf)
+		switch tag {
+		case tagInt64:
+			return int64(bits), buf[8:], true
+		case tagInt:
+			return int(bits), buf[8:], true
+		}
+		return math.Float64frombits(bits), buf[8:], true
+	case tagList, tagMap:
+		n, size := binary.Uvarint(buf)
+		if size <= 0 || n > uint64(len(buf)) {
+			return nil, buf, false
+		}
+		buf = buf[size:]
+		if tag == tagList {
+			l := make([]any, n)
+			for i := range l {
+				if l[i], buf, ok = decodeValue(buf); !ok {
+					return nil, buf, false
+				}
+			}
+			return l, buf, true
+		}
+		m := make(map[string]any, n)
+		for range n {
+			var k string
+			if k, buf, ok = decodeString(buf); !ok {
+				return nil, buf, false
+			}
+			if m[k], buf, ok = decodeValue(buf); !ok {
+				return nil, buf, false
+			}
+		}
+		return m, buf, true
+	}
+	return nil, buf, false
+}
+
+func decodeString(buf []byte) (string, []byte, bool) {
+	n, size := binary.Uvarint(buf)
+	if size <= 0 || n > uint64(len(buf)-size) {
+		return "", buf, false
+	}
+	buf = buf[size:]
+	return string(buf[:n]), buf[n:], true
+}

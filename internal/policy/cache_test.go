@@ -212,3 +212,43 @@ func TestCacheBounded(t *testing.T) {
 		t.Fatalf("%d entries holding %d bytes, budget %d", len(c.entries), c.bytes, maxCacheBytes)
 	}
 }
+
+// TestDecodeValueRoundTrip: what appendValue writes, decodeValue reads back
+// equal, for every test object and every mutation value.
+func TestDecodeValueRoundTrip(t *testing.T) {
+	values := []any{int(7), float64(-0.5)}
+	for _, obj := range variableTestObjects(t) {
+		values = append(values, obj)
+	}
+	values = append(values, mutationValues...)
+	for i, v := range values {
+		enc, ok := appendValue(nil, v)
+		if !ok {
+			t.Fatalf("value %d: not encodable", i)
+		}
+		got, rest, ok := decodeValue(enc)
+		if !ok || len(rest) != 0 || !reflect.DeepEqual(got, v) {
+			t.Errorf("value %d: decoded %#v (ok %v, %d bytes left), want %#v", i, got, ok, len(rest), v)
+		}
+		for cut := range enc {
+			if _, _, ok := decodeValue(enc[:cut]); ok {
+				t.Errorf("value %d: its %d-byte prefix (of %d) decodes", i, cut, len(enc))
+			}
+		}
+	}
+}
+
+// FuzzDecodeValue: malformed encodings are refused, never a panic.
+func FuzzDecodeValue(f *testing.F) {
+	enc, _ := appendValue(nil, map[string]any{"a": []any{int64(1), "x", nil, true, 1.5}})
+	f.Add(enc)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v, _, ok := decodeValue(data)
+		if !ok {
+			return
+		}
+		if _, ok := appendValue(nil, v); !ok {
+			t.Errorf("decoded %#v from %x, which does not encode", v, data)
+		}
+	})
+}

@@ -396,14 +396,20 @@ func (p *Policy) EvaluateSet(ctx context.Context, objs, related []*unstructured.
 // Evaluate, EvaluateSet and SetEvaluator apply them.
 func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where ObjectRef, now time.Time) ObjectResult {
 	u := unstructured.Unstructured{Object: obj}
-	where.APIVersion, where.Kind, where.Namespace, where.Name = u.GetAPIVersion(), u.GetKind(), u.GetNamespace(), u.GetName()
+	// Cloned: a result outlives the object, whose strings may share the text
+	// of the whole document they were read from.
+	where.APIVersion, where.Kind = strings.Clone(u.GetAPIVersion()), strings.Clone(u.GetKind())
+	where.Namespace, where.Name = strings.Clone(u.GetNamespace()), strings.Clone(u.GetName())
 	res := ObjectResult{Object: where}
 	kk := kindKey(where.APIVersion, where.Kind)
 	plan := p.plans[kk]
 	if plan == nil {
 		return res
 	}
-	res.Checked = slices.Clone(plan.checked)
+	// Shared by every result of the kind (and never modified): a copy per
+	// object is most of what a large check keeps in memory. The capacity is
+	// cut so that an append by a caller copies.
+	res.Checked = plan.checked[:len(plan.checked):len(plan.checked)]
 
 	var key []byte
 	kind, kindIsString := obj["kind"].(string)
