@@ -230,12 +230,65 @@ type resultCache struct {
 	mu      sync.Mutex
 	entries map[string][]Finding
 	bytes   int // sum of the key sizes
+	usage   map[string]*cacheUsage
 }
 
-func (c *resultCache) get(key []byte) ([]Finding, bool) {
+// cacheUsage decides, for the objects of one kind, whether keys are worth
+// building. A key costs about a quarter of an evaluation, so for objects that
+// do not repeat the cache is pure cost. The hit rate is measured per window
+// of lookups; below minHitsPerWindow only one object in sparseEvery uses the
+// cache during the next window, which keeps measuring and restores full use
+// as soon as objects repeat again. Kinds differ (Services repeat where
+// Deployments do not), so each has its own.
+type cacheUsage struct {
+	lookups, hits int
+	sparse        bool
+	offered       uint64 // objects offered while sparse
+}
+
+const (
+	cacheWindow      = 1024
+	minHitsPerWindow = cacheWindow / 16
+	sparseEvery      = 16
+)
+
+// use reports whether the next object of kind should be looked up (and stored).
+func (c *resultCache) use(kind string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u := c.usage[kind]
+	if u == nil || !u.sparse {
+		return true
+	}
+	u.offered++
+	return u.offered%sparseEvery == 0
+}
+
+func (c *resultCache) get(kind string, key []byte) ([]Finding, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f, ok := c.entries[string(key)]
+	if c.usage == nil {
+		c.usage = map[string]*cacheUsage{}
+	}
+	u := c.usage[kind]
+	if u == nil {
+		u = &cacheUsage{}
+		c.usage[kind] = u
+	}
+	u.lookups++
+	if ok {
+		u.hits++
+	}
+	// Sparse windows hold sparseEvery times fewer lookups; the threshold scales.
+	window, minHits := cacheWindow, minHitsPerWindow
+	if u.sparse {
+		window, minHits = cacheWindow/sparseEvery, minHitsPerWindow/sparseEvery
+	}
+	if u.lookups >= window {
+		u.sparse = u.hits < minHits
+		u.lookups, u.hits = 0, 0
+	}
 	return f, ok
 }
 

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -251,4 +252,44 @@ func FuzzDecodeValue(f *testing.F) {
 			t.Errorf("decoded %#v from %x, which does not encode", v, data)
 		}
 	})
+}
+
+// TestCacheSparseOnUniqueObjects: a stream of objects that never repeat
+// turns key building down to one object in sparseEvery, and a stream that
+// repeats turns it back up, per kind.
+func TestCacheSparseOnUniqueObjects(t *testing.T) {
+	pol, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	deployment := func(image string) map[string]any {
+		return map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": map[string]any{"name": "d", "namespace": "team"},
+			"spec": map[string]any{"template": map[string]any{"spec": map[string]any{"containers": []any{map[string]any{"name": "app", "image": image}}}}}}
+	}
+	usage := func() cacheUsage {
+		pol.cache.mu.Lock()
+		defer pol.cache.mu.Unlock()
+		return *pol.cache.usage["Deployment.apps"]
+	}
+	for i := range 3 * cacheWindow {
+		pol.EvaluateObject(ctx, deployment(fmt.Sprintf("registry.slipway.internal/app:%d", i)), ObjectRef{}, time.Now())
+	}
+	if u := usage(); !u.sparse {
+		t.Fatalf("after %d distinct objects the cache is not sparse: %+v", 3*cacheWindow, u)
+	}
+	// Sparse: only one object in sparseEvery reaches the cache.
+	before := len(pol.cache.entries)
+	for i := range sparseEvery * 10 {
+		pol.EvaluateObject(ctx, deployment(fmt.Sprintf("registry.slipway.internal/other:%d", i)), ObjectRef{}, time.Now())
+	}
+	if added := len(pol.cache.entries) - before; added < 9 || added > 11 {
+		t.Errorf("sparse cache stored %d of %d objects, want about %d", added, sparseEvery*10, 10)
+	}
+	for range 3 * cacheWindow {
+		pol.EvaluateObject(ctx, deployment("registry.slipway.internal/app:same"), ObjectRef{}, time.Now())
+	}
+	if u := usage(); u.sparse {
+		t.Fatalf("after %d equal objects the cache is still sparse: %+v", 3*cacheWindow, u)
+	}
 }

@@ -413,7 +413,7 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 
 	var key []byte
 	kind, kindIsString := obj["kind"].(string)
-	if class := kindClass(kind); kindIsString && plan.cacheable[class] {
+	if class := kindClass(kind); kindIsString && plan.cacheable[class] && p.cache.use(kk) {
 		bufp, _ := p.keyBufs.Get().(*[]byte)
 		if bufp == nil {
 			bufp = new([]byte)
@@ -423,7 +423,7 @@ func (p *Policy) EvaluateObject(ctx context.Context, obj map[string]any, where O
 		*bufp, ok = appendKey((*bufp)[:0], kk, kind, plan.keyFields[class], obj)
 		if ok {
 			key = *bufp
-			if cached, hit := p.cache.get(key); hit {
+			if cached, hit := p.cache.get(kk, key); hit {
 				res.Findings = slices.Clone(cached)
 				p.applyWaivers(res.Findings, u, now)
 				return res
