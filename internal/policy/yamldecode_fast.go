@@ -35,6 +35,18 @@ func decodeYAMLFast(data []byte) (map[string]any, bool) {
 	return m, true
 }
 
+// plainKey resolves a plain scalar used as a key; ok is false unless it is a
+// string. Most keys are plain words, which resolve to themselves: those are
+// returned without boxing them as resolvePlain's result would.
+func plainKey(s string) (string, bool) {
+	if s != "" && plainHint[s[0]] == 0 {
+		return s, true
+	}
+	v, ok := resolvePlain(s)
+	str, isString := v.(string)
+	return str, ok && isString
+}
+
 // fastMaxDepth bounds nesting, far below the limits of yaml.v2 and JSON.
 const fastMaxDepth = 200
 
@@ -332,9 +344,8 @@ func (p *fastYAML) key(i int) (key string, next int, isKey, ok bool) {
 		if !colon {
 			return "", 0, false, true
 		}
-		v, ok := resolvePlain(p.s[i:end])
-		s, isString := v.(string)
-		if !ok || !isString {
+		s, ok := plainKey(p.s[i:end])
+		if !ok {
 			return "", 0, false, false
 		}
 		key, stop = s, j
@@ -519,9 +530,8 @@ func (p *fastYAML) flowMapping(i int) (any, int, bool) {
 			if !colon {
 				return nil, 0, false
 			}
-			v, ok := resolvePlain(p.s[j:end])
-			s, isString := v.(string)
-			if !ok || !isString {
+			s, ok := plainKey(p.s[j:end])
+			if !ok {
 				return nil, 0, false
 			}
 			k, j = s, stop
