@@ -75,9 +75,8 @@ type nativeCompiler struct {
 
 // nativeScope is a comprehension variable in scope and its frame slot.
 type nativeScope struct {
-	name        string
-	slot        int
-	accumulator bool // a macro's accumulator of a list, built by appending
+	name string
+	slot int
 }
 
 // compileNative compiles a checked expression, or says which construct it lacks.
@@ -209,8 +208,7 @@ func (c *nativeCompiler) list(l celast.ListExpr) (nativeFn, error) {
 		return nil, err
 	}
 	if constant, ok := constantList(l); ok {
-		// Built and boxed once: nothing appends to a list in place but a
-		// comprehension's own accumulator, which a literal never is.
+		// Built and boxed once: no native operation modifies a list it is given.
 		return func(*nativeFrame) (any, bool) { return constant, true }, nil
 	}
 	return func(f *nativeFrame) (any, bool) {
@@ -293,9 +291,7 @@ func (c *nativeCompiler) compileAll(exprs []celast.Expr) ([]nativeFn, error) {
 // comprehension evaluates as cel-go's folder does: the accumulator starts at
 // accuInit; for each element the loop condition is evaluated first and a false
 // one ends the loop; then the step gives the next accumulator; the result
-// expression gives the value. Lists are iterated in order (two variables:
-// index and element); maps in sorted key order (key, or key and value), which
-// can only change the order of a list a rule returns, and findings are sorted.
+// expression gives the value.
 func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn, error) {
 	iterRange, err := c.compile(comp.IterRange())
 	if err != nil {
@@ -310,21 +306,8 @@ func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn,
 	}
 	depth := len(c.scope)
 	defer func() { c.scope = c.scope[:depth] }()
-	newSlot := func(name string, accumulator bool) int {
-		c.scope = append(c.scope, nativeScope{name: name, slot: c.slots, accumulator: accumulator})
-		c.slots++
-		return c.slots - 1
-	}
-	// Macros build their lists by appending to an accumulator that starts as
-	// [] and that nothing else can read; only then may + append in place.
-	init := comp.AccuInit()
-	appendable := strings.HasPrefix(comp.AccuVar(), "@") && init.Kind() == celast.ListKind && len(init.AsList().Elements()) == 0
-	accu := newSlot(comp.AccuVar(), appendable)
-	iter1 := newSlot(comp.IterVar(), false)
-	iter2, two := -1, comp.HasIterVar2()
-	if two {
-		iter2 = newSlot(comp.IterVar2(), false)
-	}
+	accu := c.declare(comp.AccuVar())
+	vars := c.declareLoopVars(comp)
 	cond, err := c.compile(comp.LoopCondition())
 	if err != nil {
 		return nil, err
@@ -337,71 +320,100 @@ func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn,
 	if err != nil {
 		return nil, err
 	}
-	// visit runs one iteration; more false ends the loop.
-	visit := func(f *nativeFrame) (more, ok bool) {
-		cv, ok := cond(f)
-		if !ok {
-			return false, false
-		}
-		b, isBool := cv.(bool)
-		if !isBool {
-			return false, false
-		}
-		if !b {
-			return false, true
-		}
-		next, ok := step(f)
-		f.slots[accu] = next
-		return ok, ok
-	}
 	return func(f *nativeFrame) (any, bool) {
 		rng, ok := iterRange(f)
+		if !ok {
+			return nil, false
+		}
+		r, ok := newLoopRange(rng)
 		if !ok {
 			return nil, false
 		}
 		if f.slots[accu], ok = accuInit(f); !ok {
 			return nil, false
 		}
-		switch r := rng.(type) {
-		case []any:
-			for i, el := range r {
-				if two {
-					f.slots[iter1], f.slots[iter2] = int64(i), el
-				} else {
-					f.slots[iter1] = el
-				}
-				more, ok := visit(f)
-				if !ok {
-					return nil, false
-				}
-				if !more {
-					break
-				}
+		for i := range r.len() {
+			vars.set(f, &r, i)
+			more, ok := evalBool(cond, f)
+			if !ok {
+				return nil, false
 			}
-		case map[string]any:
-			keys := make([]string, 0, len(r))
-			for k := range r {
-				keys = append(keys, k)
+			if !more {
+				break
 			}
-			slices.Sort(keys)
-			for _, k := range keys {
-				f.slots[iter1] = k
-				if two {
-					f.slots[iter2] = r[k]
-				}
-				more, ok := visit(f)
-				if !ok {
-					return nil, false
-				}
-				if !more {
-					break
-				}
+			if f.slots[accu], ok = step(f); !ok {
+				return nil, false
 			}
-		default:
-			return nil, false
 		}
 		return result(f)
 	}, nil
+}
+
+// declare gives a comprehension variable a frame slot; the caller pops the scope.
+func (c *nativeCompiler) declare(name string) int {
+	c.scope = append(c.scope, nativeScope{name: name, slot: c.slots})
+	c.slots++
+	return c.slots - 1
+}
+
+// loopVars are the frame slots of a comprehension's iteration variables.
+type loopVars struct {
+	first, second int
+	two           bool
+}
+
+func (c *nativeCompiler) declareLoopVars(comp celast.ComprehensionExpr) loopVars {
+	v := loopVars{first: c.declare(comp.IterVar()), two: comp.HasIterVar2()}
+	if v.two {
+		v.second = c.declare(comp.IterVar2())
+	}
+	return v
+}
+
+// loopRange is what a comprehension iterates: a list in order, or a map in
+// sorted key order. CEL leaves map order unspecified; sorting can only change
+// the order of a list a rule returns, and findings are sorted.
+type loopRange struct {
+	list []any
+	m    map[string]any
+	keys []string
+}
+
+func newLoopRange(v any) (loopRange, bool) {
+	switch r := v.(type) {
+	case []any:
+		return loopRange{list: r}, true
+	case map[string]any:
+		keys := make([]string, 0, len(r))
+		for k := range r {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return loopRange{m: r, keys: keys}, true
+	}
+	return loopRange{}, false
+}
+
+func (r *loopRange) len() int {
+	if r.m != nil {
+		return len(r.keys)
+	}
+	return len(r.list)
+}
+
+// set binds element i: a list's element (or index and element), a map's key
+// (or key and value).
+func (v loopVars) set(f *nativeFrame, r *loopRange, i int) {
+	switch {
+	case r.m != nil && v.two:
+		f.slots[v.first], f.slots[v.second] = r.keys[i], r.m[r.keys[i]]
+	case r.m != nil:
+		f.slots[v.first] = r.keys[i]
+	case v.two:
+		f.slots[v.first], f.slots[v.second] = int64(i), r.list[i]
+	default:
+		f.slots[v.first] = r.list[i]
+	}
 }
 
 // listShape is a comprehension that builds a list, as map, filter and
@@ -466,23 +478,14 @@ func listBuilding(comp celast.ComprehensionExpr) (listShape, bool) {
 // emptyList is the boxed empty list, shared: appending to it always copies.
 var emptyList any = []any{}
 
-// listComprehension evaluates a listShape: same iteration as comprehension.
+// listComprehension evaluates a listShape, iterating as comprehension does.
 func (c *nativeCompiler) listComprehension(comp celast.ComprehensionExpr, shape listShape, iterRange nativeFn) (nativeFn, error) {
 	depth := len(c.scope)
 	defer func() { c.scope = c.scope[:depth] }()
-	newSlot := func(name string) int {
-		c.scope = append(c.scope, nativeScope{name: name, slot: c.slots})
-		c.slots++
-		return c.slots - 1
-	}
-	// The accumulator has a slot nothing reads, so an expression naming a
-	// variable of that name from an outer scope cannot see the outer one.
-	newSlot(shape.accuVar)
-	iter1 := newSlot(comp.IterVar())
-	iter2, two := -1, comp.HasIterVar2()
-	if two {
-		iter2 = newSlot(comp.IterVar2())
-	}
+	// The accumulator gets a slot nothing reads, so that an element naming a
+	// variable of that name cannot see an outer one.
+	c.declare(shape.accuVar)
+	vars := c.declareLoopVars(comp)
 	var filter nativeFn
 	if shape.filter != nil {
 		var err error
@@ -495,61 +498,34 @@ func (c *nativeCompiler) listComprehension(comp celast.ComprehensionExpr, shape 
 		return nil, err
 	}
 	negate := shape.negate
-	// visit appends what one element contributes.
-	visit := func(f *nativeFrame, out []any) ([]any, bool) {
-		if filter != nil {
-			b, ok := evalBool(filter, f)
-			if !ok {
-				return nil, false
-			}
-			if b == negate {
-				return out, true
-			}
-		}
-		for _, el := range elems {
-			v, ok := el(f)
-			if !ok {
-				return nil, false
-			}
-			out = append(out, v)
-		}
-		return out, true
-	}
 	return func(f *nativeFrame) (any, bool) {
 		rng, ok := iterRange(f)
 		if !ok {
 			return nil, false
 		}
-		var out []any
-		switch r := rng.(type) {
-		case []any:
-			for i, el := range r {
-				if two {
-					f.slots[iter1], f.slots[iter2] = int64(i), el
-				} else {
-					f.slots[iter1] = el
-				}
-				if out, ok = visit(f, out); !ok {
-					return nil, false
-				}
-			}
-		case map[string]any:
-			keys := make([]string, 0, len(r))
-			for k := range r {
-				keys = append(keys, k)
-			}
-			slices.Sort(keys)
-			for _, k := range keys {
-				f.slots[iter1] = k
-				if two {
-					f.slots[iter2] = r[k]
-				}
-				if out, ok = visit(f, out); !ok {
-					return nil, false
-				}
-			}
-		default:
+		r, ok := newLoopRange(rng)
+		if !ok {
 			return nil, false
+		}
+		var out []any
+		for i := range r.len() {
+			vars.set(f, &r, i)
+			if filter != nil {
+				b, ok := evalBool(filter, f)
+				if !ok {
+					return nil, false
+				}
+				if b == negate {
+					continue
+				}
+			}
+			for _, el := range elems {
+				v, ok := el(f)
+				if !ok {
+					return nil, false
+				}
+				out = append(out, v)
+			}
 		}
 		if len(out) == 0 {
 			return emptyList, true
@@ -668,35 +644,7 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 		if err := want(2); err != nil {
 			return nil, err
 		}
-		appendInPlace := false
-		if l := call.Args()[0]; l.Kind() == celast.IdentKind {
-			s, ok := c.lookup(l.AsIdent())
-			appendInPlace = ok && s.accumulator
-		}
-		if r := call.Args()[1]; appendInPlace && r.Kind() == celast.ListKind && len(r.AsList().OptionalIndices()) == 0 {
-			// accumulator + [e...]: append the elements without building a list.
-			accu := args[0]
-			elems, err := c.compileAll(r.AsList().Elements())
-			if err != nil {
-				return nil, err
-			}
-			return func(f *nativeFrame) (any, bool) {
-				a, ok := accu(f)
-				l, isList := a.([]any)
-				if !ok || !isList {
-					return nil, false
-				}
-				for _, el := range elems {
-					v, ok := el(f)
-					if !ok {
-						return nil, false
-					}
-					l = append(l, v)
-				}
-				return l, true
-			}, nil
-		}
-		return binaryOp(args, func(a, b any) (any, bool) { return nativeAdd(a, b, appendInPlace) }), nil
+		return binaryOp(args, nativeAdd), nil
 	case "_-_":
 		if err := want(2); err != nil {
 			return nil, err
@@ -1118,9 +1066,8 @@ func nativeCompare(a, b any) (int, bool) {
 	return 0, false
 }
 
-// nativeAdd is + on strings, lists and integers. appendInPlace is set when a
-// is a macro's own accumulator (see comprehension).
-func nativeAdd(a, b any, appendInPlace bool) (any, bool) {
+// nativeAdd is + on strings, lists and integers.
+func nativeAdd(a, b any) (any, bool) {
 	switch x := a.(type) {
 	case string:
 		y, ok := b.(string)
@@ -1129,9 +1076,6 @@ func nativeAdd(a, b any, appendInPlace bool) (any, bool) {
 		y, ok := b.([]any)
 		if !ok {
 			return nil, false
-		}
-		if appendInPlace {
-			return append(x, y...), true
 		}
 		return slices.Concat(x, y), true
 	case int64:
