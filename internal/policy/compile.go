@@ -405,11 +405,9 @@ func compileProfile(res *resolved, overrides map[string]json.RawMessage) (*Polic
 		varsType.Fields[v.Name] = apiservercel.NewDeclField(v.Name, apiservercel.DynType, true, nil, nil)
 	}
 	p.variableIndex = make(map[string]int, len(p.variables))
+	nativeIndex := map[string]int{} // the variables native rule programs can read
 	for i, v := range p.variables {
 		p.variableIndex[v.name] = i
-	}
-	nativeIndex := map[string]int{}
-	for i, v := range p.variables {
 		if v.native != nil {
 			nativeIndex[v.name] = i
 		}

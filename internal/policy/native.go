@@ -38,6 +38,15 @@ type nativeFrame struct {
 	slots []any
 }
 
+// interrupted checks, every interruptCheckFrequency iterations of a loop,
+// whether the evaluation's context has ended, as the CEL program does: a
+// comprehension over a large object (containers times volumes) is the one
+// place an evaluation can take long. The program then declines, and the CEL
+// program reports the interruption.
+func (f *nativeFrame) interrupted(iteration int) bool {
+	return iteration%interruptCheckFrequency == interruptCheckFrequency-1 && f.act.variables.ctx.Err() != nil
+}
+
 // nativeProgram is a compiled expression.
 type nativeProgram struct {
 	eval  nativeFn
@@ -333,6 +342,9 @@ func (c *nativeCompiler) comprehension(comp celast.ComprehensionExpr) (nativeFn,
 			return nil, false
 		}
 		for i := range r.len() {
+			if f.interrupted(i) {
+				return nil, false
+			}
 			vars.set(f, &r, i)
 			more, ok := evalBool(cond, f)
 			if !ok {
@@ -509,6 +521,9 @@ func (c *nativeCompiler) listComprehension(comp celast.ComprehensionExpr, shape 
 		}
 		var out []any
 		for i := range r.len() {
+			if f.interrupted(i) {
+				return nil, false
+			}
 			vars.set(f, &r, i)
 			if filter != nil {
 				b, ok := evalBool(filter, f)

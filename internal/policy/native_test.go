@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
@@ -277,4 +278,26 @@ func deepCopyJSON(v any) any {
 		return l
 	}
 	return v
+}
+
+// TestNativeInterrupted: a native loop over a large object stops when the
+// evaluation's context ends, and the rule reports an error, as in CEL, rather
+// than a pass.
+func TestNativeInterrupted(t *testing.T) {
+	pol, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	containers := make([]any, 3*interruptCheckFrequency)
+	for i := range containers {
+		containers[i] = map[string]any{"name": fmt.Sprintf("c%d", i), "image": "registry.slipway.internal/app:1"}
+	}
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "p", "namespace": "app"},
+		"spec": map[string]any{"containers": containers}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	res := pol.EvaluateObject(ctx, pod, ObjectRef{}, time.Now())
+	if !slices.ContainsFunc(res.Findings, func(f Finding) bool { return f.Rule == "FIN-WL-001" && f.Outcome == OutcomeError }) {
+		t.Fatalf("FIN-WL-001 on %d containers with an ended context: findings %+v, want an error", len(containers), res.Findings)
+	}
 }
