@@ -480,11 +480,49 @@ func listBuilding(comp celast.ComprehensionExpr) (listShape, bool) {
 	}
 	// The accumulator must not be read by the filter or the elements.
 	for _, e := range append([]celast.Expr{shape.filter}, shape.elems...) {
-		if e != nil && len(celast.MatchDescendants(celast.NavigateAST(celast.NewAST(e, nil)), func(n celast.NavigableExpr) bool { return isAccu(n) })) > 0 {
+		if e != nil && readsVariable(e, accu) {
 			return listShape{}, false
 		}
 	}
 	return shape, true
+}
+
+// readsVariable reports whether e reads the variable name, leaving out the
+// parts of nested comprehensions that bind a variable of the same name (map
+// inside map: each has its own accumulator).
+func readsVariable(e celast.Expr, name string) bool {
+	switch e.Kind() {
+	case celast.IdentKind:
+		return e.AsIdent() == name
+	case celast.SelectKind:
+		return readsVariable(e.AsSelect().Operand(), name)
+	case celast.CallKind:
+		call := e.AsCall()
+		if call.IsMemberFunction() && readsVariable(call.Target(), name) {
+			return true
+		}
+		return slices.ContainsFunc(call.Args(), func(a celast.Expr) bool { return readsVariable(a, name) })
+	case celast.ListKind:
+		return slices.ContainsFunc(e.AsList().Elements(), func(a celast.Expr) bool { return readsVariable(a, name) })
+	case celast.MapKind:
+		return slices.ContainsFunc(e.AsMap().Entries(), func(en celast.EntryExpr) bool {
+			return readsVariable(en.AsMapEntry().Key(), name) || readsVariable(en.AsMapEntry().Value(), name)
+		})
+	case celast.StructKind:
+		return slices.ContainsFunc(e.AsStruct().Fields(), func(en celast.EntryExpr) bool {
+			return readsVariable(en.AsStructField().Value(), name)
+		})
+	case celast.ComprehensionKind:
+		comp := e.AsComprehension()
+		if readsVariable(comp.IterRange(), name) || readsVariable(comp.AccuInit(), name) {
+			return true
+		}
+		if comp.AccuVar() == name || comp.IterVar() == name || (comp.HasIterVar2() && comp.IterVar2() == name) {
+			return false
+		}
+		return readsVariable(comp.LoopCondition(), name) || readsVariable(comp.LoopStep(), name) || readsVariable(comp.Result(), name)
+	}
+	return false
 }
 
 // emptyList is the boxed empty list, shared: appending to it always copies.

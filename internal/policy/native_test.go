@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	celast "github.com/google/cel-go/common/ast"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
@@ -299,5 +300,35 @@ func TestNativeInterrupted(t *testing.T) {
 	res := pol.EvaluateObject(ctx, pod, ObjectRef{}, time.Now())
 	if !slices.ContainsFunc(res.Findings, func(f Finding) bool { return f.Rule == "FIN-WL-001" && f.Outcome == OutcomeError }) {
 		t.Fatalf("FIN-WL-001 on %d containers with an ended context: findings %+v, want an error", len(containers), res.Findings)
+	}
+}
+
+// TestListBuildingNested: a map or filter whose elements or filter hold
+// another comprehension (with an accumulator of the same name) is still
+// built in place; one that reads its own accumulator is not.
+func TestListBuildingNested(t *testing.T) {
+	env, _, err := newEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for expr, want := range map[string]bool{
+		`[1, 2].map(x, [3].map(y, y + x))`:                   true,
+		`['a', 'b'].filter(c, !['a'].exists(r, r == c))`:     true,
+		`[1, 2].map(x, x * 2)`:                               true,
+		`[1, 2].all(x, x > 0) ? [] : [1]`:                    false, // no list-building comprehension at the top
+		`[1, 2].transformList(i, x, x > 1, string(i) + 'a')`: true,
+	} {
+		ast, iss := env.Compile(expr)
+		if iss.Err() != nil {
+			t.Fatalf("%s: %v", expr, iss.Err())
+		}
+		root := ast.NativeRep().Expr()
+		got := root.Kind() == celast.ComprehensionKind
+		if got {
+			_, got = listBuilding(root.AsComprehension())
+		}
+		if got != want {
+			t.Errorf("%s: built in place %v, want %v", expr, got, want)
+		}
 	}
 }
