@@ -483,15 +483,32 @@ func (p *Policy) evaluateRules(ctx context.Context, rules []*compiledRule, obj m
 // sortFindings orders findings worst first, then by rule and path, which keeps
 // the findings of one rule together (applyWaivers relies on it).
 func sortFindings(findings []Finding) {
-	slices.SortStableFunc(findings, func(a, b Finding) int {
-		if c := b.Severity.Rank() - a.Severity.Rank(); c != 0 {
-			return c
+	slices.SortStableFunc(findings, compareFindings)
+}
+
+// compareFindings orders findings by severity (highest first), rule and path.
+func compareFindings(a, b Finding) int {
+	if c := b.Severity.Rank() - a.Severity.Rank(); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Rule, b.Rule); c != 0 {
+		return c
+	}
+	return comparePaths(a.Path, b.Path)
+}
+
+// mergeFindings merges two sorted lists into what sorting their concatenation
+// would give.
+func mergeFindings(a, b []Finding) []Finding {
+	out := make([]Finding, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		if compareFindings(b[0], a[0]) < 0 {
+			out, b = append(out, b[0]), b[1:]
+		} else {
+			out, a = append(out, a[0]), a[1:]
 		}
-		if c := strings.Compare(a.Rule, b.Rule); c != 0 {
-			return c
-		}
-		return comparePaths(a.Path, b.Path)
-	})
+	}
+	return append(append(out, a...), b...)
 }
 
 // applyWaivers marks the findings of every rule an active waiver covers for this object.

@@ -106,8 +106,7 @@ func (p *Policy) addCrossFindings(ctx context.Context, res *ObjectResult, plan *
 		return
 	}
 	p.applyWaivers(cross, unstructured.Unstructured{Object: obj}, now)
-	res.Findings = append(res.Findings, cross...)
-	sortFindings(res.Findings)
+	res.Findings = mergeFindings(res.Findings, cross)
 }
 
 // SetEvaluator checks a stream of objects as one set, in memory bounded by
