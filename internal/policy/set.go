@@ -129,8 +129,8 @@ type pendingObject struct {
 	result int // index in results
 	plan   *kindPlan
 	// projection is what the cross-object rules read, in the cache's
-	// canonical encoding: a tenth of the size of the maps it encodes, and
-	// its strings no longer share the text of the document they came from.
+	// canonical encoding: far smaller than the maps it encodes, and its
+	// strings no longer share the text of the document they came from.
 	projection []byte
 	object     map[string]any // the object itself, when it cannot be encoded
 }
