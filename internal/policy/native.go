@@ -558,6 +558,9 @@ func (c *nativeCompiler) listComprehension(comp celast.ComprehensionExpr, shape 
 			return nil, false
 		}
 		var out []any
+		if filter == nil && r.len() > 0 {
+			out = make([]any, 0, r.len()*len(elems)) // a map: the size is known
+		}
 		for i := range r.len() {
 			if f.interrupted(i) {
 				return nil, false
