@@ -140,10 +140,16 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 		// Deployment of another; the SetEvaluator keeps of the stream only what
 		// cross-object rules need, so memory stays bounded by that.
 		set := pol.NewSetEvaluator(time.Now())
+		var progress *checkProgress
+		if isTerminal(cmd.ErrOrStderr()) {
+			progress = &checkProgress{w: cmd.ErrOrStderr(), start: time.Now()}
+		}
 		err = policy.ReadManifests(ctx, args, policy.ReadOptions{MaxDocumentSize: int(limit.Value()), Stdin: cmd.InOrStdin()}, func(m policy.Manifest) error {
 			set.Add(ctx, m.Object, m.Ref)
+			progress.add(time.Now)
 			return nil
 		})
+		progress.done()
 		if err != nil {
 			if ctx.Err() != nil {
 				return err
@@ -183,11 +189,48 @@ func writeReport(w io.Writer, format string, r *policy.Report) error {
 
 // colorEnabled is true only for a terminal, and never when NO_COLOR is set.
 func colorEnabled(w io.Writer) bool {
+	return os.Getenv("NO_COLOR") == "" && isTerminal(w)
+}
+
+func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok || os.Getenv("NO_COLOR") != "" {
-		return false
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// checkProgress tells a terminal how far a long check has got: one line on
+// stderr, rewritten every progressEvery, erased when the check ends. A nil
+// checkProgress (output is not a terminal) does nothing.
+type checkProgress struct {
+	w       io.Writer
+	start   time.Time
+	last    time.Time
+	objects int
+	shown   bool
+}
+
+const progressEvery = time.Second
+
+// add counts one checked object; the clock is read every 256 objects.
+func (p *checkProgress) add(now func() time.Time) {
+	if p == nil {
+		return
 	}
-	return term.IsTerminal(int(f.Fd()))
+	p.objects++
+	if p.objects%256 != 0 {
+		return
+	}
+	t := now()
+	if t.Sub(p.start) < progressEvery || t.Sub(p.last) < progressEvery {
+		return
+	}
+	p.last, p.shown = t, true
+	fmt.Fprintf(p.w, "\rchecked %d objects (%.0f s)", p.objects, t.Sub(p.start).Seconds())
+}
+
+func (p *checkProgress) done() {
+	if p != nil && p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+	}
 }
 
 // ruleView is how list and explain print a rule for machines.

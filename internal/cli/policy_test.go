@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const corpus = "../policy/testdata/corpus/"
@@ -189,4 +190,41 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 	if unselected != 1 {
 		t.Errorf("%d FIN-NET-002 findings in segmentation.yaml, want 1", unselected)
 	}
+}
+
+// TestCheckProgress: a long check shows how many objects it has checked, at
+// most once per progressEvery and not before, and erases the line at the end.
+func TestCheckProgress(t *testing.T) {
+	var out bytes.Buffer
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := &checkProgress{w: &out, start: start}
+	clock := start
+	now := func() time.Time { return clock }
+	for i := range 4096 {
+		// 256 objects per 100 ms: 1.6 s in all.
+		if i%256 == 0 {
+			clock = clock.Add(100 * time.Millisecond)
+		}
+		p.add(now)
+	}
+	p.done()
+	got := out.String()
+	if lines := strings.Count(got, "\rchecked "); lines != 1 {
+		t.Errorf("%d progress lines in 1.6 s, want 1: %q", lines, got)
+	}
+	if !strings.Contains(got, "\rchecked 2560 objects (1 s)") || !strings.HasSuffix(got, "\r\x1b[K") {
+		t.Errorf("progress output %q", got)
+	}
+	var quiet bytes.Buffer
+	short := &checkProgress{w: &quiet, start: start}
+	for range 1000 {
+		short.add(func() time.Time { return start.Add(500 * time.Millisecond) })
+	}
+	short.done()
+	if quiet.Len() != 0 {
+		t.Errorf("a check shorter than %s printed %q", progressEvery, quiet.String())
+	}
+	var none *checkProgress // not a terminal
+	none.add(time.Now)
+	none.done()
 }
