@@ -590,36 +590,32 @@ func (c *nativeCompiler) listComprehension(comp celast.ComprehensionExpr, shape 
 	}, nil
 }
 
+// nativeOperands are the functions the closures know, with their number of
+// operands (a member call's target included); any other declines.
+var nativeOperands = map[string]int{
+	"_&&_": 2, "_||_": 2, "!_": 1, "@not_strictly_false": 1, "_?_:_": 3,
+	"_==_": 2, "_!=_": 2, "_<_": 2, "_<=_": 2, "_>_": 2, "_>=_": 2,
+	"_+_": 2, "_-_": 2, "@in": 2, "_?._": 2, "_[?_]": 2, "_[_]": 2,
+	"orValue": 2, "hasValue": 1, "dyn": 1, "size": 1, "string": 1,
+	"contains": 2, "startsWith": 2, "endsWith": 2, "split": 2, "substring": 2, "matches": 2,
+}
+
 func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 	name := call.FunctionName()
-	var target nativeFn
+	// A member call is compiled as a function of its target and arguments.
+	operands := call.Args()
 	if call.IsMemberFunction() {
-		t, err := c.compile(call.Target())
-		if err != nil {
-			return nil, err
-		}
-		target = t
+		operands = append([]celast.Expr{call.Target()}, operands...)
 	}
-	args, err := c.compileAll(call.Args())
+	if n, known := nativeOperands[name]; !known || len(operands) != n {
+		return nil, fmt.Errorf("function %s with %d operands", name, len(operands))
+	}
+	args, err := c.compileAll(operands)
 	if err != nil {
 		return nil, err
 	}
-	arity := len(args)
-	if target != nil {
-		// Member calls are compiled as functions of target and arguments.
-		args = append([]nativeFn{target}, args...)
-	}
-	want := func(n int) error {
-		if len(args) != n {
-			return fmt.Errorf("function %s with %d arguments", name, len(args))
-		}
-		return nil
-	}
 	switch name {
 	case "_&&_", "_||_":
-		if err := want(2); err != nil {
-			return nil, err
-		}
 		// CEL's && and || are commutative over errors; a false (&&) or true
 		// (||) left side decides, whatever the right one would give.
 		decisive := name == "_||_"
@@ -636,27 +632,18 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return r, ok
 		}, nil
 	case "!_":
-		if err := want(1); err != nil {
-			return nil, err
-		}
 		arg := args[0]
 		return func(f *nativeFrame) (any, bool) {
 			b, ok := evalBool(arg, f)
 			return !b, ok
 		}, nil
 	case "@not_strictly_false":
-		if err := want(1); err != nil {
-			return nil, err
-		}
 		arg := args[0]
 		return func(f *nativeFrame) (any, bool) {
 			b, ok := evalBool(arg, f)
 			return b, ok
 		}, nil
 	case "_?_:_":
-		if err := want(3); err != nil {
-			return nil, err
-		}
 		cond, yes, no := args[0], args[1], args[2]
 		return func(f *nativeFrame) (any, bool) {
 			b, ok := evalBool(cond, f)
@@ -669,18 +656,12 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return no(f)
 		}, nil
 	case "_==_", "_!=_":
-		if err := want(2); err != nil {
-			return nil, err
-		}
 		negate := name == "_!=_"
 		return binaryOp(args, func(a, b any) (any, bool) {
 			eq, ok := nativeEqual(a, b)
 			return eq != negate, ok
 		}), nil
 	case "_<_", "_<=_", "_>_", "_>=_":
-		if err := want(2); err != nil {
-			return nil, err
-		}
 		return binaryOp(args, func(a, b any) (any, bool) {
 			cmp, ok := nativeCompare(a, b)
 			if !ok {
@@ -697,14 +678,8 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return cmp >= 0, true
 		}), nil
 	case "_+_":
-		if err := want(2); err != nil {
-			return nil, err
-		}
 		return binaryOp(args, nativeAdd), nil
 	case "_-_":
-		if err := want(2); err != nil {
-			return nil, err
-		}
 		return binaryOp(args, func(a, b any) (any, bool) {
 			x, okX := a.(int64)
 			y, okY := b.(int64)
@@ -714,20 +689,11 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return x - y, true
 		}), nil
 	case "@in":
-		if err := want(2); err != nil {
-			return nil, err
-		}
-		return c.in(call.Args()[1], args), nil
+		return c.in(operands[1], args), nil
 	case "_?._", "_[?_]":
-		if err := want(2); err != nil {
-			return nil, err
-		}
 		return binaryOp(args, optionalIndex), nil
 	case "_[_]":
-		if err := want(2); err != nil {
-			return nil, err
-		}
-		if str, sep, ok := c.splitCall(call.Args()[0]); ok {
+		if str, sep, ok := c.splitCall(operands[0]); ok {
 			// s.split(sep)[i]: the one part, without a list of them all.
 			return ternaryOp(str, sep, args[1], func(s, sep string, i int64) (any, bool) {
 				if sep == "" || i < 0 {
@@ -746,11 +712,8 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 		}
 		return binaryOp(args, index), nil
 	case "orValue":
-		if target == nil || arity != 1 {
-			return nil, fmt.Errorf("orValue with %d arguments", arity)
-		}
 		opt, fallback := args[0], args[1]
-		if walk, ok := c.optionalChain(call.Target()); ok {
+		if walk, ok := c.optionalChain(operands[0]); ok {
 			return func(f *nativeFrame) (any, bool) {
 				v, present, ok := walk(f)
 				if !ok || present {
@@ -774,10 +737,7 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return fallback(f)
 		}, nil
 	case "hasValue":
-		if target == nil || arity != 0 {
-			return nil, fmt.Errorf("hasValue with %d arguments", arity)
-		}
-		if walk, ok := c.optionalChain(call.Target()); ok {
+		if walk, ok := c.optionalChain(operands[0]); ok {
 			return func(f *nativeFrame) (any, bool) {
 				_, present, ok := walk(f)
 				return present, ok
@@ -788,15 +748,9 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return o.present, isOpt
 		}), nil
 	case "dyn":
-		if err := want(1); err != nil {
-			return nil, err
-		}
 		return args[0], nil
 	case "size":
-		if err := want(1); err != nil {
-			return nil, err
-		}
-		if str, sep, ok := c.splitCall(call.Args()[len(call.Args())-1]); ok && target == nil {
+		if str, sep, ok := c.splitCall(operands[0]); ok {
 			// size(s.split(sep)): count the separators instead.
 			return binaryOp([]nativeFn{str, sep}, func(a, b any) (any, bool) {
 				s, okS := a.(string)
@@ -819,9 +773,6 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return nil, false
 		}), nil
 	case "string":
-		if err := want(1); err != nil {
-			return nil, err
-		}
 		return unaryOp(args[0], func(v any) (any, bool) {
 			switch x := v.(type) {
 			case string:
@@ -834,9 +785,6 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return nil, false
 		}), nil
 	case "contains", "startsWith", "endsWith", "split":
-		if target == nil || arity != 1 {
-			return nil, fmt.Errorf("%s with %d arguments", name, arity)
-		}
 		op := map[string]func(s, t string) any{
 			"contains":   func(s, t string) any { return strings.Contains(s, t) },
 			"startsWith": func(s, t string) any { return strings.HasPrefix(s, t) },
@@ -859,9 +807,6 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return op(s, t), true
 		}), nil
 	case "substring":
-		if target == nil || arity != 1 {
-			return nil, fmt.Errorf("substring with %d arguments", arity)
-		}
 		return binaryOp(args, func(a, b any) (any, bool) {
 			s, okS := a.(string)
 			start, okI := b.(int64)
@@ -875,10 +820,7 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return string(runes[start:]), true
 		}), nil
 	case "matches":
-		if err := want(2); err != nil {
-			return nil, err
-		}
-		return c.matches(call, args)
+		return c.matches(operands[1], args)
 	}
 	return nil, fmt.Errorf("function %s", name)
 }
@@ -972,8 +914,7 @@ func ternaryOp(a, b, c nativeFn, op func(string, string, int64) (any, bool)) nat
 
 // matches precompiles a constant pattern, as the CEL program does (a bound
 // parameter is a constant); a computed one is compiled per call.
-func (c *nativeCompiler) matches(call celast.CallExpr, args []nativeFn) (nativeFn, error) {
-	patternExpr := call.Args()[len(call.Args())-1]
+func (c *nativeCompiler) matches(patternExpr celast.Expr, args []nativeFn) (nativeFn, error) {
 	if pattern, isConst := literalString(patternExpr); isConst {
 		re, err := regexp.Compile(pattern)
 		if err != nil {

@@ -332,3 +332,48 @@ func TestListBuildingNested(t *testing.T) {
 		}
 	}
 }
+
+// TestNativeCallForms: functions callable as members or globally (size) are
+// compiled in both forms, with the same results as CEL.
+func TestNativeCallForms(t *testing.T) {
+	pol, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evalEnv, err := newEvalEnv(pol.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := map[string]any{"kind": "Pod", "metadata": map[string]any{"name": "a/b/c", "labels": map[string]any{"x": "1"}}}
+	for _, expr := range []string{
+		`object.metadata.name.split('/').size() == 3 ? ['member'] : []`,
+		`size(object.metadata.name.split('/')) == 3 ? ['global'] : []`,
+		`object.metadata.labels.size() == 1 && size(object.metadata.name) == 5 ? ['sizes'] : []`,
+		`object.metadata.name.matches('^a/') && matches(object.metadata.name, 'c$') ? ['matches'] : []`,
+	} {
+		ast, iss := pol.env.Compile(expr)
+		if iss.Err() != nil {
+			t.Fatalf("%s: %v", expr, iss.Err())
+		}
+		native, err := compileNative(ast.NativeRep().Expr(), nil)
+		if err != nil {
+			t.Fatalf("%s: not compiled natively: %v", expr, err)
+		}
+		prg, err := evalEnv.Program(ast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		act := pol.newActivation(context.Background(), obj)
+		got, ok := native.run(act)
+		want, _, err := prg.Eval(act)
+		pol.releaseActivation(act)
+		if err != nil {
+			t.Fatalf("%s: CEL: %v", expr, err)
+		}
+		gotPaths, _ := nativeFieldPaths(got)
+		wantPaths, _ := fieldPaths(want)
+		if !ok || len(gotPaths) != 1 || !slices.Equal(gotPaths, wantPaths) {
+			t.Errorf("%s: native %q (decided %v), CEL %q", expr, gotPaths, ok, wantPaths)
+		}
+	}
+}
