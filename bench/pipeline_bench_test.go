@@ -40,20 +40,6 @@ const (
 	benchRegPass = "bench-reg-pass-9e07"
 )
 
-// pipelineRuns reads SLIPWAY_BENCH_PIPELINE_RUNS; the default is the
-// issue's median of 10.
-func pipelineRuns(b *testing.B) int {
-	spec := os.Getenv("SLIPWAY_BENCH_PIPELINE_RUNS")
-	if spec == "" {
-		return 10
-	}
-	n, err := strconv.Atoi(spec)
-	if err != nil || n <= 0 {
-		b.Fatalf("SLIPWAY_BENCH_PIPELINE_RUNS=%q is not a positive count", spec)
-	}
-	return n
-}
-
 // BenchmarkPipeline: the demo tea service through Engine.Run (checkout,
 // go test, build, provenance, push, sign, promote) with the local executor
 // and a warm Go build cache, against a real git server and a real registry
@@ -68,8 +54,9 @@ func pipelineRuns(b *testing.B) int {
 // both see the same load on the shared cores, each on its own change of
 // brew.go so that neither reuses the other's compiled main package.
 func BenchmarkPipeline(b *testing.B) {
+	runs := envCount(b, "SLIPWAY_BENCH_PIPELINE_RUNS", 10) // the median of 10
 	for i := 0; i < b.N; i++ {
-		runPipelineBench(b, pipelineRuns(b))
+		runPipelineBench(b, runs)
 	}
 }
 

@@ -10,26 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
 	"slipway.dev/slipway/internal/policy"
 )
-
-// policyCorpusSize reads SLIPWAY_BENCH_POLICY_OBJECTS; the default is the
-// issue's corpus of 100,000 workload objects.
-func policyCorpusSize(b *testing.B) int {
-	spec := os.Getenv("SLIPWAY_BENCH_POLICY_OBJECTS")
-	if spec == "" {
-		return 100_000
-	}
-	n, err := strconv.Atoi(spec)
-	if err != nil || n <= 0 {
-		b.Fatalf("SLIPWAY_BENCH_POLICY_OBJECTS=%q is not a positive count", spec)
-	}
-	return n
-}
 
 // kubeScoreModule is the peer, built from the Go module proxy.
 const kubeScoreModule = "github.com/zegl/kube-score/cmd/kube-score@v1.20.0"
@@ -43,7 +28,7 @@ const kubeScoreModule = "github.com/zegl/kube-score/cmd/kube-score@v1.20.0"
 // result cache exploits; "unique" gives every object its own shape, so no two
 // pod templates are alike and the cache never hits (the engine's worst case).
 func BenchmarkPolicyPeer(b *testing.B) {
-	size := policyCorpusSize(b)
+	size := envCount(b, "SLIPWAY_BENCH_POLICY_OBJECTS", 100_000) // the corpus
 	peerTimeout := 10 * time.Minute
 	if spec := os.Getenv("SLIPWAY_BENCH_PEER_TIMEOUT"); spec != "" {
 		d, err := time.ParseDuration(spec)

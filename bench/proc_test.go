@@ -13,6 +13,20 @@ import (
 	"slipway.dev/slipway/internal/lab"
 )
 
+// envCount reads a positive count from the environment variable name, or
+// gives def when it is unset.
+func envCount(b *testing.B, name string, def int) int {
+	spec := os.Getenv(name)
+	if spec == "" {
+		return def
+	}
+	n, err := strconv.Atoi(spec)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q is not a positive count", name, spec)
+	}
+	return n
+}
+
 func namespace(name string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
 }
