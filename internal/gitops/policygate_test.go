@@ -65,18 +65,8 @@ func TestPolicyGate(t *testing.T) {
 	}
 	waitEvent(t, app, "PolicyViolation", rule)
 
-	waiver := &slipwayv1.PolicyWaiver{
-		ObjectMeta: metav1.ObjectMeta{Name: "privileged-" + ns},
-		Spec: slipwayv1.PolicyWaiverSpec{
-			Rule: rule, Scope: slipwayv1.WaiverScope{Namespace: ns, Kind: "Deployment", Name: "app"},
-			Reason: "vendor agent needs host access until Q3", Approver: "security-officer@example.com",
-			Expires: metav1.NewTime(time.Now().Add(8 * time.Second)),
-		},
-	}
-	if err := env.Client.Create(testCtx, waiver); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
+	waiver := createWaiver(t, "privileged-"+ns, rule, slipwayv1.WaiverScope{Namespace: ns, Kind: "Deployment", Name: "app"},
+		"vendor agent needs host access until Q3", 8*time.Second)
 	synced := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
 		if a.Status.LastAppliedRevision == "" {
 			return fmt.Errorf("not applied: %s", conditionMessage(a, slipwayv1.ConditionReady))
@@ -188,18 +178,8 @@ func TestExpiredWaiverIsCheckedAgain(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = env.Client.Delete(testCtx, profile) })
-			waiver := &slipwayv1.PolicyWaiver{
-				ObjectMeta: metav1.ObjectMeta{Name: "expiry-" + ns},
-				Spec: slipwayv1.PolicyWaiverSpec{
-					Rule: tc.rule, Scope: slipwayv1.WaiverScope{Namespace: ns, Kind: tc.kind, Name: tc.name},
-					Reason: "a short exception", Approver: "security-officer@example.com",
-					Expires: metav1.NewTime(time.Now().Add(10 * time.Second)),
-				},
-			}
-			if err := env.Client.Create(testCtx, waiver); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
+			waiver := createWaiver(t, "expiry-"+ns, tc.rule, slipwayv1.WaiverScope{Namespace: ns, Kind: tc.kind, Name: tc.name},
+				"a short exception", 10*time.Second)
 
 			url := newRepo(t, map[string]string{"deploy/object.yaml": tc.file})
 			app := newApp(t, ns, url, hourly, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
@@ -217,4 +197,22 @@ func TestExpiredWaiverIsCheckedAgain(t *testing.T) {
 			})
 		})
 	}
+}
+
+// createWaiver creates a PolicyWaiver approved by the security officer that
+// expires after ttl, deleted when the test ends.
+func createWaiver(t *testing.T, name, rule string, scope slipwayv1.WaiverScope, reason string, ttl time.Duration) *slipwayv1.PolicyWaiver {
+	t.Helper()
+	waiver := &slipwayv1.PolicyWaiver{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: slipwayv1.PolicyWaiverSpec{
+			Rule: rule, Scope: scope, Reason: reason, Approver: "security-officer@example.com",
+			Expires: metav1.NewTime(time.Now().Add(ttl)),
+		},
+	}
+	if err := env.Client.Create(testCtx, waiver); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
+	return waiver
 }

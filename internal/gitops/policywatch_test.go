@@ -52,18 +52,8 @@ func TestPolicyWaiverTakesEffectAtOnce(t *testing.T) {
 	})
 	rule := blocked.Status.Policy.Violations[0].Rule
 
-	waiver := &slipwayv1.PolicyWaiver{
-		ObjectMeta: metav1.ObjectMeta{Name: "agent-" + ns},
-		Spec: slipwayv1.PolicyWaiverSpec{
-			Rule: rule, Scope: slipwayv1.WaiverScope{Namespace: ns, Kind: "Deployment", Name: "app"},
-			Reason: "vendor agent needs host access until Q3", Approver: "security-officer@example.com",
-			Expires: metav1.NewTime(time.Now().Add(24 * time.Hour)),
-		},
-	}
-	if err := env.Client.Create(testCtx, waiver); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
+	waiver := createWaiver(t, "agent-"+ns, rule, slipwayv1.WaiverScope{Namespace: ns, Kind: "Deployment", Name: "app"},
+		"vendor agent needs host access until Q3", 24*time.Hour)
 	synced := waitFor(t, app, syncTimeout, applied)
 	if p := synced.Status.Policy; p == nil || !p.Passed || p.Violations[0].Waiver != waiver.Name {
 		t.Fatalf("the waived finding is not reported as waived: %+v", p)
