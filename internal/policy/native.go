@@ -610,6 +610,9 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 	if n, known := nativeOperands[name]; !known || len(operands) != n {
 		return nil, fmt.Errorf("function %s with %d operands", name, len(operands))
 	}
+	if fn, ok, err := c.fusedCall(name, operands); ok || err != nil {
+		return fn, err
+	}
 	args, err := c.compileAll(operands)
 	if err != nil {
 		return nil, err
@@ -693,35 +696,9 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 	case "_?._", "_[?_]":
 		return binaryOp(args, optionalIndex), nil
 	case "_[_]":
-		if str, sep, ok := c.splitCall(operands[0]); ok {
-			// s.split(sep)[i]: the one part, without a list of them all.
-			return ternaryOp(str, sep, args[1], func(s, sep string, i int64) (any, bool) {
-				if sep == "" || i < 0 {
-					return nil, false
-				}
-				for ; i > 0; i-- {
-					_, rest, found := strings.Cut(s, sep)
-					if !found {
-						return nil, false
-					}
-					s = rest
-				}
-				part, _, _ := strings.Cut(s, sep)
-				return part, true
-			}), nil
-		}
 		return binaryOp(args, index), nil
 	case "orValue":
 		opt, fallback := args[0], args[1]
-		if walk, ok := c.optionalChain(operands[0]); ok {
-			return func(f *nativeFrame) (any, bool) {
-				v, present, ok := walk(f)
-				if !ok || present {
-					return v, ok
-				}
-				return fallback(f)
-			}, nil
-		}
 		return func(f *nativeFrame) (any, bool) {
 			v, ok := opt(f)
 			if !ok {
@@ -737,12 +714,6 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 			return fallback(f)
 		}, nil
 	case "hasValue":
-		if walk, ok := c.optionalChain(operands[0]); ok {
-			return func(f *nativeFrame) (any, bool) {
-				_, present, ok := walk(f)
-				return present, ok
-			}, nil
-		}
 		return unaryOp(args[0], func(v any) (any, bool) {
 			o, isOpt := v.(optionalValue)
 			return o.present, isOpt
@@ -750,17 +721,6 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 	case "dyn":
 		return args[0], nil
 	case "size":
-		if str, sep, ok := c.splitCall(operands[0]); ok {
-			// size(s.split(sep)): count the separators instead.
-			return binaryOp([]nativeFn{str, sep}, func(a, b any) (any, bool) {
-				s, okS := a.(string)
-				sep, okSep := b.(string)
-				if !okS || !okSep || sep == "" {
-					return nil, false
-				}
-				return int64(strings.Count(s, sep) + 1), true
-			}), nil
-		}
 		return unaryOp(args[0], func(v any) (any, bool) {
 			switch x := v.(type) {
 			case string:
@@ -823,6 +783,68 @@ func (c *nativeCompiler) call(call celast.CallExpr) (nativeFn, error) {
 		return c.matches(operands[1], args)
 	}
 	return nil, fmt.Errorf("function %s", name)
+}
+
+// fusedCall compiles the calls that have a cheaper form than their parts:
+// x.?a.?b.orValue(d) and x.?a.?b.hasValue() walk the chain without building
+// optionals, size(s.split(t)) counts the separators, s.split(t)[i] cuts out
+// the one part. ok is false when the call is none of them.
+func (c *nativeCompiler) fusedCall(name string, operands []celast.Expr) (fn nativeFn, ok bool, err error) {
+	switch name {
+	case "orValue", "hasValue":
+		walk, isChain := c.optionalChain(operands[0])
+		if !isChain {
+			return nil, false, nil
+		}
+		if name == "hasValue" {
+			return func(f *nativeFrame) (any, bool) {
+				_, present, ok := walk(f)
+				return present, ok
+			}, true, nil
+		}
+		fallback, err := c.compile(operands[1])
+		return func(f *nativeFrame) (any, bool) {
+			v, present, ok := walk(f)
+			if !ok || present {
+				return v, ok
+			}
+			return fallback(f)
+		}, true, err
+	case "size":
+		str, sep, isSplit := c.splitCall(operands[0])
+		if !isSplit {
+			return nil, false, nil
+		}
+		return binaryOp([]nativeFn{str, sep}, func(a, b any) (any, bool) {
+			s, okS := a.(string)
+			sep, okSep := b.(string)
+			if !okS || !okSep || sep == "" {
+				return nil, false
+			}
+			return int64(strings.Count(s, sep) + 1), true
+		}), true, nil
+	case "_[_]":
+		str, sep, isSplit := c.splitCall(operands[0])
+		if !isSplit {
+			return nil, false, nil
+		}
+		i, err := c.compile(operands[1])
+		return ternaryOp(str, sep, i, func(s, sep string, i int64) (any, bool) {
+			if sep == "" || i < 0 {
+				return nil, false
+			}
+			for ; i > 0; i-- {
+				_, rest, found := strings.Cut(s, sep)
+				if !found {
+					return nil, false
+				}
+				s = rest
+			}
+			part, _, _ := strings.Cut(s, sep)
+			return part, true
+		}), true, err
+	}
+	return nil, false, nil
 }
 
 // optionalChain compiles x.?a.?b[?'c'] (constant keys, x not optional) into
