@@ -10,17 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-billy/v5/memfs"
-	git "github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/plumbing/object"
-	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
-	"github.com/go-git/go-git/v5/storage/memory"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/gittest"
 	"slipway.dev/slipway/internal/imagebuild"
 	"slipway.dev/slipway/internal/registry"
 	"slipway.dev/slipway/internal/signing"
@@ -172,35 +168,6 @@ func readLog(t *testing.T, res *Result, step StepName) string {
 	return string(b)
 }
 
-func opsHead(t *testing.T, url string) (*object.Commit, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	repo, err := git.CloneContext(ctx, memory.NewStorage(), memfs.New(), &git.CloneOptions{
-		URL: url, Auth: &githttp.BasicAuth{Username: gitUser, Password: gitPass},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := repo.Head()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := repo.CommitObject(head.Hash())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := c.File("apps/tea/kustomization.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	content, err := f.Contents()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, content
-}
-
 func TestRunEndToEnd(t *testing.T) {
 	l := startLab(t)
 	// The server's own environment must not reach the test command.
@@ -240,7 +207,7 @@ func TestRunEndToEnd(t *testing.T) {
 		}
 	}
 
-	c, content := opsHead(t, l.opsURL)
+	c, content := gittest.Head(t, l.opsURL, gitUser, gitPass, "apps/tea/kustomization.yaml")
 	if c.Hash.String() != res.PromotionCommit || c.Author.Name != "Slipway" {
 		t.Fatalf("ops head %s by %s, want the promotion %s by Slipway", c.Hash, c.Author.Name, res.PromotionCommit)
 	}
@@ -307,7 +274,7 @@ func TestRunFailingTestStopsBeforeBuild(t *testing.T) {
 	if log := readLog(t, res, StepTest); !strings.Contains(log, "the kettle is cold") || !strings.Contains(log, "slipway: failed") {
 		t.Fatalf("the test log does not keep the failure:\n%s", log)
 	}
-	if c, _ := opsHead(t, l.opsURL); c.Author.Name == "Slipway" {
+	if c, _ := gittest.Head(t, l.opsURL, gitUser, gitPass, "apps/tea/kustomization.yaml"); c.Author.Name == "Slipway" {
 		t.Fatal("a failed run promoted")
 	}
 }

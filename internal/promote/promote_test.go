@@ -11,14 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-billy/v5/memfs"
-	git "github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/plumbing/object"
-	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
-	"github.com/go-git/go-git/v5/storage/memory"
-
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/gittest"
 )
 
 const (
@@ -105,37 +100,6 @@ func request(url, path, image string, r Reference) Request {
 	}
 }
 
-// headOf reads the branch head of the remote: its commit and a file.
-func headOf(t *testing.T, url, path string) (*object.Commit, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	repo, err := git.CloneContext(ctx, memory.NewStorage(), memfs.New(), &git.CloneOptions{
-		URL:  url,
-		Auth: &githttp.BasicAuth{Username: gitUser, Password: gitPass},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := repo.Head()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := repo.CommitObject(head.Hash())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := c.File(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	content, err := f.Contents()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, content
-}
-
 func TestPromoteKustomizeImage(t *testing.T) {
 	_, url := opsRepo(t)
 	img := ref(t, "127.0.0.1:5000/shop/tea", "1a")
@@ -146,7 +110,7 @@ func TestPromoteKustomizeImage(t *testing.T) {
 	if !res.Changed || res.Attempts != 1 {
 		t.Fatalf("result %+v, want a change in one attempt", res)
 	}
-	c, content := headOf(t, url, "apps/tea/kustomization.yaml")
+	c, content := gittest.Head(t, url, gitUser, gitPass, "apps/tea/kustomization.yaml")
 	if c.Hash.String() != res.Commit {
 		t.Fatalf("remote head %s, promotion says %s", c.Hash, res.Commit)
 	}
@@ -182,7 +146,7 @@ func TestPromoteSetterField(t *testing.T) {
 	if _, err := Promote(t.Context(), request(url, "apps/tea/deployment.yaml", "tea", img)); err != nil {
 		t.Fatal(err)
 	}
-	_, content := headOf(t, url, "apps/tea/deployment.yaml")
+	_, content := gittest.Head(t, url, gitUser, gitPass, "apps/tea/deployment.yaml")
 	want := "        image: " + img.String() + ` # {"slipway.dev/image": "tea"}` + "\n"
 	if !strings.Contains(content, want) {
 		t.Fatalf("deployment after promotion:\n%s\nwant it to contain:\n%s", content, want)
@@ -191,12 +155,12 @@ func TestPromoteSetterField(t *testing.T) {
 
 func TestPromoteNoTargetChangesNothing(t *testing.T) {
 	_, url := opsRepo(t)
-	before, _ := headOf(t, url, "apps/tea/kustomization.yaml")
+	before, _ := gittest.Head(t, url, gitUser, gitPass, "apps/tea/kustomization.yaml")
 	_, err := Promote(t.Context(), request(url, "apps/tea/kustomization.yaml", "milk", ref(t, "r.example/milk", "3c")))
 	if !errors.Is(err, ErrNoTarget) || !strings.Contains(err.Error(), url) {
 		t.Fatalf("error %v, want ErrNoTarget naming %s", err, url)
 	}
-	after, _ := headOf(t, url, "apps/tea/kustomization.yaml")
+	after, _ := gittest.Head(t, url, gitUser, gitPass, "apps/tea/kustomization.yaml")
 	if after.Hash != before.Hash {
 		t.Fatal("a failed promotion moved the branch")
 	}
@@ -227,7 +191,7 @@ func TestPromoteRebasesOnRace(t *testing.T) {
 	if res.Attempts != 2 {
 		t.Fatalf("%d attempts, want 2 (one rejected push)", res.Attempts)
 	}
-	c, content := headOf(t, url, "apps/tea/kustomization.yaml")
+	c, content := gittest.Head(t, url, gitUser, gitPass, "apps/tea/kustomization.yaml")
 	if !strings.Contains(content, tea.Digest) || !strings.Contains(content, coffee.Digest) {
 		t.Fatalf("both promotions must be in the file:\n%s", content)
 	}
@@ -263,7 +227,7 @@ func TestPromoteConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	_, content := headOf(t, url, "apps/tea/kustomization.yaml")
+	_, content := gittest.Head(t, url, gitUser, gitPass, "apps/tea/kustomization.yaml")
 	for name, img := range images {
 		if !strings.Contains(content, img.Digest) {
 			t.Fatalf("promotion of %s did not land:\n%s", name, content)
