@@ -27,8 +27,16 @@ var (
 // KWOKStages is the file, next to the binaries, holding KWOK's stage configs.
 const KWOKStages = "kwok-stages.yaml"
 
-// CacheDir is ${XDG_CACHE_HOME:-$HOME/.cache}/slipway.
+// CacheDirEnv names the environment variable that moves Slipway's whole
+// cache (upstream binaries, their build modules, clones, run workspaces)
+// somewhere else: CI points it at an empty directory to prove a cold build.
+const CacheDirEnv = "SLIPWAY_CACHE_DIR"
+
+// CacheDir is $SLIPWAY_CACHE_DIR, or ${XDG_CACHE_HOME:-$HOME/.cache}/slipway.
 func CacheDir() string {
+	if d := os.Getenv(CacheDirEnv); d != "" {
+		return d
+	}
 	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
 		return filepath.Join(d, "slipway")
 	}
@@ -76,24 +84,17 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 		want[m] = true
 	}
 	workRoot := filepath.Join(CacheDir(), "build")
-	var k8s []string
-	for _, c := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
-		if want[c] {
-			k8s = append(k8s, c)
+	for _, b := range builds() {
+		var bins []binary
+		for _, bin := range b.binaries {
+			if want[bin.name] {
+				bins = append(bins, bin)
+			}
 		}
-	}
-	if len(k8s) > 0 {
-		if err := buildKubernetes(ctx, filepath.Join(workRoot, "kubernetes"), dir, k8s, progress); err != nil {
-			return err
+		if len(bins) == 0 {
+			continue
 		}
-	}
-	if want["etcd"] {
-		if err := buildEtcd(ctx, filepath.Join(workRoot, "etcd"), dir, progress); err != nil {
-			return err
-		}
-	}
-	if want["kwok"] {
-		if err := buildKWOK(ctx, dir, progress); err != nil {
+		if err := b.run(ctx, filepath.Join(workRoot, b.name), dir, bins, progress); err != nil {
 			return err
 		}
 	}
@@ -108,6 +109,37 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 	return nil
 }
 
+// DryRun resolves every build against the module proxy and asks the go
+// command for its build plan (`go build -n`, `go install -n`) without
+// compiling, and checks that KWOK's stage configs are where they are read
+// from. A wrong module path or version fails here in seconds rather than
+// after minutes of compiling. work holds the wrapper modules.
+func DryRun(ctx context.Context, work string) error {
+	for _, b := range builds() {
+		if err := b.dryRun(ctx, filepath.Join(work, b.name)); err != nil {
+			return err
+		}
+	}
+	_, err := kwokStages(ctx)
+	return err
+}
+
+// A build makes some of the binaries from one module: a wrapper module of
+// our own whose go.mod pins the upstream release (the releases' own go.mod
+// files have replace lines, which `go install pkg@version` refuses), or,
+// with no wrapper, a plain `go install pkg@version`.
+type build struct {
+	name string
+	// gomod is the wrapper's go.mod; empty for a plain go install.
+	gomod string
+	// version is what a plain go install asks for.
+	version  string
+	binaries []binary
+	ldflags  string
+}
+
+type binary struct{ name, pkg string }
+
 // kubernetesStaging lists the modules k8s.io/kubernetes replaces with its
 // staging directories; the wrapper points each at its published v0 version.
 var kubernetesStaging = []string{
@@ -119,7 +151,13 @@ var kubernetesStaging = []string{
 	"sample-apiserver", "sample-cli-plugin", "sample-controller",
 }
 
-func buildKubernetes(ctx context.Context, work, out string, components []string, progress Progress) error {
+// builds lists the pinned upstream builds, in the order Ensure runs them.
+func builds() []build {
+	return []build{kubernetesBuild(), etcdBuild(), kwokBuild()}
+}
+
+func kubernetesBuild() build {
+	components := []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
 	staging := "v0" + strings.TrimPrefix(version.Kubernetes, "v1")
 	var gomod strings.Builder
 	fmt.Fprintf(&gomod, "module slipway.dev/upstream/kubernetes\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", version.Kubernetes)
@@ -127,27 +165,21 @@ func buildKubernetes(ctx context.Context, work, out string, components []string,
 		fmt.Fprintf(&gomod, "\tk8s.io/%s => k8s.io/%[1]s %s\n", m, staging)
 	}
 	gomod.WriteString(")\n\ntool (\n")
+	var bins []binary
 	for _, c := range components {
 		fmt.Fprintf(&gomod, "\tk8s.io/kubernetes/cmd/%s\n", c)
+		bins = append(bins, binary{c, "k8s.io/kubernetes/cmd/" + c})
 	}
 	gomod.WriteString(")\n")
-	if err := prepareWrapper(ctx, work, gomod.String(), progress); err != nil {
-		return err
-	}
 	// Without these, binaries report v0.0.0-master and clients cannot parse it.
 	minor := strings.Split(strings.TrimPrefix(version.Kubernetes, "v"), ".")[1]
 	v := "k8s.io/component-base/version"
 	ldflags := fmt.Sprintf("-s -w -X %s.gitVersion=%s -X %[1]s.gitMajor=1 -X %[1]s.gitMinor=%s -X %[1]s.gitTreeState=clean -X %[1]s.buildDate=2026-01-01T00:00:00Z",
 		v, version.Kubernetes, minor)
-	for _, c := range components {
-		if err := goBuild(ctx, work, filepath.Join(out, c), "k8s.io/kubernetes/cmd/"+c, ldflags, progress); err != nil {
-			return err
-		}
-	}
-	return nil
+	return build{name: "kubernetes", gomod: gomod.String(), binaries: bins, ldflags: ldflags}
 }
 
-func buildEtcd(ctx context.Context, work, out string, progress Progress) error {
+func etcdBuild() build {
 	gomod := fmt.Sprintf(`module slipway.dev/upstream/etcd
 
 go 1.24.0
@@ -163,10 +195,64 @@ replace (
 
 tool go.etcd.io/etcd/server/v3
 `, version.Etcd)
-	if err := prepareWrapper(ctx, work, gomod, progress); err != nil {
+	return build{name: "etcd", gomod: gomod, binaries: []binary{{"etcd", "go.etcd.io/etcd/server/v3"}}, ldflags: "-s -w"}
+}
+
+func kwokBuild() build {
+	return build{name: "kwok", version: version.KWOK, binaries: []binary{{"kwok", "sigs.k8s.io/kwok/cmd/kwok"}}, ldflags: "-s -w"}
+}
+
+// run builds bins into out, in work for a wrapper module.
+func (b build) run(ctx context.Context, work, out string, bins []binary, progress Progress) error {
+	if b.gomod == "" {
+		for _, bin := range bins {
+			if err := goInstall(ctx, bin.pkg+"@"+b.version, out, b.ldflags, progress); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := prepareWrapper(ctx, work, b.gomod, progress); err != nil {
 		return err
 	}
-	return goBuild(ctx, work, filepath.Join(out, "etcd"), "go.etcd.io/etcd/server/v3", "-s -w", progress)
+	for _, bin := range bins {
+		if err := goBuild(ctx, work, filepath.Join(out, bin.name), bin.pkg, b.ldflags, progress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b build) dryRun(ctx context.Context, work string) error {
+	if b.gomod == "" {
+		for _, bin := range b.binaries {
+			target := bin.pkg + "@" + b.version
+			cmd := exec.CommandContext(ctx, "go", "install", "-n", target)
+			cmd.Env = append(goEnv(), "GOBIN="+work)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("go install -n %s: %w\n%s", target, err, tail(out))
+			}
+		}
+		return nil
+	}
+	if err := prepareWrapper(ctx, work, b.gomod, func(string, ...any) {}); err != nil {
+		return err
+	}
+	for _, bin := range b.binaries {
+		cmd := exec.CommandContext(ctx, "go", "build", "-n", "-o", os.DevNull, bin.pkg)
+		cmd.Dir = work
+		cmd.Env = append(goEnv(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build -n %s in %s: %w\n%s", bin.pkg, work, err, tail(out))
+		}
+	}
+	return nil
+}
+
+func goInstall(ctx context.Context, target, out, ldflags string, progress Progress) error {
+	cmd := exec.CommandContext(ctx, "go", "install", "-trimpath", "-ldflags="+ldflags, target)
+	cmd.Env = append(goEnv(), "GOBIN="+out, "CGO_ENABLED=0")
+	return compile(ctx, target, cmd, progress)
 }
 
 // kwokStageFiles are the upstream stage configs for fast nodes and pods, taken
@@ -179,22 +265,18 @@ var kwokStageFiles = []string{
 	"kustomize/stage/pod/fast/pod-delete.yaml",
 }
 
-func buildKWOK(ctx context.Context, out string, progress Progress) error {
-	module := "sigs.k8s.io/kwok@" + version.KWOK
-	progress("building kwok %s", version.KWOK)
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, "go", "install", "-ldflags=-s -w", module+"/cmd/kwok")
-	cmd.Env = append(goEnv(), "GOBIN="+out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go install %s failed: %w\n%s", module, err, tail(b))
-	}
-	progress("built kwok in %s", time.Since(start).Round(time.Second))
-	return nil
-}
-
 // WriteKWOKStages writes KWOK's fast node and pod stages to path. Release
 // binaries come without them, so the lab also calls this for --bin-dir.
 func WriteKWOKStages(ctx context.Context, path string) error {
+	stages, err := kwokStages(ctx)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, stages, 0o644)
+}
+
+// kwokStages reads the stage configs from the KWOK module's source.
+func kwokStages(ctx context.Context) ([]byte, error) {
 	module := "sigs.k8s.io/kwok@" + version.KWOK
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -202,22 +284,30 @@ func WriteKWOKStages(ctx context.Context, path string) error {
 	cmd.Env = goEnv()
 	b, err := cmd.Output()
 	if err != nil {
-		return fmt.Errorf("go mod download %s failed: %w", module, err)
+		return nil, fmt.Errorf("go mod download %s failed: %w%s", module, err, exitDetail(err))
 	}
-	var info struct{ Dir string }
+	var info struct{ Dir, Error string }
 	if err := json.Unmarshal(b, &info); err != nil || info.Dir == "" {
-		return fmt.Errorf("go mod download %s gave no source directory: %v", module, err)
+		return nil, fmt.Errorf("go mod download %s gave no source directory: %v %s", module, err, info.Error)
 	}
 	var stages []byte
 	for _, f := range kwokStageFiles {
 		content, err := os.ReadFile(filepath.Join(info.Dir, f))
 		if err != nil {
-			return fmt.Errorf("reading KWOK stage config: %w", err)
+			return nil, fmt.Errorf("reading KWOK stage config from %s: %w", module, err)
 		}
 		stages = append(stages, "---\n"...)
 		stages = append(stages, content...)
 	}
-	return os.WriteFile(path, stages, 0o644)
+	return stages, nil
+}
+
+func exitDetail(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return "\n" + tail(ee.Stderr)
+	}
+	return ""
 }
 
 func prepareWrapper(ctx context.Context, work, gomod string, progress Progress) error {
@@ -243,7 +333,20 @@ func prepareWrapper(ctx context.Context, work, gomod string, progress Progress) 
 }
 
 func goBuild(ctx context.Context, work, out, pkg, ldflags string, progress Progress) error {
-	name := filepath.Base(out)
+	tmp := out + ".tmp"
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", tmp, pkg)
+	cmd.Dir = work
+	cmd.Env = append(goEnv(), "CGO_ENABLED=0")
+	if err := compile(ctx, filepath.Base(out), cmd, progress); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, out)
+}
+
+// compile runs one go build or go install, saying every 30 seconds that it
+// is still going: a cold build of kube-apiserver takes minutes.
+func compile(ctx context.Context, name string, cmd *exec.Cmd, progress Progress) error {
 	progress("building %s (first time only; a few minutes on 2 cores)", name)
 	start := time.Now()
 	done := make(chan struct{})
@@ -260,19 +363,14 @@ func goBuild(ctx context.Context, work, out, pkg, ldflags string, progress Progr
 			}
 		}
 	}()
-	tmp := out + ".tmp"
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", tmp, pkg)
-	cmd.Dir = work
-	cmd.Env = append(goEnv(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		_ = os.Remove(tmp)
 		if ctx.Err() != nil {
 			return fmt.Errorf("building %s: %w", name, ctx.Err())
 		}
-		return fmt.Errorf("go build %s failed: %w\n%s", pkg, err, tail(b))
+		return fmt.Errorf("%s failed: %w\n%s", strings.Join(cmd.Args, " "), err, tail(b))
 	}
 	progress("built %s in %s", name, time.Since(start).Round(time.Second))
-	return os.Rename(tmp, out)
+	return nil
 }
 
 // goEnv keeps the user's Go settings but never lets a build stop at a prompt.

@@ -1,0 +1,64 @@
+package upstream
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBuildsResolve asks the go command for the plan of every pinned build
+// against the real module proxy, without compiling: a wrong module path or
+// version fails here in seconds instead of after a cold build's minutes.
+func TestBuildsResolve(t *testing.T) {
+	if testing.Short() {
+		t.Skip("resolves modules through the module proxy")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := DryRun(ctx, t.TempDir()); err != nil {
+		t.Fatalf("dry run of the pinned builds: %v", err)
+	}
+}
+
+// TestDryRunRefusesWrongPaths shows the dry run is a real check: the mistake
+// that once broke every fresh machine (the version placed before the package
+// path) and a misspelt package of a wrapper module are both reported, naming
+// what was asked for.
+func TestDryRunRefusesWrongPaths(t *testing.T) {
+	if testing.Short() {
+		t.Skip("resolves modules through the module proxy")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	kwok := kwokBuild()
+	kwok.binaries = []binary{{"kwok", "sigs.k8s.io/kwok@" + kwok.version + "/cmd"}}
+	kwok.version = "v0.8.0/kwok"
+	err := kwok.dryRun(ctx, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "sigs.k8s.io/kwok@") {
+		t.Errorf("dry run of a go install with the version inside the path: got %v, want an error naming it", err)
+	}
+
+	etcd := etcdBuild()
+	etcd.binaries = []binary{{"etcd", "go.etcd.io/etcd/servr/v3"}}
+	err = etcd.dryRun(ctx, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "go.etcd.io/etcd/servr/v3") {
+		t.Errorf("dry run of a misspelt package in a wrapper module: got %v, want an error naming it", err)
+	}
+}
+
+func TestCacheDirEnv(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", "/xdg")
+	t.Setenv(CacheDirEnv, "")
+	if got := CacheDir(); got != "/xdg/slipway" {
+		t.Errorf("CacheDir with XDG_CACHE_HOME=/xdg = %q, want /xdg/slipway", got)
+	}
+	t.Setenv(CacheDirEnv, "/ci/cold")
+	if got := CacheDir(); got != "/ci/cold" {
+		t.Errorf("CacheDir with %s=/ci/cold = %q, want /ci/cold", CacheDirEnv, got)
+	}
+	if got := DefaultBinDir(); !strings.HasPrefix(got, "/ci/cold/bin/") {
+		t.Errorf("DefaultBinDir = %q, want it under /ci/cold/bin/", got)
+	}
+}
