@@ -1,5 +1,6 @@
-// Package config embeds Slipway's generated Kubernetes manifests (CRDs) so that
-// `slipway install` and the tests apply exactly what is checked in.
+// Package config embeds Slipway's Kubernetes manifests (the generated CRDs and
+// the tenancy roles) so that `slipway install` and the tests apply exactly
+// what is checked in.
 package config
 
 import "embed"
@@ -8,3 +9,8 @@ import "embed"
 //
 //go:embed crd/*.yaml
 var CRDs embed.FS
+
+// RBAC holds the roles `slipway install` ships for tenants.
+//
+//go:embed rbac/*.yaml
+var RBAC embed.FS

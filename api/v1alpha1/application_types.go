@@ -71,8 +71,10 @@ type ApplicationSource struct {
 	// kustomization. Defaults to the repository root.
 	// +optional
 	Path string `json:"path,omitempty"`
-	// Timeout is the deadline of each git operation.
+	// Timeout is the deadline of each git operation, at most 5 minutes: a
+	// remote that does not answer holds a worker only this long.
 	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('5m')",message="timeout must be more than 0s and at most 5m"
 	// +optional
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 	// SecretRef names a Secret in the Application's namespace holding the
@@ -84,8 +86,8 @@ type ApplicationSource struct {
 
 // ApplicationDestination says where the manifests go.
 type ApplicationDestination struct {
-	// Namespace namespaced objects without a namespace are placed in. It is
-	// created when missing.
+	// Namespace namespaced objects without a namespace are placed in: the
+	// Application's own namespace, or one its Tenant lists as a destination.
 	// +kubebuilder:validation:MinLength=1
 	Namespace string `json:"namespace"`
 }
@@ -121,10 +123,17 @@ type ApplicationSpec struct {
 	// Suspend stops reconciliation; nothing is fetched or applied.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
-	// PolicyProfile names the PolicyProfile that gates this Application's
-	// syncs. Empty means the profile named "default", when one exists.
+	// PolicyProfile names a PolicyProfile that gates this Application's
+	// syncs in addition to its namespace's: the Tenant's profile, or the
+	// profile named "default" when one exists. It can only add checks.
 	// +optional
 	PolicyProfile string `json:"policyProfile,omitempty"`
+	// ServiceAccountName is the ServiceAccount of the Application's
+	// namespace its objects are applied, changed and pruned as; empty means
+	// the Tenant's, or the server's default. Kubernetes RBAC decides what it
+	// may do.
+	// +optional
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
 	// PinnedRevision deploys this commit instead of the head of the ref.
 	// `slipway app rollback` sets it; `slipway app rollback --clear` removes it.
 	// +kubebuilder:validation:Pattern="^[0-9a-f]{40}$"

@@ -45,6 +45,8 @@ without one every webhook delivery is refused.`,
 	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.Namespace, "namespace of the kubernetes executor's Pods and Secrets")
 	cmd.Flags().StringVar(&opts.TestImage, "test-image", pipeline.DefaultKubeImage, "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest)")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
+	cmd.Flags().StringVar(&opts.DefaultServiceAccount, "default-service-account", "",
+		"ServiceAccount (in each Application's namespace) that Applications apply as when neither they nor their Tenant name one; empty refuses them")
 	cmd.Flags().StringArrayVar(&opts.PolicyPacks, "policy-pack", nil, "extra PolicyPack file for the sync gate (repeatable); PolicyProfiles select it by name")
 	cmd.Flags().IntVar(&qps, "kube-api-qps", 500, "client-side limit of requests per second to the API server (burst: twice this)")
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")
@@ -82,7 +84,7 @@ func webhookSecret(file string) ([]byte, error) {
 func newInstallCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "install",
-		Short: "Apply Slipway's CRDs and namespace to the cluster (idempotent)",
+		Short: "Apply Slipway's CRDs, the slipway-tenant ClusterRole and namespace to the cluster (idempotent)",
 		Args:  cobra.NoArgs,
 	}
 	kube := withKube(cmd, false)
@@ -101,6 +103,9 @@ func newInstallCommand() *cobra.Command {
 		}
 		for _, crd := range res.CRDs {
 			fmt.Fprintf(cmd.OutOrStdout(), "customresourcedefinition/%s applied\n", crd)
+		}
+		for _, role := range res.ClusterRoles {
+			fmt.Fprintf(cmd.OutOrStdout(), "clusterrole/%s applied\n", role)
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "namespace/%s applied\n", res.Namespace)
 		return nil

@@ -19,7 +19,7 @@ import (
 const syncTimeout = 30 * time.Second
 
 func TestFirstSyncThenNewCommit(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "one"), "README.md": "not a manifest"})
 	app := newApp(t, ns, url)
 
@@ -80,7 +80,7 @@ func waitEvent(t *testing.T, app *slipwayv1.Application, reason, msgPart string)
 }
 
 func TestSelfHealRepairsDrift(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "git")})
 	app := newApp(t, ns, url)
 	waitFor(t, app, syncTimeout, readyAtAny)
@@ -99,7 +99,7 @@ func TestSelfHealRepairsDrift(t *testing.T) {
 }
 
 func TestDriftWithoutSelfHealIsReported(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "git")})
 	app := newApp(t, ns, url, func(a *slipwayv1.Application) { a.Spec.SyncPolicy.SelfHeal = false })
 	waitFor(t, app, syncTimeout, readyAtAny)
@@ -134,7 +134,7 @@ func editConfigMap(t *testing.T, ns, name, value string) {
 func TestPrune(t *testing.T) {
 	for _, prune := range []bool{true, false} {
 		t.Run(fmt.Sprintf("prune=%v", prune), func(t *testing.T) {
-			ns := env.Namespace(t)
+			ns := env.TenantNamespace(t)
 			url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("keep", "1"), "deploy/b.yaml": configMap("goes", "1")})
 			app := newApp(t, ns, url, func(a *slipwayv1.Application) { a.Spec.SyncPolicy.Prune = prune })
 			waitFor(t, app, syncTimeout, readyAtAny)
@@ -167,7 +167,7 @@ func TestPrune(t *testing.T) {
 }
 
 func TestPruneSparesObjectsItDidNotCreate(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("mine", "1"), "deploy/b.yaml": configMap("shared", "1")})
 	app := newApp(t, ns, url)
 	waitFor(t, app, syncTimeout, readyAtAny)
@@ -186,7 +186,7 @@ func TestPruneSparesObjectsItDidNotCreate(t *testing.T) {
 }
 
 func TestRollbackRestoresEarlierRevision(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "v1")})
 	app := newApp(t, ns, url)
 	got := waitFor(t, app, syncTimeout, readyAtAny)
@@ -224,7 +224,7 @@ func TestBadManifestsStallAndChangeNothing(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := env.Namespace(t)
+			ns := env.TenantNamespace(t)
 			url := newRepo(t, tc.files)
 			app := newApp(t, ns, url)
 			got := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
@@ -252,7 +252,7 @@ func TestStalledGitServerTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer staller.Close()
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := staller.URL() + "/ops.git"
 	app := newApp(t, ns, url, func(a *slipwayv1.Application) {
 		a.Spec.Source.Timeout = &metav1.Duration{Duration: 2 * time.Second}
@@ -269,7 +269,7 @@ func TestStalledGitServerTimesOut(t *testing.T) {
 }
 
 func TestWrongCredentialsNeverLeak(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "x")})
 	const wrong = "not-the-password-4af1c9"
 	app := newAppWithPassword(t, ns, url, wrong)

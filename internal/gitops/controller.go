@@ -48,55 +48,43 @@ type ApplicationReconciler struct {
 	Policy *PolicyGate
 	// Concurrency is the number of Applications reconciled in parallel.
 	Concurrency int
+	// Impersonator gives the clients that apply as an Application's
+	// ServiceAccount.
+	Impersonator *Impersonator
+	// DefaultServiceAccount is what Applications apply as when neither they
+	// nor their Tenant name a ServiceAccount; empty refuses them.
+	DefaultServiceAccount string
 }
 
 // SetupWithManager registers the controller. Metadata changes (the
 // reconcile and sync request annotations) trigger it as well as spec changes.
 //
-// With the policy gate on, a change of policy triggers it too: a waiver that
-// unblocks a sync, or a profile that now blocks one, takes effect at once
-// rather than at each Application's next interval (which may be an hour).
-// Only spec changes count (GenerationChangedPredicate), so status and label
-// edits of profiles and waivers do not re-evaluate anything.
+// A change of tenancy or policy triggers it too: a Tenant that grants or
+// withdraws rights, a waiver that unblocks a sync, or a profile that now
+// blocks one, takes effect at once rather than at each Application's next
+// interval (which may be an hour). Only spec changes count
+// (GenerationChangedPredicate), so status and label edits do not
+// re-evaluate anything. These objects change rarely and are
+// administrators', so every Application is looked at again.
 func (r *ApplicationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		For(&slipwayv1.Application{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{})))
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Watches(&slipwayv1.Tenant{}, handler.EnqueueRequestsFromMapFunc(r.allApplications),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	if r.Policy != nil {
 		b = b.
-			Watches(&slipwayv1.PolicyProfile{}, handler.EnqueueRequestsFromMapFunc(r.applicationsUsingProfile),
+			Watches(&slipwayv1.PolicyProfile{}, handler.EnqueueRequestsFromMapFunc(r.allApplications),
 				builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-			Watches(&slipwayv1.PolicyWaiver{}, handler.EnqueueRequestsFromMapFunc(r.applicationsUnderPolicy),
+			Watches(&slipwayv1.PolicyWaiver{}, handler.EnqueueRequestsFromMapFunc(r.allApplications),
 				builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	}
 	return b.WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Concurrency, 1)}).Complete(r)
 }
 
-// applicationsUsingProfile maps a PolicyProfile to the Applications it
-// gates: those naming it, and for the default profile those naming none.
-func (r *ApplicationReconciler) applicationsUsingProfile(ctx context.Context, profile client.Object) []reconcile.Request {
-	return r.applicationsWhere(ctx, func(a *slipwayv1.Application) bool {
-		name := a.Spec.PolicyProfile
-		if name == "" {
-			name = slipwayv1.DefaultPolicyProfile
-		}
-		return name == profile.GetName()
-	})
-}
-
-// applicationsUnderPolicy maps a PolicyWaiver to every Application a profile
-// gates. Waivers are cluster-wide and name a rule, not a profile, and any
-// profile may hold the rule; an Application naming no profile is gated only
-// while the default profile exists.
-func (r *ApplicationReconciler) applicationsUnderPolicy(ctx context.Context, _ client.Object) []reconcile.Request {
-	err := r.Get(ctx, client.ObjectKey{Name: slipwayv1.DefaultPolicyProfile}, &slipwayv1.PolicyProfile{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		log.FromContext(ctx).Error(err, "reading the default PolicyProfile to find the Applications a waiver concerns")
-	}
-	defaultGates := err == nil
-	return r.applicationsWhere(ctx, func(a *slipwayv1.Application) bool {
-		return a.Spec.PolicyProfile != "" || defaultGates
-	})
+// allApplications maps a change of tenancy or policy to every Application.
+func (r *ApplicationReconciler) allApplications(ctx context.Context, _ client.Object) []reconcile.Request {
+	return r.applicationsWhere(ctx, func(*slipwayv1.Application) bool { return true })
 }
 
 func (r *ApplicationReconciler) applicationsWhere(ctx context.Context, match func(*slipwayv1.Application) bool) []reconcile.Request {
@@ -118,7 +106,8 @@ func (r *ApplicationReconciler) applicationsWhere(ctx context.Context, match fun
 
 // +kubebuilder:rbac:groups=slipway.dev,resources=applications,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=slipway.dev,resources=applications/status;applications/finalizers,verbs=get;update;patch
-// +kubebuilder:rbac:groups=slipway.dev,resources=policyprofiles;policywaivers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=slipway.dev,resources=policyprofiles;policywaivers;tenants,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=impersonate
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
@@ -198,8 +187,15 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		return r.fail(ctx, app, err)
 	}
 
+	tenancy, err := TenancyFor(ctx, r.Client, app, r.DefaultServiceAccount)
+	if err != nil {
+		return r.fail(ctx, app, err)
+	}
+	if err := tenancy.CheckPlacement(app, desired); err != nil {
+		return r.fail(ctx, app, err)
+	}
 	if r.Policy != nil {
-		st, err := r.Policy.Check(ctx, app, desired)
+		st, err := r.Policy.Check(ctx, app, tenancy.PolicyProfile, desired)
 		app.Status.Policy = st
 		if st != nil && !st.Passed {
 			r.policyEvents(app, st)
@@ -209,20 +205,24 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		}
 	}
 
+	applier, err := r.applier(app, tenancy)
+	if err != nil {
+		return r.fail(ctx, app, err)
+	}
 	revisionChanged := desired.Revision != app.Status.LastAppliedRevision
 	sp := app.Spec.SyncPolicy
 	mayApply := syncRequested || (sp.Automated && (revisionChanged || sp.SelfHeal))
 	if !mayApply {
-		return r.compare(ctx, app, desired)
+		return r.compare(ctx, app, applier, desired)
 	}
 
-	if err := r.ensureNamespace(ctx, app.Spec.Destination.Namespace); err != nil {
+	if err := checkOwnership(ctx, applier, tenancy.Identity(app.Namespace), app, desired.Objects); err != nil {
 		return r.fail(ctx, app, err)
 	}
-	cs, err := resourceManager(r.Client, r.Loader.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
+	cs, err := resourceManager(applier, r.Loader.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
 	if err != nil {
 		r.addHistory(app, desired.Revision, "Failed", err.Error())
-		return r.fail(ctx, app, fmt.Errorf("applying revision %s: %w", short(desired.Revision), err))
+		return r.fail(ctx, app, forbiddenStalled(fmt.Errorf("applying revision %s as %s: %w", short(desired.Revision), tenancy.Identity(app.Namespace), err)))
 	}
 	if changes := summarize(cs); changes != "" {
 		verb := "applied"
@@ -239,7 +239,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		if !sp.Prune {
 			// Keep tracking them so a later prune can still find them.
 			app.Status.Inventory = append(app.Status.Inventory, leftovers...)
-		} else if err := r.prune(ctx, app, leftovers); err != nil {
+		} else if err := r.prune(ctx, app, applier, leftovers); err != nil {
 			app.Status.Inventory = append(app.Status.Inventory, leftovers...)
 			return r.fail(ctx, app, err)
 		}
@@ -276,10 +276,10 @@ func waiverExpired(app *slipwayv1.Application) bool {
 
 // compare reports drift without changing anything (automated sync or
 // self-heal is off and nobody asked for a sync).
-func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, desired *Desired) (ctrl.Result, error) {
-	changes, err := Plan(ctx, r.Client, app, desired)
+func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, applier client.Client, desired *Desired) (ctrl.Result, error) {
+	changes, err := Plan(ctx, applier, app, desired)
 	if err != nil {
-		return r.fail(ctx, app, err)
+		return r.fail(ctx, app, forbiddenStalled(err))
 	}
 	var diffs []string
 	for _, c := range changes {
@@ -375,18 +375,27 @@ func (r *ApplicationReconciler) fail(ctx context.Context, app *slipwayv1.Applica
 	return ctrl.Result{}, err
 }
 
-func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Application, entries []slipwayv1.InventoryEntry) error {
+// applier is the client that changes the cluster for app: one acting as
+// its ServiceAccount, or the server's own with a Tenant's server rights.
+func (r *ApplicationReconciler) applier(app *slipwayv1.Application, t *Tenancy) (client.Client, error) {
+	if t.ServerRights || r.Impersonator == nil {
+		return r.Client, nil
+	}
+	return r.Impersonator.ServiceAccount(app.Namespace, t.ServiceAccount)
+}
+
+func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Application, applier client.Client, entries []slipwayv1.InventoryEntry) error {
 	objs, err := inventoryObjects(entries)
 	if err != nil {
 		return err
 	}
-	rm := resourceManager(r.Client, nil)
+	rm := resourceManager(applier, nil)
 	opts := ssa.DefaultDeleteOptions()
 	// Only objects still labelled as this Application's are deleted.
 	opts.Inclusions = rm.GetOwnerLabels(app.Name, app.Namespace)
 	cs, err := rm.DeleteAll(ctx, objs, opts)
 	if err != nil {
-		return stalledIfForbidden(fmt.Errorf("pruning objects that left git: %w", err))
+		return forbiddenStalled(fmt.Errorf("pruning objects that left git: %w", err))
 	}
 	if changes := summarize(cs); changes != "" {
 		r.event(app, corev1.EventTypeNormal, "Pruned", changes)
@@ -394,19 +403,12 @@ func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Applic
 	return nil
 }
 
-func stalledIfForbidden(err error) error {
-	if apierrors.IsForbidden(err) {
-		return stalled(ReasonPruneFailed, err)
-	}
-	return err
-}
-
 func (r *ApplicationReconciler) finalize(ctx context.Context, app *slipwayv1.Application) error {
 	if !controllerutil.ContainsFinalizer(app, Finalizer) {
 		return nil
 	}
-	if app.Spec.SyncPolicy.Prune && !app.Spec.Suspend {
-		if err := r.prune(ctx, app, app.Status.Inventory); err != nil {
+	if app.Spec.SyncPolicy.Prune && !app.Spec.Suspend && len(app.Status.Inventory) > 0 {
+		if err := r.pruneOnDelete(ctx, app); err != nil {
 			return err
 		}
 	}
@@ -416,20 +418,29 @@ func (r *ApplicationReconciler) finalize(ctx context.Context, app *slipwayv1.App
 	return client.IgnoreNotFound(r.Patch(ctx, app, patch))
 }
 
-func (r *ApplicationReconciler) ensureNamespace(ctx context.Context, name string) error {
-	ns := &corev1.Namespace{}
-	err := r.Get(ctx, client.ObjectKey{Name: name}, ns)
-	if apierrors.IsNotFound(err) {
-		ns.Name = name
-		err = r.Create(ctx, ns)
-		if apierrors.IsAlreadyExists(err) {
-			err = nil
+// pruneOnDelete deletes a deleted Application's objects as its identity.
+// When that identity no longer may (its ServiceAccount or Tenant is gone,
+// RBAC changed), the objects are left in place with a Warning naming them,
+// rather than keeping the Application from ever being deleted.
+func (r *ApplicationReconciler) pruneOnDelete(ctx context.Context, app *slipwayv1.Application) error {
+	tenancy, err := TenancyFor(ctx, r.Client, app, r.DefaultServiceAccount)
+	var applier client.Client
+	if err == nil {
+		applier, err = r.applier(app, tenancy)
+	}
+	if err == nil {
+		err = r.prune(ctx, app, applier, app.Status.Inventory)
+	}
+	var se *stalledError
+	if err != nil && errors.As(err, &se) {
+		ids := make([]string, len(app.Status.Inventory))
+		for i, e := range app.Status.Inventory {
+			ids[i] = e.ID
 		}
+		r.event(app, corev1.EventTypeWarning, ReasonPruneFailed, fmt.Sprintf("deleted without pruning %s: %v", joinLimited(ids, 10), err))
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("ensuring destination namespace %s: %w", name, err)
-	}
-	return nil
+	return err
 }
 
 // addHistory records a deployment, unless the newest entry already records

@@ -32,6 +32,8 @@ var owner = ssa.Owner{Field: FieldManager, Group: "applications.slipway.dev"}
 type Desired struct {
 	Revision string
 	Objects  []*unstructured.Unstructured
+	// Sources maps each object's inventory ID to the file it came from.
+	Sources map[string]string
 }
 
 // errStalled marks failures that retrying cannot fix: only a new commit or a
@@ -104,10 +106,11 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application) (*Desired
 	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonRenderFailed, fmt.Errorf("rendering revision %s: %w", short(snap.Revision), err))
 	}
-	if err := l.prepare(objs, app); err != nil {
+	sources, err := l.prepare(objs, app)
+	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonValidationFailed, fmt.Errorf("revision %s: %w", short(snap.Revision), err))
 	}
-	return &Desired{Revision: snap.Revision, Objects: objs}, nil
+	return &Desired{Revision: snap.Revision, Objects: objs, Sources: sources}, nil
 }
 
 func (l *Loader) credentials(ctx context.Context, app *slipwayv1.Application) (*gitsource.Credentials, error) {
@@ -127,8 +130,9 @@ func (l *Loader) credentials(ctx context.Context, app *slipwayv1.Application) (*
 }
 
 // prepare defaults namespaces, labels ownership and refuses unknown kinds and
-// duplicates, naming the file each offending object came from.
-func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Application) error {
+// duplicates, naming the file each offending object came from. It returns
+// the file of each object by inventory ID.
+func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Application) (map[string]string, error) {
 	crdScopes := map[schema.GroupKind]string{}
 	for _, o := range objs {
 		if o.GroupVersionKind().GroupKind() == (schema.GroupKind{Group: "apiextensions.k8s.io", Kind: "CustomResourceDefinition"}) {
@@ -147,7 +151,7 @@ func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Appli
 		} else {
 			mapping, err := l.Mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 			if err != nil {
-				return fmt.Errorf("%s: %s %q: unknown kind %s in %s: the cluster does not serve it (is its CRD installed?)",
+				return nil, fmt.Errorf("%s: %s %q: unknown kind %s in %s: the cluster does not serve it (is its CRD installed?)",
 					manifest.Source(o), gvk.Kind, o.GetName(), gvk.Kind, gvk.GroupVersion())
 			}
 			namespaced = mapping.Scope.Name() == apimeta.RESTScopeNameNamespace
@@ -160,13 +164,13 @@ func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Appli
 		}
 		id := objectID(o)
 		if prev, dup := seen[id]; dup {
-			return fmt.Errorf("%s: %s is also defined in %s", manifest.Source(o), describe(o), prev)
+			return nil, fmt.Errorf("%s: %s is also defined in %s", manifest.Source(o), describe(o), prev)
 		}
 		seen[id] = manifest.Source(o)
 		manifest.StripSource(o)
 	}
 	resourceManager(l.Client, nil).SetOwnerLabels(objs, app.Name, app.Namespace)
-	return nil
+	return seen, nil
 }
 
 func short(rev string) string {

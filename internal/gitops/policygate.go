@@ -3,6 +3,7 @@ package gitops
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -53,14 +54,69 @@ type compiledProfile struct {
 	policy *policy.Policy
 }
 
-// Check evaluates desired. It returns nil when no profile applies, and a
-// stalled error when the profile enforces and a rule at or above failOn fails.
-func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, desired *Desired) (*slipwayv1.PolicyStatus, error) {
-	name := app.Spec.PolicyProfile
-	explicit := name != ""
-	if !explicit {
-		name = slipwayv1.DefaultPolicyProfile
+// Check evaluates desired against the namespace's profile (adminProfile,
+// chosen by a cluster administrator through the Tenant, or else the profile
+// named "default" when it exists) and, in addition, the profile the
+// Application names: an Application can add checks, never remove them. It
+// returns nil when no profile applies, and a stalled error when a profile
+// enforces and a rule at or above its failOn fails.
+func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, adminProfile string, desired *Desired) (*slipwayv1.PolicyStatus, error) {
+	type gate struct {
+		name     string
+		required bool
 	}
+	gates := []gate{{slipwayv1.DefaultPolicyProfile, false}}
+	if adminProfile != "" {
+		gates = []gate{{adminProfile, true}}
+	}
+	if own := app.Spec.PolicyProfile; own != "" && own != gates[0].name {
+		gates = append(gates, gate{own, true})
+	}
+	var combined *slipwayv1.PolicyStatus
+	var blocked error
+	for _, g2 := range gates {
+		st, err := g.checkProfile(ctx, app, g2.name, g2.required, desired)
+		var se *stalledError
+		if err != nil && !errors.As(err, &se) {
+			return combined, err
+		}
+		if blocked == nil {
+			blocked = err
+		}
+		combined = mergePolicyStatus(combined, st)
+	}
+	if combined != nil && len(combined.Violations) > maxReportedViolations {
+		combined.Violations = combined.Violations[:maxReportedViolations]
+	}
+	return combined, blocked
+}
+
+// mergePolicyStatus adds the result of one more profile to a.
+func mergePolicyStatus(a, b *slipwayv1.PolicyStatus) *slipwayv1.PolicyStatus {
+	switch {
+	case b == nil:
+		return a
+	case a == nil:
+		return b
+	}
+	a.Profile += ", " + b.Profile
+	if b.Mode == slipwayv1.PolicyModeEnforce {
+		a.Mode = b.Mode
+	}
+	a.Passed = a.Passed && b.Passed
+	a.Failed += b.Failed
+	a.Waived += b.Waived
+	if e := b.WaiversExpireAt; e != nil && (a.WaiversExpireAt == nil || e.Before(a.WaiversExpireAt)) {
+		a.WaiversExpireAt = e
+	}
+	a.Violations = append(a.Violations, b.Violations...)
+	sort.SliceStable(a.Violations, func(i, j int) bool { return a.Violations[i].Waiver == "" && a.Violations[j].Waiver != "" })
+	return a
+}
+
+// checkProfile evaluates desired against one profile. A missing profile
+// that is not required (the default) gates nothing.
+func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Application, name string, explicit bool, desired *Desired) (*slipwayv1.PolicyStatus, error) {
 	profile := &slipwayv1.PolicyProfile{}
 	if err := g.Client.Get(ctx, client.ObjectKey{Name: name}, profile); err != nil {
 		if apierrors.IsNotFound(err) && !explicit {
@@ -118,9 +174,6 @@ func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, desi
 	}
 	// Failures first, so the truncated list keeps what blocks.
 	sort.SliceStable(st.Violations, func(i, j int) bool { return st.Violations[i].Waiver == "" && st.Violations[j].Waiver != "" })
-	if len(st.Violations) > maxReportedViolations {
-		st.Violations = st.Violations[:maxReportedViolations]
-	}
 	if !st.Passed && st.Mode == slipwayv1.PolicyModeEnforce {
 		return st, stalled(ReasonPolicyViolation, fmt.Errorf("policy %s blocks revision %s: %s", name, short(desired.Revision), summarizeViolations(st)))
 	}

@@ -36,7 +36,7 @@ spec:
 // TestPolicyGate: a violating commit changes nothing and says why; a waiver
 // lets it sync; once the waiver expires the next change is blocked again.
 func TestPolicyGate(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	profile := &slipwayv1.PolicyProfile{
 		ObjectMeta: metav1.ObjectMeta{Name: "baseline-" + ns},
 		Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "high"},
@@ -91,7 +91,7 @@ func TestPolicyGate(t *testing.T) {
 }
 
 func TestPolicyAuditModeAppliesAndReports(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	profile := &slipwayv1.PolicyProfile{
 		ObjectMeta: metav1.ObjectMeta{Name: "audit-" + ns},
 		Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeAudit, FailOn: "high"},
@@ -135,7 +135,7 @@ rules:
 // TestPolicyGateOrganisationPack: a profile selects a pack the server loaded
 // from a file, and its rule blocks a sync like an embedded one.
 func TestPolicyGateOrganisationPack(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	profile := &slipwayv1.PolicyProfile{
 		ObjectMeta: metav1.ObjectMeta{Name: "org-" + ns},
 		Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{"org-gate-test"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "low"},
@@ -169,7 +169,7 @@ func TestExpiredWaiverIsCheckedAgain(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			ns := env.Namespace(t)
+			ns := env.TenantNamespace(t)
 			profile := &slipwayv1.PolicyProfile{
 				ObjectMeta: metav1.ObjectMeta{Name: "expiry-" + ns},
 				Spec:       slipwayv1.PolicyProfileSpec{Packs: []string{tc.pack}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "low"},

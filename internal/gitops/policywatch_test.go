@@ -42,7 +42,7 @@ func createProfile(t *testing.T, name string, spec slipwayv1.PolicyProfileSpec) 
 // profile syncs as soon as a waiver for its violation is created, although
 // its next interval is an hour away.
 func TestPolicyWaiverTakesEffectAtOnce(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	profile := createProfile(t, "waived-"+ns, slipwayv1.PolicyProfileSpec{Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "high"})
 	url := newRepo(t, map[string]string{"deploy/cm.yaml": configMap("settings", "v1"), "deploy/app.yaml": deployment("app", true)})
 	app := newApp(t, ns, url, hourly, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
@@ -67,7 +67,7 @@ func TestPolicyWaiverTakesEffectAtOnce(t *testing.T) {
 // enforce to audit lets a blocked Application sync without waiting for its
 // interval, and an Application naming no profile follows the default profile.
 func TestPolicyProfileChangeTakesEffectAtOnce(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	profile := createProfile(t, "switched-"+ns, slipwayv1.PolicyProfileSpec{Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "high"})
 	url := newRepo(t, map[string]string{"deploy/app.yaml": deployment("app", true)})
 	app := newApp(t, ns, url, hourly, func(a *slipwayv1.Application) { a.Spec.PolicyProfile = profile.Name })
@@ -91,7 +91,7 @@ func TestPolicyProfileChangeTakesEffectAtOnce(t *testing.T) {
 // kept outside the Application counts, unless the revision replaces it or
 // the Application owns it and is about to prune it.
 func TestPolicyGateCountsLiveNetworkPolicies(t *testing.T) {
-	ns := env.Namespace(t)
+	ns := env.TenantNamespace(t)
 	profile := createProfile(t, "netpol-"+ns, slipwayv1.PolicyProfileSpec{Packs: []string{"fin-kr"}, Mode: slipwayv1.PolicyModeAudit, FailOn: "high"})
 	catalog, err := policy.NewCatalog()
 	if err != nil {
@@ -105,7 +105,7 @@ func TestPolicyGateCountsLiveNetworkPolicies(t *testing.T) {
 	web := object(t, fmt.Sprintf(`{apiVersion: apps/v1, kind: Deployment, metadata: {name: web, namespace: %s}, spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: x}]}}}}`, ns))
 	netRules := func(objs ...*unstructured.Unstructured) []string {
 		t.Helper()
-		st, err := gate.Check(testCtx, app, &gitops.Desired{Revision: "r", Objects: objs})
+		st, err := gate.Check(testCtx, app, "", &gitops.Desired{Revision: "r", Objects: objs})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,9 @@ type Options struct {
 	// organisation's own rules gate syncs without a rebuild; PolicyProfiles
 	// select them by name.
 	PolicyPacks []string
+	// DefaultServiceAccount is the ServiceAccount Applications apply as
+	// when neither they nor their Tenant name one; empty refuses them.
+	DefaultServiceAccount string
 }
 
 // Setup registers the Application controller with mgr.
@@ -32,9 +35,15 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 			return nil, fmt.Errorf("loading policy pack %s: %w", file, err)
 		}
 	}
+	impersonator, err := NewImpersonator(mgr.GetConfig(), mgr.GetScheme(), mgr.GetRESTMapper())
+	if err != nil {
+		return nil, err
+	}
 	r := &ApplicationReconciler{
-		Policy: &PolicyGate{Client: mgr.GetClient(), Catalog: catalog, Mapper: mgr.GetRESTMapper()},
-		Client: mgr.GetClient(),
+		Impersonator:          impersonator,
+		DefaultServiceAccount: opts.DefaultServiceAccount,
+		Policy:                &PolicyGate{Client: mgr.GetClient(), Catalog: catalog, Mapper: mgr.GetRESTMapper()},
+		Client:                mgr.GetClient(),
 		Loader: &Loader{
 			Client:  mgr.GetClient(),
 			Mapper:  mgr.GetRESTMapper(),

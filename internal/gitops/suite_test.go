@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -102,7 +103,9 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: cacheDir, Concurrency: 4, PolicyPacks: []string{packFile}}); err != nil {
+	if _, err := gitops.Setup(mgr, gitops.Options{
+		GitCacheDir: cacheDir, Concurrency: 4, PolicyPacks: []string{packFile}, DefaultServiceAccount: testenv.TenantServiceAccount,
+	}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -152,7 +155,7 @@ func credentials(t *testing.T, ns, password string) string {
 	t.Helper()
 	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "git-credentials"},
 		Data: map[string][]byte{"username": []byte(gitAuth.Username), "password": []byte(password)}}
-	if err := env.Client.Create(testCtx, s); err != nil {
+	if err := env.Client.Create(testCtx, s); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	return s.Name

@@ -1,5 +1,6 @@
-// Package install applies Slipway's own resources to a cluster: its CRDs and
-// the namespace its server uses for leader election.
+// Package install applies Slipway's own resources to a cluster: its CRDs,
+// the ClusterRole tenants bind to their ServiceAccounts, and the namespace
+// its server uses for leader election.
 package install
 
 import (
@@ -23,8 +24,9 @@ const Namespace = "slipway-system"
 
 // Result lists what was applied.
 type Result struct {
-	CRDs      []string `json:"crds"`
-	Namespace string   `json:"namespace"`
+	CRDs         []string `json:"crds"`
+	ClusterRoles []string `json:"clusterRoles"`
+	Namespace    string   `json:"namespace"`
 }
 
 // Apply server-side applies the CRDs and the namespace (idempotent) and
@@ -46,8 +48,11 @@ func Apply(ctx context.Context, c client.Client, timeout time.Duration) (*Result
 		if err := c.Patch(ctx, o, client.Apply, client.FieldOwner("slipway-install"), client.ForceOwnership); err != nil {
 			return nil, fmt.Errorf("applying %s %s: %w", o.GetKind(), o.GetName(), err)
 		}
-		if o.GetKind() == "CustomResourceDefinition" {
+		switch o.GetKind() {
+		case "CustomResourceDefinition":
 			res.CRDs = append(res.CRDs, o.GetName())
+		case "ClusterRole":
+			res.ClusterRoles = append(res.ClusterRoles, o.GetName())
 		}
 	}
 	for _, name := range res.CRDs {
@@ -76,20 +81,25 @@ func Apply(ctx context.Context, c client.Client, timeout time.Duration) (*Result
 
 func manifests() ([]*unstructured.Unstructured, error) {
 	var objs []*unstructured.Unstructured
-	err := fs.WalkDir(config.CRDs, "crd", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
-			return err
-		}
-		b, err := config.CRDs.ReadFile(path)
+	for dir, files := range map[string]fs.FS{"crd": config.CRDs, "rbac": config.RBAC} {
+		err := fs.WalkDir(files, dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
+				return err
+			}
+			b, err := fs.ReadFile(files, path)
+			if err != nil {
+				return err
+			}
+			o := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal(b, &o.Object); err != nil {
+				return fmt.Errorf("decoding embedded %s: %w", path, err)
+			}
+			objs = append(objs, o)
+			return nil
+		})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		o := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(b, &o.Object); err != nil {
-			return fmt.Errorf("decoding embedded %s: %w", path, err)
-		}
-		objs = append(objs, o)
-		return nil
-	})
-	return objs, err
+	}
+	return objs, nil
 }

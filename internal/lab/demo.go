@@ -19,6 +19,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -248,6 +249,9 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 			return fmt.Errorf("storing Secret %s/%s: %w", DemoNamespace, name, err)
 		}
 	}
+	if err := l.createDemoTenant(ctx, c); err != nil {
+		return err
+	}
 	gitSecret := &slipwayv1.LocalObjectReference{Name: "git"}
 	for _, name := range DemoApps {
 		pipe := &slipwayv1.Pipeline{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: name}}
@@ -284,6 +288,38 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 		}
 	}
 	l.progress("created Pipelines and Applications %v in namespace %s", DemoApps, DemoNamespace)
+	return nil
+}
+
+// DemoServiceAccount is what the demo's Applications apply as.
+const DemoServiceAccount = "slipway-deployer"
+
+// createDemoTenant sets the demo's namespace up as a platform team would
+// for an application team: a ServiceAccount bound to the slipway-tenant
+// ClusterRole in that namespace only, and a Tenant naming it.
+func (l *Lab) createDemoTenant(ctx context.Context, c client.Client) error {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: DemoServiceAccount}}
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: DemoServiceAccount}}
+	tenant := &slipwayv1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace}}
+	for _, step := range []struct {
+		obj    client.Object
+		mutate func() error
+	}{
+		{sa, func() error { return nil }},
+		{binding, func() error {
+			binding.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "slipway-tenant"}
+			binding.Subjects = []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: DemoNamespace, Name: DemoServiceAccount}}
+			return nil
+		}},
+		{tenant, func() error {
+			tenant.Spec = slipwayv1.TenantSpec{Namespaces: []string{DemoNamespace}, ServiceAccountName: DemoServiceAccount}
+			return nil
+		}},
+	} {
+		if _, err := upsert(ctx, c, step.obj, step.mutate); err != nil {
+			return fmt.Errorf("setting up the demo's tenancy (%T %s): %w", step.obj, step.obj.GetName(), err)
+		}
+	}
 	return nil
 }
 

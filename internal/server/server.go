@@ -47,6 +47,9 @@ type Options struct {
 	RunNamespace string
 	TestImage    string
 	Concurrency  int
+	// DefaultServiceAccount is what Applications apply as when neither
+	// they nor their Tenant name a ServiceAccount; empty refuses them.
+	DefaultServiceAccount string
 	// PolicyPacks are extra policy pack files for the sync gate.
 	PolicyPacks []string
 	// Started, when set, receives the bound HTTP address once the server listens.
@@ -101,7 +104,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
-	if _, err := gitops.Setup(mgr, gitops.Options{GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency, PolicyPacks: opts.PolicyPacks}); err != nil {
+	if _, err := gitops.Setup(mgr, gitops.Options{
+		GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency, PolicyPacks: opts.PolicyPacks, DefaultServiceAccount: opts.DefaultServiceAccount,
+	}); err != nil {
 		return err
 	}
 	executor, err := newExecutor(opts)

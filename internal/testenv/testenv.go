@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -92,4 +93,28 @@ func (e *Env) Namespace(t testing.TB) string {
 	}
 	t.Cleanup(func() { _ = e.Client.Delete(context.Background(), ns) })
 	return ns.Name
+}
+
+// TenantServiceAccount is the ServiceAccount TenantNamespace creates for
+// Applications to apply as.
+const TenantServiceAccount = "slipway-deployer"
+
+// TenantNamespace creates a fresh namespace set up as the README tells a
+// platform team to: a ServiceAccount bound to the slipway-tenant
+// ClusterRole with a RoleBinding in that namespace only.
+func (e *Env) TenantNamespace(t testing.TB) string {
+	t.Helper()
+	ns := e.Namespace(t)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: TenantServiceAccount}}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: TenantServiceAccount},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "slipway-tenant"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: TenantServiceAccount}},
+	}
+	for _, o := range []client.Object{sa, binding} {
+		if err := e.Client.Create(context.Background(), o); err != nil {
+			t.Fatalf("setting up tenant namespace %s: %v", ns, err)
+		}
+	}
+	return ns
 }
