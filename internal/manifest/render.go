@@ -53,8 +53,14 @@ func (e *Error) Unwrap() error { return e.Err }
 func Render(files map[string][]byte) ([]*unstructured.Unstructured, error) {
 	for _, name := range kustomizationFiles {
 		if _, ok := files[name]; ok {
+			if err := checkHostile(files, true); err != nil {
+				return nil, err
+			}
 			return renderKustomization(files, name)
 		}
+	}
+	if err := checkHostile(files, false); err != nil {
+		return nil, err
 	}
 	return renderPlain(files)
 }

@@ -81,7 +81,7 @@ func TestRenderErrorsNameTheFile(t *testing.T) {
 		"no name":         {map[string]string{"y.yaml": "apiVersion: v1\nkind: ConfigMap\n"}, "ConfigMap has no metadata.name"},
 		"scalar":          {map[string]string{"z.yaml": "just text\n"}, "z.yaml: document 1"},
 		"kustomize":       {map[string]string{"kustomization.yaml": "resources:\n- missing.yaml\n"}, "kustomization.yaml: kustomize build failed"},
-		"remote base":     {map[string]string{"kustomization.yaml": "resources:\n- https://example.com/base\n"}, "kustomization.yaml: kustomize build failed"},
+		"remote base":     {map[string]string{"kustomization.yaml": "resources:\n- https://example.com/base\n"}, "kustomization.yaml: \"https://example.com/base\" is a remote resource"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
