@@ -1,6 +1,7 @@
 package gitsource
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -36,6 +37,20 @@ func CredentialsFromSecretData(data map[string][]byte) (*Credentials, error) {
 		return nil, errors.New("the secret has neither username/password nor identity/known_hosts")
 	}
 	return c, nil
+}
+
+// fingerprint identifies the credentials without revealing them, to key
+// the clone cache; anonymous access has its own.
+func (c *Credentials) fingerprint() []byte {
+	if c == nil {
+		return []byte("anonymous")
+	}
+	h := sha256.New()
+	for _, part := range [][]byte{[]byte(c.Username), []byte(c.Password), c.Identity, c.KnownHosts} {
+		fmt.Fprintf(h, "%d:", len(part))
+		h.Write(part)
+	}
+	return h.Sum(nil)
 }
 
 func (c *Credentials) String() string {

@@ -24,8 +24,12 @@ import (
 	git "github.com/go-git/go-git/v5"
 	gitconfig "github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/go-git/go-git/v5/storage/filesystem"
+
+	"github.com/go-git/go-billy/v5/osfs"
 )
 
 // DefaultTimeout bounds a git operation when the caller gives none.
@@ -75,16 +79,21 @@ type Snapshot struct {
 	Files map[string][]byte
 }
 
-// Fetcher fetches revisions, sharing cached clones between callers.
+// Fetcher fetches revisions, sharing cached clones between callers that
+// present the same credentials.
 type Fetcher struct {
 	root string
+	// Limits bound what one repository can cost; DefaultLimits unless set
+	// before the first fetch.
+	Limits Limits
 
 	mu    sync.Mutex
 	repos map[string]*cachedRepo
 }
 
 type cachedRepo struct {
-	mu sync.Mutex
+	mu  sync.Mutex
+	dir string
 	// lastFetchStart of the last successful fetch, per refspec: a caller that
 	// asked after that moment must fetch again, an earlier caller may reuse it.
 	lastFetchStart map[string]time.Time
@@ -93,7 +102,7 @@ type cachedRepo struct {
 
 // NewFetcher caches clones under dir.
 func NewFetcher(dir string) *Fetcher {
-	return &Fetcher{root: dir, repos: map[string]*cachedRepo{}}
+	return &Fetcher{root: dir, Limits: DefaultLimits, repos: map[string]*cachedRepo{}}
 }
 
 // Fetch resolves req.Ref on the remote (or pinned, when not empty) and returns
@@ -109,7 +118,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request, pinned string) (*Snaps
 		ref = Ref{Commit: pinned}
 	}
 	full := ref.Commit != ""
-	cr, err := f.open(req.URL, full)
+	cr, err := f.open(req.URL, req.Auth, full)
 	if err != nil {
 		return nil, err
 	}
@@ -120,21 +129,27 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request, pinned string) (*Snaps
 	if err != nil {
 		return nil, err
 	}
-	files, err := readTree(cr.repo, hash, req.Path)
+	files, err := readTree(cr.repo, hash, req.Path, f.Limits)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s at %s from %s: %w", displayPath(req.Path), hash, RedactURL(req.URL), err)
 	}
 	return &Snapshot{Revision: hash.String(), Files: files}, nil
 }
 
-// open returns the cached repository for url, creating it on first use.
-func (f *Fetcher) open(url string, full bool) (*cachedRepo, error) {
+// open returns the cached repository for url and the credentials, creating
+// it on first use. Callers with other credentials (or none) get a clone of
+// their own: a commit fetched with one credential is never served to a
+// caller who could not have fetched it.
+func (f *Fetcher) open(url string, auth *Credentials, full bool) (*cachedRepo, error) {
 	mode := "shallow"
 	if full {
 		mode = "full"
 	}
-	sum := sha256.Sum256([]byte(url))
-	key := hex.EncodeToString(sum[:12]) + "-" + mode
+	h := sha256.New()
+	h.Write([]byte(url))
+	h.Write([]byte{0})
+	h.Write(auth.fingerprint())
+	key := hex.EncodeToString(h.Sum(nil)[:12]) + "-" + mode
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -142,28 +157,31 @@ func (f *Fetcher) open(url string, full bool) (*cachedRepo, error) {
 		return cr, nil
 	}
 	dir := filepath.Join(f.root, key)
-	repo, err := git.PlainOpen(dir)
-	if errors.Is(err, git.ErrRepositoryNotExists) {
-		repo, err = initBare(dir, url)
-	}
+	repo, err := f.openBare(dir, url)
 	if err != nil {
 		// A corrupt cache is not worth keeping: start again from nothing.
 		_ = os.RemoveAll(dir)
-		if repo, err = initBare(dir, url); err != nil {
+		if repo, err = f.openBare(dir, url); err != nil {
 			return nil, fmt.Errorf("preparing git cache for %s in %s: %w", RedactURL(url), dir, err)
 		}
 	}
-	cr := &cachedRepo{repo: repo, lastFetchStart: map[string]time.Time{}}
+	cr := &cachedRepo{repo: repo, dir: dir, lastFetchStart: map[string]time.Time{}}
 	f.repos[key] = cr
 	return cr, nil
 }
 
-func initBare(dir, url string) (*git.Repository, error) {
+// openBare opens or creates the bare cache repository in dir, on storage
+// whose pack writer enforces the limits.
+func (f *Fetcher) openBare(dir, url string) (*git.Repository, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	repo, err := git.PlainInit(dir, true)
-	if err != nil {
+	st := &guardedStorage{Storage: filesystem.NewStorage(osfs.New(dir), cache.NewObjectLRUDefault()), limits: f.Limits}
+	repo, err := git.Open(st, nil)
+	if !errors.Is(err, git.ErrRepositoryNotExists) {
+		return repo, err
+	}
+	if repo, err = git.Init(st, nil); err != nil {
 		return nil, err
 	}
 	_, err = repo.CreateRemote(&gitconfig.RemoteConfig{Name: "origin", URLs: []string{url}})
@@ -237,6 +255,12 @@ func (cr *cachedRepo) fetch(ctx context.Context, req Request, ref Ref, refspec g
 	if err == nil || errors.Is(err, git.NoErrAlreadyUpToDate) {
 		return nil
 	}
+	// A pack refused half-way leaves go-git's temporary files behind.
+	if tmp, _ := filepath.Glob(filepath.Join(cr.dir, "objects", "pack", "tmp_*")); len(tmp) > 0 {
+		for _, t := range tmp {
+			_ = os.Remove(t)
+		}
+	}
 	return &Error{Op: "fetch", URL: RedactURL(req.URL), Ref: ref.String(), Timeout: timeout, Err: classify(ctx, err)}
 }
 
@@ -252,8 +276,9 @@ func peel(repo *git.Repository, hash plumbing.Hash) (plumbing.Hash, error) {
 	return hash, nil
 }
 
-// readTree returns the files below dir in the commit's tree.
-func readTree(repo *git.Repository, hash plumbing.Hash, dir string) (map[string][]byte, error) {
+// readTree returns the files below dir in the commit's tree, refusing
+// before reading them files over the limits.
+func readTree(repo *git.Repository, hash plumbing.Hash, dir string, limits Limits) (map[string][]byte, error) {
 	commit, err := repo.CommitObject(hash)
 	if err != nil {
 		return nil, err
@@ -269,9 +294,17 @@ func readTree(repo *git.Repository, hash plumbing.Hash, dir string) (map[string]
 		}
 	}
 	files := map[string][]byte{}
+	var total int64
 	err = tree.Files().ForEach(func(f *object.File) error {
 		if !f.Mode.IsFile() {
 			return nil
+		}
+		// Sizes come from the object headers: nothing is inflated yet.
+		if f.Size > limits.MaxFileBytes {
+			return fmt.Errorf("%w: %s is %s, over the %s limit for one file", ErrTooLarge, f.Name, mib(f.Size), mib(limits.MaxFileBytes))
+		}
+		if total += f.Size; total > limits.MaxTreeBytes {
+			return fmt.Errorf("%w: the files below %s add up to more than %s", ErrTooLarge, displayPath(dir), mib(limits.MaxTreeBytes))
 		}
 		r, err := f.Reader()
 		if err != nil {
