@@ -10,6 +10,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/pipeline"
 	"slipway.dev/slipway/internal/server"
@@ -47,6 +48,8 @@ without one every webhook delivery is refused.`,
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
 	cmd.Flags().StringVar(&opts.DefaultServiceAccount, "default-service-account", "",
 		"ServiceAccount (in each Application's namespace) that Applications apply as when neither they nor their Tenant name one; empty refuses them")
+	cmd.Flags().BoolVar(&opts.AllowUnscopedCredentials, "allow-unscoped-credentials", false,
+		"send git credentials from Secrets without the "+gitsource.AllowedURLsAnnotation+" annotation to any URL (by default they are refused)")
 	cmd.Flags().StringArrayVar(&opts.PolicyPacks, "policy-pack", nil, "extra PolicyPack file for the sync gate (repeatable); PolicyProfiles select it by name")
 	cmd.Flags().IntVar(&qps, "kube-api-qps", 500, "client-side limit of requests per second to the API server (burst: twice this)")
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")

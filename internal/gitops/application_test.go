@@ -256,6 +256,7 @@ func TestStalledGitServerTimesOut(t *testing.T) {
 	url := staller.URL() + "/ops.git"
 	app := newApp(t, ns, url, func(a *slipwayv1.Application) {
 		a.Spec.Source.Timeout = &metav1.Duration{Duration: 2 * time.Second}
+		a.Spec.Source.SecretRef = nil
 	})
 	got := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
 		return hasCondition(a, slipwayv1.ConditionReady, metav1.ConditionFalse, "GitOperationFailed", "timed out")

@@ -39,6 +39,14 @@ const historyLimit = 10
 // progressPoll is how often a rollout in progress is checked.
 const progressPoll = 2 * time.Second
 
+// reconcileTimeout bounds one reconciliation: a git operation takes at
+// most gitsource.MaxTimeout, the API calls their share of the rest.
+const reconcileTimeout = 10 * time.Minute
+
+// hostBusyRetry is how soon an Application whose git host had no free
+// fetch slot is tried again.
+const hostBusyRetry = 5 * time.Second
+
 // ApplicationReconciler reconciles Application objects.
 type ApplicationReconciler struct {
 	client.Client
@@ -114,6 +122,8 @@ func (r *ApplicationReconciler) applicationsWhere(ctx context.Context, match fun
 // Reconcile brings one Application closer to its desired state.
 func (r *ApplicationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
+	defer cancel()
 	app := &slipwayv1.Application{}
 	if err := r.Get(ctx, req.NamespacedName, app); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -182,6 +192,11 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	desired, err := r.Loader.Load(ctx, app)
 	if desired != nil {
 		app.Status.LastAttemptedRevision = desired.Revision
+	}
+	if errors.Is(err, gitsource.ErrHostBusy) {
+		// Not a failure of this Application: its host is busy with others.
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "waiting for a free fetch slot: "+err.Error())
+		return ctrl.Result{RequeueAfter: hostBusyRetry + time.Duration(rand.Int64N(int64(hostBusyRetry)))}, nil
 	}
 	if err != nil {
 		return r.fail(ctx, app, err)

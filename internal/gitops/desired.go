@@ -68,6 +68,10 @@ type Loader struct {
 	Client  client.Client
 	Mapper  apimeta.RESTMapper
 	Fetcher *gitsource.Fetcher
+	// AllowUnscopedCredentials sends the credentials of a Secret without
+	// gitsource.AllowedURLsAnnotation to any URL; by default such a Secret
+	// is refused.
+	AllowUnscopedCredentials bool
 }
 
 // Load fetches the Application's revision, renders it and prepares the
@@ -121,6 +125,9 @@ func (l *Loader) credentials(ctx context.Context, app *slipwayv1.Application) (*
 	var secret corev1.Secret
 	if err := l.Client.Get(ctx, client.ObjectKey{Namespace: app.Namespace, Name: ref.Name}, &secret); err != nil {
 		return nil, fmt.Errorf("reading git credentials from Secret %s/%s: %w", app.Namespace, ref.Name, err)
+	}
+	if err := gitsource.CheckCredentialScope(app.Namespace+"/"+ref.Name, secret.Annotations, app.Spec.Source.URL, !l.AllowUnscopedCredentials); err != nil {
+		return nil, stalled(ReasonCredentialsInvalid, err)
 	}
 	creds, err := gitsource.CredentialsFromSecretData(secret.Data)
 	if err != nil {

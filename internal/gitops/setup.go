@@ -22,6 +22,9 @@ type Options struct {
 	// DefaultServiceAccount is the ServiceAccount Applications apply as
 	// when neither they nor their Tenant name one; empty refuses them.
 	DefaultServiceAccount string
+	// AllowUnscopedCredentials sends credentials from Secrets that do not
+	// list the URLs they are for (gitsource.AllowedURLsAnnotation).
+	AllowUnscopedCredentials bool
 }
 
 // Setup registers the Application controller with mgr.
@@ -35,6 +38,9 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 			return nil, fmt.Errorf("loading policy pack %s: %w", file, err)
 		}
 	}
+	fetcher := gitsource.NewFetcher(opts.GitCacheDir)
+	// A host that is slow or never answers holds at most half the workers.
+	fetcher.SetPerHost(max(1, opts.Concurrency/2))
 	impersonator, err := NewImpersonator(mgr.GetConfig(), mgr.GetScheme(), mgr.GetRESTMapper())
 	if err != nil {
 		return nil, err
@@ -47,7 +53,9 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 		Loader: &Loader{
 			Client:  mgr.GetClient(),
 			Mapper:  mgr.GetRESTMapper(),
-			Fetcher: gitsource.NewFetcher(opts.GitCacheDir),
+			Fetcher: fetcher,
+
+			AllowUnscopedCredentials: opts.AllowUnscopedCredentials,
 		},
 		Recorder:    mgr.GetEventRecorderFor("slipway"),
 		Concurrency: opts.Concurrency,

@@ -25,6 +25,7 @@ import (
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitops"
 	"slipway.dev/slipway/internal/gitserver"
+	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/testenv"
 )
 
@@ -153,8 +154,11 @@ func commit(t *testing.T, url string, files map[string]string, remove []string) 
 // credentials stores the git server's credentials in a Secret and returns its name.
 func credentials(t *testing.T, ns, password string) string {
 	t.Helper()
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "git-credentials"},
-		Data: map[string][]byte{"username": []byte(gitAuth.Username), "password": []byte(password)}}
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "git-credentials",
+			Annotations: map[string]string{gitsource.AllowedURLsAnnotation: strings.TrimSuffix(git.RepoURL("x"), "x")}},
+		Data: map[string][]byte{"username": []byte(gitAuth.Username), "password": []byte(password)},
+	}
 	if err := env.Client.Create(testCtx, s); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}

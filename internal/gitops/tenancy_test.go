@@ -2,8 +2,12 @@ package gitops_test
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -13,6 +17,7 @@ import (
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitops"
+	"slipway.dev/slipway/internal/gitserver"
 )
 
 // createTenant creates a Tenant and removes it after the test.
@@ -221,5 +226,79 @@ func TestTenantProfileCannotBeWeakened(t *testing.T) {
 	}
 	if _, err := getConfigMap(t, ns, "settings"); !apierrors.IsNotFound(err) {
 		t.Fatalf("the weak profile let the revision through: %v", err)
+	}
+}
+
+// TestCredentialsStayWithTheirHosts: an Application naming a server of its
+// author's choosing with the namespace's git Secret is refused before any
+// request is made, whether the Secret lists other hosts or none.
+func TestCredentialsStayWithTheirHosts(t *testing.T) {
+	ns := env.TenantNamespace(t)
+	var requests atomic.Int32
+	var sawPassword atomic.Bool
+	attacker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if _, pass, ok := r.BasicAuth(); ok && pass == gitAuth.Password {
+			sawPassword.Store(true)
+		}
+		http.Error(w, "no", http.StatusUnauthorized)
+	}))
+	defer attacker.Close()
+
+	app := newApp(t, ns, attacker.URL+"/collect.git")
+	waitFor(t, app, syncTimeout, stalledWith(gitops.ReasonCredentialsInvalid, "may not be sent to "+attacker.URL+"/collect.git"))
+
+	unscoped := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unscoped"},
+		Data: map[string][]byte{"username": []byte(gitAuth.Username), "password": []byte(gitAuth.Password)}}
+	if err := env.Client.Create(testCtx, unscoped); err != nil {
+		t.Fatal(err)
+	}
+	other := newApp(t, ns, attacker.URL+"/collect.git", func(a *slipwayv1.Application) {
+		a.Name = "unscoped"
+		a.Spec.Source.SecretRef.Name = unscoped.Name
+	})
+	waitFor(t, other, syncTimeout, stalledWith(gitops.ReasonCredentialsInvalid, "does not say where its credentials may be sent"))
+	if n := requests.Load(); n != 0 || sawPassword.Load() {
+		t.Fatalf("the attacker's server got %d requests (password seen: %v)", n, sawPassword.Load())
+	}
+}
+
+// TestTarpitHoldsOnlyItsShare: Applications pointing at a server that
+// accepts connections and never answers hold at most their host's share of
+// the workers; another team's Application still syncs meanwhile.
+func TestTarpitHoldsOnlyItsShare(t *testing.T) {
+	staller, err := gitserver.NewStaller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer staller.Close()
+	attackerNS, ns := env.TenantNamespace(t), env.TenantNamespace(t)
+	for i := range 4 {
+		newApp(t, attackerNS, fmt.Sprintf("%s/tarpit-%d.git", staller.URL(), i), func(a *slipwayv1.Application) {
+			a.Name = fmt.Sprintf("tarpit-%d", i)
+			a.Spec.Source.SecretRef = nil
+			a.Spec.Source.Timeout = &metav1.Duration{Duration: 5 * time.Minute}
+		})
+	}
+	time.Sleep(2 * time.Second) // let the tarpit take what it can
+	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "x")})
+	app := newApp(t, ns, url)
+	waitFor(t, app, syncTimeout, readyAtAny)
+}
+
+// TestSourceTimeoutIsCapped: the API server refuses a git timeout over five
+// minutes, which would let one Application hold a worker for hours.
+func TestSourceTimeoutIsCapped(t *testing.T) {
+	ns := env.TenantNamespace(t)
+	app := &slipwayv1.Application{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "slow"},
+		Spec: slipwayv1.ApplicationSpec{
+			Source:      slipwayv1.ApplicationSource{URL: "https://git.example.com/ops.git", Timeout: &metav1.Duration{Duration: 10 * time.Hour}},
+			Destination: slipwayv1.ApplicationDestination{Namespace: ns},
+		},
+	}
+	err := env.Client.Create(testCtx, app)
+	if err == nil || !strings.Contains(err.Error(), "at most 5m") {
+		t.Fatalf("creating an Application with a 10h git timeout: %v", err)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"os"
+	"strings"
 
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
@@ -113,4 +115,50 @@ func hostKeyCallback(knownHosts []byte) (ssh.HostKeyCallback, error) {
 		return nil, fmt.Errorf("parsing known_hosts: %w", err)
 	}
 	return cb, nil
+}
+
+// AllowedURLsAnnotation, on a Secret of credentials, lists the URL prefixes
+// the credentials may be sent to, separated by commas or new lines, e.g.
+// "https://git.example.com/team-a/". Without it, anyone who may create an
+// Application could send any credentials Secret of the namespace to a
+// server of their choosing.
+const AllowedURLsAnnotation = "slipway.dev/allowed-urls"
+
+// CheckCredentialScope says whether the credentials of the Secret named
+// secret, with these annotations, may be sent to url. A Secret without the
+// annotation is refused when required (the default), allowed otherwise.
+func CheckCredentialScope(secret string, annotations map[string]string, url string, required bool) error {
+	allowed, ok := annotations[AllowedURLsAnnotation]
+	if !ok {
+		if required {
+			return fmt.Errorf("Secret %s does not say where its credentials may be sent: annotate it %s with the URL prefixes of its repositories", secret, AllowedURLsAnnotation)
+		}
+		return nil
+	}
+	target, err := normalizeURL(url)
+	if err != nil {
+		return fmt.Errorf("the credentials of Secret %s: %w", secret, err)
+	}
+	for _, prefix := range strings.FieldsFunc(allowed, func(r rune) bool { return r == ',' || r == '\n' || r == ' ' }) {
+		p, err := normalizeURL(prefix)
+		if err != nil {
+			continue
+		}
+		// A prefix matches whole path elements only: https://git.example.com
+		// must not match https://git.example.com.evil.net or /team-ab.
+		if target == p || strings.HasPrefix(target, strings.TrimSuffix(p, "/")+"/") {
+			return nil
+		}
+	}
+	return fmt.Errorf("Secret %s may not be sent to %s: its %s annotation allows only %s", secret, RedactURL(url), AllowedURLsAnnotation, strings.Join(strings.Fields(strings.ReplaceAll(allowed, ",", " ")), ", "))
+}
+
+// normalizeURL gives scheme://host[:port]/path in lower-case scheme and
+// host, without user information, query or fragment.
+func normalizeURL(raw string) (string, error) {
+	u, err := neturl.Parse(strings.TrimSpace(raw))
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return "", fmt.Errorf("%q is not an absolute URL", RedactURL(raw))
+	}
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Host) + u.EscapedPath(), nil
 }

@@ -53,3 +53,33 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckCredentialScope(t *testing.T) {
+	scoped := map[string]string{AllowedURLsAnnotation: "https://git.example.com/team-a/, ssh://git.example.com/infra\nhttps://mirror.example.com"}
+	for url, ok := range map[string]bool{
+		"https://git.example.com/team-a/ops.git":                        true,
+		"https://GIT.example.com/team-a/ops.git":                        true,
+		"https://user@git.example.com/team-a/x":                         true,
+		"https://git.example.com/team-ab/ops.git":                       false,
+		"https://git.example.com/team-b/ops.git":                        false,
+		"http://git.example.com/team-a/ops.git":                         false,
+		"https://git.example.com.evil.net/team-a/x":                     false,
+		"ssh://git.example.com/infra/ops.git":                           true,
+		"ssh://git.example.com/infrastructure":                          false,
+		"https://mirror.example.com/anything/at/all":                    true,
+		"https://mirror.example.com:8443/anything":                      false,
+		"https://attacker.example.net/?https://git.example.com/team-a/": false,
+	} {
+		err := CheckCredentialScope("ns/git", scoped, url, true)
+		if (err == nil) != ok {
+			t.Errorf("%s: %v, want allowed=%v", url, err, ok)
+		}
+	}
+	err := CheckCredentialScope("ns/git", nil, "https://git.example.com/x", true)
+	if err == nil || !strings.Contains(err.Error(), AllowedURLsAnnotation) {
+		t.Errorf("unscoped Secret when scopes are required: %v", err)
+	}
+	if err := CheckCredentialScope("ns/git", nil, "https://git.example.com/x", false); err != nil {
+		t.Errorf("unscoped Secret when scopes are optional: %v", err)
+	}
+}

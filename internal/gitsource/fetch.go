@@ -87,6 +87,8 @@ type Fetcher struct {
 	// before the first fetch.
 	Limits Limits
 
+	hosts *hostSlots
+
 	mu    sync.Mutex
 	repos map[string]*cachedRepo
 }
@@ -98,6 +100,13 @@ type cachedRepo struct {
 	// asked after that moment must fetch again, an earlier caller may reuse it.
 	lastFetchStart map[string]time.Time
 	repo           *git.Repository
+}
+
+// SetPerHost lets at most n fetches run against one host at a time; a
+// caller that finds them all taken for a second gets ErrHostBusy. Zero
+// removes the limit. Call before the first fetch.
+func (f *Fetcher) SetPerHost(n int) {
+	f.hosts = &hostSlots{limit: n, used: map[string]int{}, freed: make(chan struct{})}
 }
 
 // NewFetcher caches clones under dir.
@@ -113,6 +122,12 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request, pinned string) (*Snaps
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	timeout = min(timeout, MaxTimeout)
+	release, err := f.hosts.acquire(ctx, hostOf(req.URL), time.Second)
+	if err != nil {
+		return nil, &Error{Op: "fetch", URL: RedactURL(req.URL), Ref: req.Ref.String(), Err: err}
+	}
+	defer release()
 	ref := req.Ref
 	if pinned != "" {
 		ref = Ref{Commit: pinned}

@@ -29,6 +29,7 @@ import (
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitserver"
+	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/signing"
 )
 
@@ -244,6 +245,10 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: name}}
 		if _, err := upsert(ctx, c, secret, func() error {
 			secret.Data = data
+			if name == "git" {
+				// The git credentials may go to the lab's git server only.
+				secret.Annotations = map[string]string{gitsource.AllowedURLsAnnotation: info.Git.URL + "/"}
+			}
 			return nil
 		}); err != nil {
 			return fmt.Errorf("storing Secret %s/%s: %w", DemoNamespace, name, err)

@@ -50,6 +50,9 @@ type Options struct {
 	// DefaultServiceAccount is what Applications apply as when neither
 	// they nor their Tenant name a ServiceAccount; empty refuses them.
 	DefaultServiceAccount string
+	// AllowUnscopedCredentials sends git credentials from Secrets that do
+	// not list the URLs they are for.
+	AllowUnscopedCredentials bool
 	// PolicyPacks are extra policy pack files for the sync gate.
 	PolicyPacks []string
 	// Started, when set, receives the bound HTTP address once the server listens.
@@ -106,6 +109,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if _, err := gitops.Setup(mgr, gitops.Options{
 		GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency, PolicyPacks: opts.PolicyPacks, DefaultServiceAccount: opts.DefaultServiceAccount,
+		AllowUnscopedCredentials: opts.AllowUnscopedCredentials,
 	}); err != nil {
 		return err
 	}
