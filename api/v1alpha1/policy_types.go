@@ -57,9 +57,13 @@ type PolicyProfileList struct {
 }
 
 // WaiverScope says which objects a waiver covers; empty fields match all.
+// The namespace is required: names, kinds and labels are chosen by whoever
+// writes the manifests, the namespace by the cluster administrator who
+// gives it to a team. Cluster-scoped objects are never waived: what they
+// may do is the Tenant's and the profile's decision.
 type WaiverScope struct {
-	// +optional
-	Namespace string `json:"namespace,omitempty"`
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
 	// +optional
 	Kind string `json:"kind,omitempty"`
 	// +optional

@@ -207,7 +207,9 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 		return nil, fmt.Errorf("PolicyProfile %s: %w", profile.Name, err)
 	}
 	for _, w := range list.Items {
-		if !rules[w.Spec.Rule] {
+		// A waiver without a namespace (made before the field was required)
+		// could be matched by names and labels a repository author chooses.
+		if !rules[w.Spec.Rule] || w.Spec.Scope.Namespace == "" {
 			continue
 		}
 		s := w.Spec.Scope

@@ -302,3 +302,22 @@ func TestSourceTimeoutIsCapped(t *testing.T) {
 		t.Fatalf("creating an Application with a 10h git timeout: %v", err)
 	}
 }
+
+// TestWaiversNeedANamespace: a waiver matching only names, kinds or labels,
+// which any repository author can copy, is refused by the API server.
+func TestWaiversNeedANamespace(t *testing.T) {
+	waiver := &slipwayv1.PolicyWaiver{
+		ObjectMeta: metav1.ObjectMeta{Name: "everywhere-" + strings.ToLower(t.Name())},
+		Spec: slipwayv1.PolicyWaiverSpec{
+			Rule: "PSS-B-003", Scope: slipwayv1.WaiverScope{Kind: "Deployment", Name: "app"},
+			Reason: "r", Approver: "a", Expires: metav1.NewTime(time.Now().Add(time.Hour)),
+		},
+	}
+	err := env.Client.Create(testCtx, waiver)
+	if err == nil {
+		_ = env.Client.Delete(testCtx, waiver)
+	}
+	if err == nil || !strings.Contains(err.Error(), "spec.scope.namespace") {
+		t.Fatalf("creating a waiver without a namespace: %v", err)
+	}
+}
