@@ -171,6 +171,9 @@ func createApps(b *testing.B, ctx context.Context, c client.Client, info *lab.In
 	if err := c.Create(ctx, credentials(info)); err != nil {
 		b.Fatal(err)
 	}
+	if err := tenancy(ctx, c); err != nil {
+		b.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("app-%04d", i)
 		app := &slipwayv1.Application{

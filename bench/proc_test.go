@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -8,8 +9,12 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/lab"
 )
 
@@ -33,9 +38,37 @@ func namespace(name string) *corev1.Namespace {
 
 func credentials(info *lab.Info) *corev1.Secret {
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: "ops-repo"},
-		Data:       map[string][]byte{"username": []byte(info.Git.Username), "password": []byte(info.Git.Password)},
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: "ops-repo",
+			Annotations: map[string]string{gitsource.AllowedURLsAnnotation: info.Git.URL + "/"}},
+		Data: map[string][]byte{"username": []byte(info.Git.Username), "password": []byte(info.Git.Password)},
 	}
+}
+
+// tenancy sets the bench namespace up as a tenant's: its Applications apply
+// as a ServiceAccount bound to slipway-tenant, or, with
+// SLIPWAY_BENCH_SERVER_RIGHTS=1, with the server's own identity, to measure
+// what impersonation costs.
+func tenancy(ctx context.Context, c client.Client) error {
+	const sa = "slipway-deployer"
+	spec := slipwayv1.TenantSpec{Namespaces: []string{benchNamespace}, ServiceAccountName: sa}
+	objs := []client.Object{
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: sa}},
+		&rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: sa},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "slipway-tenant"},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: benchNamespace, Name: sa}},
+		},
+	}
+	if os.Getenv("SLIPWAY_BENCH_SERVER_RIGHTS") == "1" {
+		spec = slipwayv1.TenantSpec{Namespaces: []string{benchNamespace}, ServerRights: true}
+	}
+	objs = append(objs, &slipwayv1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: benchNamespace}, Spec: spec})
+	for _, o := range objs {
+		if err := c.Create(ctx, o); err != nil {
+			return fmt.Errorf("creating %T %s: %w", o, o.GetName(), err)
+		}
+	}
+	return nil
 }
 
 func serverPID(b *testing.B, info *lab.Info) int {
