@@ -92,22 +92,16 @@ func (r *ApplicationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // allApplications maps a change of tenancy or policy to every Application.
 func (r *ApplicationReconciler) allApplications(ctx context.Context, _ client.Object) []reconcile.Request {
-	return r.applicationsWhere(ctx, func(*slipwayv1.Application) bool { return true })
-}
-
-func (r *ApplicationReconciler) applicationsWhere(ctx context.Context, match func(*slipwayv1.Application) bool) []reconcile.Request {
 	var apps slipwayv1.ApplicationList
 	if err := r.List(ctx, &apps); err != nil {
 		// A map function cannot return an error; the Applications still
 		// re-evaluate at their interval.
-		log.FromContext(ctx).Error(err, "listing Applications after a policy change")
+		log.FromContext(ctx).Error(err, "listing Applications after a tenancy or policy change")
 		return nil
 	}
-	var out []reconcile.Request
+	out := make([]reconcile.Request, len(apps.Items))
 	for i := range apps.Items {
-		if a := &apps.Items[i]; match(a) {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(a)})
-		}
+		out[i] = reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&apps.Items[i])}
 	}
 	return out
 }
