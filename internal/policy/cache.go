@@ -172,7 +172,7 @@ func hasPrefix(p, prefix fieldPath) bool {
 type kindPlan struct {
 	rules   []*compiledRule // the rules that read the object alone
 	checked []string        // their ids, the ObjectResult.Checked of EvaluateObject
-	// keyFields by kind class ("Pod", "CronJob", anything else); nil when the
+	// keyFields by kind class ("Pod", "CronJob", "PodTemplate", anything else); nil when the
 	// rules read the whole object, which leaves nothing worth caching.
 	keyFields map[string][]fieldPath
 	cacheable map[string]bool
@@ -186,10 +186,11 @@ type kindPlan struct {
 }
 
 // kindClasses are the kinds whose pod template lives in a different place.
-var kindClasses = []string{"Pod", "CronJob", ""}
+var kindClasses = []string{"Pod", "CronJob", "PodTemplate", ""}
 
 func kindClass(kind string) string {
-	if kind == "Pod" || kind == "CronJob" {
+	switch kind {
+	case "Pod", "CronJob", "PodTemplate":
 		return kind
 	}
 	return ""

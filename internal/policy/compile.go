@@ -44,22 +44,22 @@ var BuiltinVariables = []Variable{
 	{
 		Name:        "podSpecPath",
 		Description: "field path of the pod spec inside the object",
-		Expression:  `object.kind == 'Pod' ? 'spec' : (object.kind == 'CronJob' ? 'spec.jobTemplate.spec.template.spec' : 'spec.template.spec')`,
+		Expression:  `object.kind == 'Pod' ? 'spec' : (object.kind == 'CronJob' ? 'spec.jobTemplate.spec.template.spec' : (object.kind == 'PodTemplate' ? 'template.spec' : 'spec.template.spec'))`,
 	},
 	{
 		Name:        "podSpec",
 		Description: "the pod spec of a Pod or of a workload's pod template",
-		Expression:  `object.kind == 'Pod' ? object.?spec.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?spec.orValue({}) : object.?spec.?template.?spec.orValue({}))`,
+		Expression:  `object.kind == 'Pod' ? object.?spec.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?spec.orValue({}) : (object.kind == 'PodTemplate' ? object.?template.?spec.orValue({}) : object.?spec.?template.?spec.orValue({})))`,
 	},
 	{
 		Name:        "podMetadataPath",
 		Description: "field path of the pod metadata (labels, annotations) inside the object",
-		Expression:  `object.kind == 'Pod' ? 'metadata' : (object.kind == 'CronJob' ? 'spec.jobTemplate.spec.template.metadata' : 'spec.template.metadata')`,
+		Expression:  `object.kind == 'Pod' ? 'metadata' : (object.kind == 'CronJob' ? 'spec.jobTemplate.spec.template.metadata' : (object.kind == 'PodTemplate' ? 'template.metadata' : 'spec.template.metadata'))`,
 	},
 	{
 		Name:        "podMetadata",
 		Description: "the metadata of a Pod or of a workload's pod template",
-		Expression:  `object.kind == 'Pod' ? object.?metadata.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?metadata.orValue({}) : object.?spec.?template.?metadata.orValue({}))`,
+		Expression:  `object.kind == 'Pod' ? object.?metadata.orValue({}) : (object.kind == 'CronJob' ? object.?spec.?jobTemplate.?spec.?template.?metadata.orValue({}) : (object.kind == 'PodTemplate' ? object.?template.?metadata.orValue({}) : object.?spec.?template.?metadata.orValue({})))`,
 	},
 	{
 		Name:        "podLabels",

@@ -56,6 +56,8 @@ type AdmissionExport struct {
 // resourceFor maps Kind.group to the group and plural resource the API server matches on.
 var resourceFor = map[string][2]string{
 	"Pod":                                   {"", "pods"},
+	"ReplicationController":                 {"", "replicationcontrollers"},
+	"PodTemplate":                           {"", "podtemplates"},
 	"Service":                               {"", "services"},
 	"ConfigMap":                             {"", "configmaps"},
 	"Secret":                                {"", "secrets"},

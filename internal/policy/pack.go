@@ -99,8 +99,9 @@ type Parameter struct {
 
 // Match selects the objects a rule applies to.
 type Match struct {
-	// PodTemplates selects every kind that carries a pod template (Pod, Deployment,
-	// StatefulSet, DaemonSet, ReplicaSet, Job, CronJob).
+	// PodTemplates selects every kind that carries a pod template, the kinds Pod
+	// Security Admission checks: Pod, ReplicationController, PodTemplate,
+	// Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob.
 	PodTemplates bool `json:"podTemplates,omitempty"`
 	// Kinds are written Kind.group like kubectl's resource.group ("Deployment.apps");
 	// core kinds have no group ("Service").
@@ -345,8 +346,11 @@ func (r *Rule) AdmissionSkipReason() string {
 	return ""
 }
 
-// podTemplateKinds are the kinds Match.PodTemplates selects, keyed Kind.group.
-var podTemplateKinds = []string{"Pod", "Deployment.apps", "StatefulSet.apps", "DaemonSet.apps", "ReplicaSet.apps", "Job.batch", "CronJob.batch"}
+// podTemplateKinds are the kinds Match.PodTemplates selects, keyed Kind.group:
+// every built-in kind whose objects hold a pod spec, as Pod Security Admission
+// lists them. Leaving one out lets a pod through the policy unchecked.
+var podTemplateKinds = []string{"Pod", "ReplicationController", "PodTemplate", "Deployment.apps", "StatefulSet.apps",
+	"DaemonSet.apps", "ReplicaSet.apps", "Job.batch", "CronJob.batch"}
 
 // MatchedKinds returns the Kind.group keys the rule applies to, pod-template kinds first.
 func (r *Rule) MatchedKinds() []string {

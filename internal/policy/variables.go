@@ -169,6 +169,8 @@ func (pv *podView) reset(obj map[string]any) {
 		pv.specPath, pv.metaPath = "spec", "metadata"
 	case "CronJob":
 		pv.specPath, pv.metaPath = "spec.jobTemplate.spec.template.spec", "spec.jobTemplate.spec.template.metadata"
+	case "PodTemplate":
+		pv.specPath, pv.metaPath = "template.spec", "template.metadata"
 	default:
 		pv.specPath, pv.metaPath = "spec.template.spec", "spec.template.metadata"
 	}
@@ -182,6 +184,8 @@ func podTemplateSteps(kind string) []string {
 		return nil
 	case "CronJob":
 		return []string{"spec", "jobTemplate", "spec", "template"}
+	case "PodTemplate":
+		return []string{"template"}
 	}
 	return []string{"spec", "template"}
 }

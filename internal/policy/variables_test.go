@@ -38,6 +38,10 @@ func variableTestObjects(t *testing.T) []map[string]any {
 		`{apiVersion: apps/v1, kind: Deployment, spec: {template: {metadata: null, spec: {ephemeralContainers: [{name: e}], volumes: [null, {name: v, hostPath: {path: /}}]}}}}`,
 		`{apiVersion: batch/v1, kind: CronJob, spec: {jobTemplate: {spec: {template: {metadata: {annotations: {a: b}}, spec: {containers: [{name: a}]}}}}}}`,
 		`{apiVersion: batch/v1, kind: CronJob, spec: {jobTemplate: []}}`,
+		`{apiVersion: v1, kind: PodTemplate, metadata: {name: t}, template: {metadata: {labels: {app: t}}, spec: {hostPID: true, containers: [{name: a, securityContext: {privileged: true}}]}}}`,
+		`{apiVersion: v1, kind: PodTemplate, template: []}`,
+		`{apiVersion: v1, kind: PodTemplate, spec: {template: {spec: {containers: [{name: a}]}}}}`,
+		`{apiVersion: v1, kind: ReplicationController, spec: {template: {metadata: {annotations: {a: b}}, spec: {volumes: [{name: h, hostPath: {path: /}}]}}}}`,
 		`{apiVersion: v1, kind: Service, metadata: {name: s, namespace: dmz}, spec: {type: NodePort}}`,
 	} {
 		obj, err := decodeYAML([]byte(doc))
