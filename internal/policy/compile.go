@@ -284,6 +284,12 @@ func (b *parameterBinder) literal(ctx *cel.OptimizerContext, v any) celast.Expr 
 			elems[i] = ctx.NewLiteral(types.String(s))
 		}
 		return ctx.NewList(elems, nil)
+	case []int64:
+		elems := make([]celast.Expr, len(x))
+		for i, n := range x {
+			elems[i] = ctx.NewLiteral(types.Int(n))
+		}
+		return ctx.NewList(elems, nil)
 	case string:
 		return ctx.NewLiteral(types.String(x))
 	case int64:
@@ -299,6 +305,8 @@ func paramDeclType(t ParameterType) *apiservercel.DeclType {
 	switch t {
 	case ParamStringList:
 		return apiservercel.NewListType(apiservercel.StringType, -1)
+	case ParamIntegerList:
+		return apiservercel.NewListType(apiservercel.IntType, -1)
 	case ParamInteger:
 		return apiservercel.IntType
 	case ParamBoolean:

@@ -278,6 +278,12 @@ func celLiteral(v any) (string, error) {
 			q[i] = strconv.Quote(s)
 		}
 		return "[" + strings.Join(q, ", ") + "]", nil
+	case []int64:
+		q := make([]string, len(x))
+		for i, n := range x {
+			q[i] = strconv.FormatInt(n, 10)
+		}
+		return "[" + strings.Join(q, ", ") + "]", nil
 	case int64:
 		return strconv.FormatInt(x, 10), nil
 	case bool:

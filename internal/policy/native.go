@@ -965,25 +965,11 @@ func (c *nativeCompiler) matches(patternExpr celast.Expr, args []nativeFn) (nati
 	}), nil
 }
 
-// in is `elem in list` and `key in map`. A list of string constants (a bound
+// in is `elem in list` and `key in map`. A list of constants (a bound
 // parameter, an inline list) is looked up in a set.
 func (c *nativeCompiler) in(listExpr celast.Expr, args []nativeFn) nativeFn {
-	if listExpr.Kind() == celast.ListKind && len(listExpr.AsList().OptionalIndices()) == 0 {
-		set := map[string]bool{}
-		for _, el := range listExpr.AsList().Elements() {
-			s, ok := literalString(el)
-			if !ok {
-				set = nil
-				break
-			}
-			set[s] = true
-		}
-		if set != nil {
-			return unaryOp(args[0], func(v any) (any, bool) {
-				s, ok := v.(string)
-				return set[s], ok
-			})
-		}
+	if contains, ok := constantSet(listExpr); ok {
+		return unaryOp(args[0], contains)
 	}
 	return binaryOp(args, func(elem, container any) (any, bool) {
 		switch x := container.(type) {
@@ -1008,6 +994,47 @@ func (c *nativeCompiler) in(listExpr celast.Expr, args []nativeFn) nativeFn {
 		}
 		return nil, false
 	})
+}
+
+// constantSet returns membership in a list literal of string constants or of
+// integer constants; an element of another type declines (CEL may still find
+// it equal to one: 443.0 to 443). An empty list holds nothing, whatever the
+// element.
+func constantSet(e celast.Expr) (func(any) (any, bool), bool) {
+	if e.Kind() != celast.ListKind || len(e.AsList().OptionalIndices()) > 0 {
+		return nil, false
+	}
+	elems := e.AsList().Elements()
+	if len(elems) == 0 {
+		return func(any) (any, bool) { return false, true }, true
+	}
+	strs, ints := map[string]bool{}, map[int64]bool{}
+	for _, el := range elems {
+		if el.Kind() != celast.LiteralKind {
+			return nil, false
+		}
+		switch v := el.AsLiteral().(type) {
+		case types.String:
+			strs[string(v)] = true
+		case types.Int:
+			ints[int64(v)] = true
+		default:
+			return nil, false
+		}
+	}
+	switch {
+	case len(ints) == 0:
+		return func(v any) (any, bool) {
+			s, ok := v.(string)
+			return strs[s], ok
+		}, true
+	case len(strs) == 0:
+		return func(v any) (any, bool) {
+			n, ok := v.(int64)
+			return ints[n], ok
+		}, true
+	}
+	return nil, false
 }
 
 func evalBool(fn nativeFn, f *nativeFrame) (bool, bool) {

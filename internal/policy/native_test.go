@@ -67,6 +67,7 @@ func nativeProfiles(t testing.TB) []*Policy {
 	pol, err := cat.Compile(Profile{Packs: []string{"fin-kr"}, Parameters: map[string]json.RawMessage{
 		"hostPathAllowlist":    []byte(`["/var/log", "/etc/ssl/certs"]`),
 		"productionNamespaces": []byte(`["production", "team-1", "payments"]`),
+		"allowedHostPorts":     []byte(`[443, 9100]`),
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -344,12 +345,13 @@ func TestNativeCallForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj := map[string]any{"kind": "Pod", "metadata": map[string]any{"name": "a/b/c", "labels": map[string]any{"x": "1"}}}
+	obj := map[string]any{"kind": "Pod", "metadata": map[string]any{"name": "a/b/c", "labels": map[string]any{"x": "1"}, "port": int64(443)}}
 	for _, expr := range []string{
 		`object.metadata.name.split('/').size() == 3 ? ['member'] : []`,
 		`size(object.metadata.name.split('/')) == 3 ? ['global'] : []`,
 		`object.metadata.labels.size() == 1 && size(object.metadata.name) == 5 ? ['sizes'] : []`,
 		`object.metadata.name.matches('^a/') && matches(object.metadata.name, 'c$') ? ['matches'] : []`,
+		`object.metadata.port in [80, 443] && !(object.metadata.port in []) && !(object.metadata.name in []) ? ['constant sets'] : []`,
 	} {
 		ast, iss := pol.env.Compile(expr)
 		if iss.Err() != nil {

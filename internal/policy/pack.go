@@ -81,10 +81,11 @@ type ParameterType string
 
 // Parameter types.
 const (
-	ParamStringList ParameterType = "stringList"
-	ParamString     ParameterType = "string"
-	ParamInteger    ParameterType = "integer"
-	ParamBoolean    ParameterType = "boolean"
+	ParamStringList  ParameterType = "stringList"
+	ParamIntegerList ParameterType = "integerList"
+	ParamString      ParameterType = "string"
+	ParamInteger     ParameterType = "integer"
+	ParamBoolean     ParameterType = "boolean"
 )
 
 // Parameter is a value an organisation may override without editing the pack.
@@ -164,7 +165,7 @@ var (
 	kindPattern     = regexp.MustCompile(`^[A-Z][A-Za-z0-9]*(\.[a-z0-9.-]+)?$`)
 	validTargets    = []Target{TargetManifest, TargetLive, TargetPipeline, TargetTopology}
 	validRelations  = []Relation{RelationDirect, RelationPartial, RelationInferred}
-	validParamTypes = []ParameterType{ParamStringList, ParamString, ParamInteger, ParamBoolean}
+	validParamTypes = []ParameterType{ParamStringList, ParamIntegerList, ParamString, ParamInteger, ParamBoolean}
 )
 
 // ParsePack reads a pack file. source names it in errors.
@@ -254,6 +255,13 @@ func (prm *Parameter) decode(raw json.RawMessage) (any, error) {
 		err = json.Unmarshal(raw, &l)
 		if l == nil {
 			l = []string{}
+		}
+		v = l
+	case ParamIntegerList:
+		var l []int64
+		err = json.Unmarshal(raw, &l)
+		if l == nil {
+			l = []int64{}
 		}
 		v = l
 	case ParamString:

@@ -280,6 +280,7 @@ rules:
 		"unknown pack":      {Packs: []string{"nope"}},
 		"unknown parameter": {Packs: []string{"fin-kr"}, Parameters: map[string]json.RawMessage{"nope": json.RawMessage(`1`)}},
 		"mistyped value":    {Packs: []string{"fin-kr"}, Parameters: map[string]json.RawMessage{"edgeNamespaces": json.RawMessage(`"dmz"`)}},
+		"port as a string":  {Packs: []string{"pss-baseline"}, Parameters: map[string]json.RawMessage{"allowedHostPorts": json.RawMessage(`["9100"]`)}},
 	}
 	for name, prof := range bad {
 		if _, err := cat.Compile(prof); err == nil {
