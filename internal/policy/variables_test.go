@@ -2,10 +2,13 @@ package policy
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"testing"
 
 	"github.com/google/cel-go/common/types"
+	"k8s.io/apimachinery/pkg/runtime"
 )
 
 // variableTestObjects gathers the corpus, both sides of every rule fixture,
@@ -27,6 +30,18 @@ func variableTestObjects(t *testing.T) []map[string]any {
 		objs = append(objs, c.pass, c.fail)
 	}
 	objs = append(objs, benchCorpus(40)...)
+	// Pods of every shape the Pod Security Standards controls look at, Windows
+	// pods included, in every kind that carries one.
+	rng := rand.New(rand.NewPCG(7, 34))
+	for i := range 45 {
+		content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(randomPod(rng, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		meta, _ := content["metadata"].(map[string]any)
+		delete(meta, "name")
+		objs = append(objs, podCarriers[i%len(podCarriers)].carry(fmt.Sprintf("generated-%d", i), "team-b", meta, content["spec"].(map[string]any)))
+	}
 	for _, doc := range []string{
 		`{apiVersion: v1, kind: 7, metadata: {name: p}, spec: {containers: [{name: a}]}}`,
 		`{apiVersion: v1, metadata: {name: p}, spec: {containers: [{name: a}]}}`,
