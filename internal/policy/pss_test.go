@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -94,6 +95,16 @@ func TestPSSMatchesPodSecurityAdmission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// fin-kr builds on Restricted: whatever a control refuses, the fin-kr rule
+	// that implements it (the pss rule, or the FIN rule replacing it) refuses.
+	finKR, err := cat.Compile(Profile{Packs: []string{"fin-kr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	finRuleOf := map[string]string{}
+	for _, rule := range pssRuleOf {
+		finRuleOf[rule] = successor(cat, finKR, rule)
+	}
 
 	rng := rand.New(rand.NewPCG(34, 1))
 	const pods = 4000
@@ -111,6 +122,10 @@ func TestPSSMatchesPodSecurityAdmission(t *testing.T) {
 		}
 		obj := carrier.carry(pod.Name, "team-a", podMeta, content["spec"].(map[string]any))
 
+		finFindings := map[string]bool{}
+		for _, f := range finKR.EvaluateObject(context.Background(), obj, ObjectRef{}, time.Now()).Findings {
+			finFindings[f.Rule] = true
+		}
 		findings := map[psaapi.Level]map[string][]string{}
 		for level, pol := range profiles {
 			findings[level] = map[string][]string{}
@@ -127,6 +142,9 @@ func TestPSSMatchesPodSecurityAdmission(t *testing.T) {
 			got := findings[c.level][c.rule]
 			if !res.Allowed {
 				refused[c.id]++
+				if !finFindings[finRuleOf[c.rule]] {
+					t.Errorf("%s refuses the pod, fin-kr's %s does not\n%s", c.id, finRuleOf[c.rule], describe())
+				}
 			}
 			if res.Allowed != (len(got) == 0) {
 				t.Errorf("%s (%s): Pod Security Admission allowed=%v (%s: %s), %s findings %v\n%s",
@@ -149,6 +167,29 @@ func TestPSSMatchesPodSecurityAdmission(t *testing.T) {
 		if n := refused[c.id]; n == 0 || n == pods {
 			t.Errorf("%s refused %d of %d generated pods: the generator does not exercise it", c.id, n, pods)
 		}
+	}
+}
+
+// successor returns the rule of pol that holds rule id: itself, or the rule
+// of the catalogue replacing it, through any chain of replacements.
+func successor(cat *Catalog, pol *Policy, id string) string {
+	for {
+		if _, ok := pol.Rule(id); ok {
+			return id
+		}
+		next := ""
+		for _, name := range cat.PackNames() {
+			pack, _ := cat.Pack(name)
+			for _, r := range pack.Rules {
+				if slices.Contains(r.Replaces, id) {
+					next = r.ID
+				}
+			}
+		}
+		if next == "" {
+			return id
+		}
+		id = next
 	}
 }
 
@@ -360,4 +401,55 @@ func randomPod(rng *rand.Rand, n int) *corev1.Pod {
 		}
 	}
 	return pod
+}
+
+// TestWindowsPodExemptions: a pod whose spec.os.name is windows need not set
+// what Kubernetes refuses on Windows pods. Restricted exempts it from the
+// privilege escalation, seccomp and capabilities controls outright, as Pod
+// Security Admission does; fin-kr exempts it from setting them (and from the
+// read-only root filesystem) but still refuses a dangerous value it sets.
+func TestWindowsPodExemptions(t *testing.T) {
+	bare := func(os string, sc map[string]any) map[string]any {
+		c := map[string]any{"name": "app", "image": "registry.slipway.internal/app:1"}
+		if sc != nil {
+			c["securityContext"] = sc
+		}
+		spec := map[string]any{"containers": []any{c}, "securityContext": map[string]any{"runAsNonRoot": true}}
+		if os != "" {
+			spec["os"] = map[string]any{"name": os}
+		}
+		return map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "p", "namespace": "app"}, "spec": spec}
+	}
+	cases := []struct {
+		name, pack string
+		obj        map[string]any
+		want       []string // failing rules among those Windows pods are exempt from
+	}{
+		{"linux, restricted", "pss-restricted", bare("linux", nil), []string{"PSS-R-002", "PSS-R-005", "PSS-R-006"}},
+		{"windows, restricted", "pss-restricted", bare("windows", nil), nil},
+		{"windows setting escalation, restricted", "pss-restricted", bare("windows", map[string]any{"allowPrivilegeEscalation": true}), nil},
+		{"linux, fin-kr", "fin-kr", bare("", nil), []string{"FIN-WL-004", "FIN-WL-006", "FIN-WL-007", "FIN-WL-008"}},
+		{"windows, fin-kr", "fin-kr", bare("windows", nil), nil},
+		{"windows setting escalation, fin-kr", "fin-kr", bare("windows", map[string]any{
+			"allowPrivilegeEscalation": true, "capabilities": map[string]any{"add": []any{"SYS_ADMIN"}},
+			"seccompProfile": map[string]any{"type": "Unconfined"}}), []string{"FIN-WL-004", "FIN-WL-006", "FIN-WL-007"}},
+	}
+	exempt := []string{"PSS-R-002", "PSS-R-005", "PSS-R-006", "FIN-WL-004", "FIN-WL-006", "FIN-WL-007", "FIN-WL-008"}
+	cat := mustCatalog(t)
+	for _, c := range cases {
+		pol, err := cat.Compile(Profile{Packs: []string{c.pack}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range pol.EvaluateObject(context.Background(), c.obj, ObjectRef{}, time.Now()).Findings {
+			if slices.Contains(exempt, f.Rule) && !slices.Contains(got, f.Rule) {
+				got = append(got, f.Rule)
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: failing %v, want %v", c.name, got, c.want)
+		}
+	}
 }
