@@ -119,27 +119,62 @@ spec:
 			if rules := engineRules(t, pol, pod); len(rules) != 1 || rules[0] != pr.rule {
 				t.Fatalf("the engine reports %v for the probe, want only %s", rules, pr.rule)
 			}
-			// A binding takes effect when the API server's policy informer has
-			// caught up; until then the probe is admitted (as a dry run, so
-			// nothing is left behind).
-			var last error
-			deadline := time.Now().Add(30 * time.Second)
-			for {
-				last = c.Create(ctx, pod.DeepCopy(), client.DryRunAll)
-				if last != nil && strings.Contains(last.Error(), pr.rule) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the API server did not refuse the %s pod with %s within 30s; last result: %v", pr.name, pr.rule, last)
-				}
-				time.Sleep(200 * time.Millisecond)
+			refusedWith(ctx, t, c, pod, pr.rule, pr.path)
+		})
+	}
+
+	// Every kind that carries a pod is refused like a Pod, and each RBAC grant
+	// that escalates is refused by its rule.
+	template := func(name string) map[string]any {
+		pod := compliantPod(ns, name)
+		pod.Spec.Containers[0].SecurityContext.Privileged = new(true)
+		pod.Spec.Containers[0].SecurityContext.AllowPrivilegeEscalation = nil
+		spec, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&pod.Spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return map[string]any{"metadata": map[string]any{"labels": map[string]any{"app": name}}, "spec": spec}
+	}
+	privilegedLabels := map[string]any{"probe": "privileged"}
+	objectProbes := []struct {
+		name, rule, path string
+		obj              map[string]any
+	}{
+		{"replicationcontroller", "FIN-WL-001", "spec.template.spec.containers[0].securityContext.privileged", map[string]any{
+			"apiVersion": "v1", "kind": "ReplicationController",
+			"metadata": map[string]any{"name": "privileged", "namespace": ns, "labels": privilegedLabels},
+			"spec":     map[string]any{"replicas": int64(1), "selector": map[string]any{"app": "rc"}, "template": template("rc")},
+		}},
+		{"podtemplate", "FIN-WL-001", "template.spec.containers[0].securityContext.privileged", map[string]any{
+			"apiVersion": "v1", "kind": "PodTemplate",
+			"metadata": map[string]any{"name": "privileged", "namespace": ns, "labels": privilegedLabels},
+			"template": template("tpl"),
+		}},
+		{"escalate", "FIN-IAM-010", "rules[0].verbs[0]", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": map[string]any{"name": "probe-escalate"},
+			"rules": []any{map[string]any{"apiGroups": []any{"rbac.authorization.k8s.io"}, "resources": []any{"clusterroles"}, "verbs": []any{"escalate"}}},
+		}},
+		{"nodes-proxy", "FIN-IAM-011", "rules[0].resources[0]", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": map[string]any{"name": "probe-nodes-proxy"},
+			"rules": []any{map[string]any{"apiGroups": []any{""}, "resources": []any{"nodes/proxy"}, "verbs": []any{"get"}}},
+		}},
+		{"admin-in-namespace", "FIN-IAM-008", "subjects[0]", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": map[string]any{"name": "probe-admin", "namespace": ns},
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "app", "namespace": ns}},
+		}},
+		{"edit-cluster-wide", "FIN-IAM-001", "subjects[0]", map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": map[string]any{"name": "probe-edit"},
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "app", "namespace": ns}},
+		}},
+	}
+	for _, pr := range objectProbes {
+		t.Run(pr.name, func(t *testing.T) {
+			if rules := engineRulesOf(t, pol, pr.obj); len(rules) != 1 || rules[0] != pr.rule {
+				t.Fatalf("the engine reports %v for the probe, want only %s", rules, pr.rule)
 			}
-			if !apierrors.IsForbidden(last) {
-				t.Errorf("refusal is not Forbidden: %v", last)
-			}
-			if !strings.Contains(last.Error(), pr.path) {
-				t.Errorf("refusal does not name the field path %s: %v", pr.path, last)
-			}
+			refusedWith(ctx, t, c, &unstructured.Unstructured{Object: pr.obj}, pr.rule, pr.path)
 		})
 	}
 
@@ -192,6 +227,32 @@ func compliantPod(ns, name string) *corev1.Pod {
 	}
 }
 
+// refusedWith creates obj as a dry run until the API server refuses it with
+// rule, and checks the refusal. A binding takes effect when the API server's
+// policy informer has caught up; until then the object is admitted (as a dry
+// run, so nothing is left behind).
+func refusedWith(ctx context.Context, t *testing.T, c client.Client, obj client.Object, rule, path string) {
+	t.Helper()
+	var last error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		last = c.Create(ctx, obj.DeepCopyObject().(client.Object), client.DryRunAll)
+		if last != nil && strings.Contains(last.Error(), rule) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API server did not refuse %s with %s within 30s; last result: %v", obj.GetName(), rule, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !apierrors.IsForbidden(last) {
+		t.Errorf("refusal is not Forbidden: %v", last)
+	}
+	if !strings.Contains(last.Error(), path) {
+		t.Errorf("refusal does not name the field path %s: %v", path, last)
+	}
+}
+
 // engineRules returns the ids of the rules the engine reports (failed, not
 // waived) for pod.
 func engineRules(t *testing.T, pol *policy.Policy, pod *corev1.Pod) []string {
@@ -202,6 +263,13 @@ func engineRules(t *testing.T, pol *policy.Policy, pod *corev1.Pod) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return engineRulesOf(t, pol, obj)
+}
+
+// engineRulesOf returns the ids of the rules the engine reports (failed, not
+// waived) for obj.
+func engineRulesOf(t *testing.T, pol *policy.Policy, obj map[string]any) []string {
+	t.Helper()
 	var rules []string
 	for _, f := range pol.EvaluateObject(context.Background(), obj, policy.ObjectRef{}, time.Now()).Findings {
 		if f.Outcome != policy.OutcomeWaived {
