@@ -16,6 +16,14 @@ const (
 // DefaultPolicyProfile is used by Applications that name no profile, when it exists.
 const DefaultPolicyProfile = "default"
 
+// What a profile does with cluster-scoped objects of kinds no rule checks.
+const (
+	// UncheckedAllow reports them as not checked.
+	UncheckedAllow = "allow"
+	// UncheckedRefuse refuses them (in enforce mode, the sync is blocked).
+	UncheckedRefuse = "refuse"
+)
+
 // PolicyProfileSpec chooses the rule packs, their parameters and what a failure does.
 type PolicyProfileSpec struct {
 	// Packs evaluated together, e.g. [fin-kr] or [pss-restricted].
@@ -34,6 +42,27 @@ type PolicyProfileSpec struct {
 	// +kubebuilder:default=high
 	// +optional
 	FailOn string `json:"failOn,omitempty"`
+	// Unchecked decides what happens to objects of kinds no rule of the packs
+	// checks. They are always reported as not checked.
+	// +optional
+	Unchecked *UncheckedKinds `json:"unchecked,omitempty"`
+}
+
+// UncheckedKinds is a profile's choice about objects of kinds no rule checks.
+type UncheckedKinds struct {
+	// ClusterScoped is allow (report them) or refuse (treat them as a failure:
+	// an enforcing profile blocks the sync). A kind whose scope is unknown
+	// counts as cluster-scoped.
+	// +kubebuilder:validation:Enum=allow;refuse
+	// +kubebuilder:default=allow
+	// +optional
+	ClusterScoped string `json:"clusterScoped,omitempty"`
+	// Allowed kinds, written Kind.group as policy rules match them (Namespace,
+	// StorageClass.storage.k8s.io), are never refused.
+	// +kubebuilder:validation:items:Pattern=`^[A-Z][A-Za-z0-9]*(\.[a-z0-9.-]+)?$`
+	// +listType=set
+	// +optional
+	Allowed []string `json:"allowed,omitempty"`
 }
 
 // PolicyProfile is the cluster's choice of policy packs and how they gate syncs.

@@ -19,7 +19,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"slipway.dev/slipway/internal/policy"
-	"slipway.dev/slipway/internal/testenv"
 )
 
 // TestAdmissionExport installs `slipway policy export --profile fin-kr` into a
@@ -27,14 +26,7 @@ import (
 // Pods with the rule id and field path in the error, admits a compliant one,
 // and honours an exported waiver.
 func TestAdmissionExport(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts etcd and kube-apiserver")
-	}
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	env := apiServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := env.Client

@@ -35,6 +35,8 @@ type Profile struct {
 	Parameters map[string]json.RawMessage
 	// Waivers exempt objects from rules until they expire.
 	Waivers []Waiver
+	// Unchecked says what happens to objects of kinds no rule checks.
+	Unchecked UncheckedPolicy
 }
 
 // Name is how reports name the profile.
@@ -51,6 +53,7 @@ type Policy struct {
 	byKind    map[string][]*compiledRule
 	plans     map[string]*kindPlan // by Kind.group key
 	waivers   []Waiver
+	unchecked UncheckedPolicy
 	cache     resultCache
 	// neighbourKinds are the Kind.group keys cross-object rules read from a
 	// namespace: what a namespaceIndex keeps.
@@ -82,6 +85,10 @@ func (c *Catalog) Compile(p Profile) (*Policy, error) {
 		}
 	}
 	pol.waivers = slices.Clone(p.Waivers)
+	if err := p.Unchecked.validate(); err != nil {
+		return nil, fmt.Errorf("compiling policy profile %s: %w", p.Name(), err)
+	}
+	pol.unchecked = UncheckedPolicy{RefuseClusterScoped: p.Unchecked.RefuseClusterScoped, Allowed: slices.Clone(p.Unchecked.Allowed)}
 	return pol, nil
 }
 

@@ -92,6 +92,27 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 		doc.Skipped += suite.Skipped
 		doc.Suites = append(doc.Suites, suite)
 	}
+	if len(r.Unchecked) > 0 {
+		// One case per kind no rule checked: skipped, or failed when the
+		// profile refuses its objects.
+		suite := junitSuite{Name: "not checked by profile " + r.Profile}
+		for _, u := range r.Unchecked {
+			tc := junitCase{Name: u.Kind, ClassName: suite.Name}
+			if u.Refused {
+				tc.Failure = &junitMessage{Message: r.uncheckedText(u), Type: "unchecked"}
+				suite.Failures++
+			} else {
+				tc.Skipped = &junitMessage{Message: r.uncheckedText(u)}
+				suite.Skipped++
+			}
+			suite.Tests++
+			suite.Cases = append(suite.Cases, tc)
+		}
+		doc.Tests += suite.Tests
+		doc.Failures += suite.Failures
+		doc.Skipped += suite.Skipped
+		doc.Suites = append(doc.Suites, suite)
+	}
 	if _, err := io.WriteString(w, xml.Header); err != nil {
 		return err
 	}

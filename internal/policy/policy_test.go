@@ -378,6 +378,29 @@ func TestReportFormats(t *testing.T) {
 	if log.Version != "2.1.0" || len(run.Results) == 0 || suppressed != 2 || run.Tool.Driver.Rules[0].Properties.SecuritySeverity == "" {
 		t.Errorf("SARIF: version %s, %d results, %d suppressed", log.Version, len(run.Results), suppressed)
 	}
+	// The kinds no rule checked are notifications of the run.
+	var notes struct {
+		Runs []struct {
+			Invocations []struct {
+				ExecutionSuccessful bool `json:"executionSuccessful"`
+				Notifications       []struct {
+					Level   string    `json:"level"`
+					Message sarifText `json:"message"`
+				} `json:"toolExecutionNotifications"`
+			} `json:"invocations"`
+		} `json:"runs"`
+	}
+	if err := json.Unmarshal(sarif.Bytes(), &notes); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Unchecked) == 0 || len(notes.Runs[0].Invocations) != 1 || len(notes.Runs[0].Invocations[0].Notifications) != len(r.Unchecked) {
+		t.Fatalf("SARIF: %d kinds not checked, invocations %+v", len(r.Unchecked), notes.Runs[0].Invocations)
+	}
+	for i, n := range notes.Runs[0].Invocations[0].Notifications {
+		if u := r.Unchecked[i]; n.Level != "note" || !strings.HasPrefix(n.Message.Text, fmt.Sprintf("%d ", u.Objects)) || !strings.Contains(n.Message.Text, " of kind "+u.Kind+" w") {
+			t.Errorf("SARIF notification %+v for %+v", n, r.Unchecked[i])
+		}
+	}
 
 	var junit bytes.Buffer
 	if err := r.WriteJUnit(&junit); err != nil {
@@ -387,8 +410,9 @@ func TestReportFormats(t *testing.T) {
 	if err := xml.Unmarshal(junit.Bytes(), &suites); err != nil {
 		t.Fatal(err)
 	}
-	if suites.Tests != r.Summary.Checks || suites.Failures != r.Summary.Failed || suites.Skipped != r.Summary.Waived {
-		t.Errorf("JUnit totals %d/%d/%d, summary %+v", suites.Tests, suites.Failures, suites.Skipped, r.Summary)
+	// One case per rule checked on an object, and one skipped per kind not checked.
+	if suites.Tests != r.Summary.Checks+len(r.Unchecked) || suites.Failures != r.Summary.Failed || suites.Skipped != r.Summary.Waived+len(r.Unchecked) {
+		t.Errorf("JUnit totals %d/%d/%d, summary %+v, %d kinds not checked", suites.Tests, suites.Failures, suites.Skipped, r.Summary, len(r.Unchecked))
 	}
 
 	var text bytes.Buffer
@@ -396,7 +420,8 @@ func TestReportFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := text.String()
-	for _, want := range []string{"Deployment/monitoring/grafana  testdata/corpus/monitoring.yaml:", "waiver ingress-limits: the chart sets no limits", "Profile fin-kr failed:"} {
+	for _, want := range []string{"Deployment/monitoring/grafana  testdata/corpus/monitoring.yaml:", "waiver ingress-limits: the chart sets no limits", "Profile fin-kr failed:",
+		"Not checked (no rule of the profile applies to these kinds):", "  IngressClass.networking.k8s.io      1 object  (cluster-scoped)\n", "  ServiceAccount                      2 objects\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text report lacks %q", want)
 		}

@@ -3,14 +3,17 @@ package policy
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
 // Report is the outcome of checking a set of objects against a policy.
 type Report struct {
-	Profile string         `json:"profile"`
-	Summary Summary        `json:"summary"`
-	Results []ObjectResult `json:"results"`
+	Profile string  `json:"profile"`
+	Summary Summary `json:"summary"`
+	// Unchecked lists by kind the objects no rule of the profile checks.
+	Unchecked []UncheckedKind `json:"unchecked,omitempty"`
+	Results   []ObjectResult  `json:"results"`
 
 	policy *Policy
 }
@@ -18,18 +21,30 @@ type Report struct {
 // Summary counts outcomes over all (object, rule) pairs that applied.
 type Summary struct {
 	Objects int `json:"objects"`
-	Checks  int `json:"checks"`
-	Passed  int `json:"passed"`
-	Failed  int `json:"failed"`
-	Waived  int `json:"waived"`
-	Errors  int `json:"errors"`
+	// NotChecked counts the objects of kinds no rule of the profile checks.
+	NotChecked int `json:"notChecked"`
+	Checks     int `json:"checks"`
+	Passed     int `json:"passed"`
+	Failed     int `json:"failed"`
+	Waived     int `json:"waived"`
+	Errors     int `json:"errors"`
 	// FailedBySeverity counts failed and errored checks by severity.
 	FailedBySeverity map[Severity]int `json:"failedBySeverity"`
 }
 
-// NewReport summarises results produced by p.
+// NewReport summarises results produced by p; the scope of the kinds no rule
+// checks is what BuiltinScope knows.
 func NewReport(p *Policy, results []ObjectResult) *Report {
-	r := &Report{Profile: p.name, Results: results, policy: p}
+	return NewReportWithScopes(p, results, BuiltinScope)
+}
+
+// NewReportWithScopes summarises results produced by p, with scope telling
+// the scope of the kinds no rule checks (see Policy.Unchecked).
+func NewReportWithScopes(p *Policy, results []ObjectResult, scope ScopeFunc) *Report {
+	r := &Report{Profile: p.name, Results: results, policy: p, Unchecked: p.Unchecked(results, scope)}
+	for _, u := range r.Unchecked {
+		r.Summary.NotChecked += u.Objects
+	}
 	r.Summary.FailedBySeverity = map[Severity]int{}
 	for i := range results {
 		res := &results[i]
@@ -74,8 +89,17 @@ func (res *ObjectResult) outcome(rule string) (Outcome, Severity) {
 	return out, sev
 }
 
-// Failed reports whether any unwaived finding is at or above threshold.
+// Refused reports whether the profile refuses objects no rule checks.
+func (r *Report) Refused() bool {
+	return slices.ContainsFunc(r.Unchecked, func(u UncheckedKind) bool { return u.Refused })
+}
+
+// Failed reports whether any unwaived finding is at or above threshold, or
+// the profile refuses objects no rule checks.
 func (r *Report) Failed(threshold Severity) bool {
+	if r.Refused() {
+		return true
+	}
 	for i := range r.Results {
 		if r.Results[i].Failed(threshold) {
 			return true
@@ -130,9 +154,34 @@ func (r *Report) WriteText(w io.Writer, color bool) error {
 		}
 		b.WriteString("\n")
 	}
+	if len(r.Unchecked) > 0 {
+		b.WriteString(paint(ansiBold, "Not checked") + " (no rule of the profile applies to these kinds):\n")
+		width := 0
+		for _, u := range r.Unchecked {
+			width = max(width, len(u.Kind))
+		}
+		for _, u := range r.Unchecked {
+			var notes []string
+			switch u.Scope {
+			case ScopeCluster:
+				notes = append(notes, "cluster-scoped")
+			case ScopeUnknown:
+				notes = append(notes, "scope unknown")
+			}
+			if u.Refused {
+				notes = append(notes, paint(ansiRed, "refused by the profile"))
+			}
+			fmt.Fprintf(&b, "  %-*s %6d %s", width, u.Kind, u.Objects, plural(u.Objects, "object", "objects"))
+			if len(notes) > 0 {
+				fmt.Fprintf(&b, "  (%s)", strings.Join(notes, ", "))
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\n")
+	}
 	s := r.Summary
 	verdict := paint(ansiGreen, "passed")
-	if s.Failed+s.Errors > 0 {
+	if s.Failed+s.Errors > 0 || r.Refused() {
 		verdict = paint(ansiRed, "failed")
 	}
 	var sev []string
@@ -145,10 +194,34 @@ func (r *Report) WriteText(w io.Writer, color bool) error {
 	if len(sev) > 0 {
 		detail = " (" + strings.Join(sev, ", ") + ")"
 	}
-	fmt.Fprintf(&b, "Profile %s %s: %d objects, %d checks: %d passed, %d failed%s, %d waived, %d errors\n",
-		r.Profile, verdict, s.Objects, s.Checks, s.Passed, s.Failed, detail, s.Waived, s.Errors)
+	fmt.Fprintf(&b, "Profile %s %s: %d objects (%d not checked), %d checks: %d passed, %d failed%s, %d waived, %d errors\n",
+		r.Profile, verdict, s.Objects, s.NotChecked, s.Checks, s.Passed, s.Failed, detail, s.Waived, s.Errors)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// uncheckedText says in a sentence what an UncheckedKind means.
+func (r *Report) uncheckedText(u UncheckedKind) string {
+	scope := ""
+	switch u.Scope {
+	case ScopeCluster:
+		scope = "cluster-scoped "
+	case ScopeNamespaced:
+		scope = "namespaced "
+	}
+	s := fmt.Sprintf("%d %s%s of kind %s %s not checked: no rule of profile %s applies to the kind",
+		u.Objects, scope, plural(u.Objects, "object", "objects"), u.Kind, plural(u.Objects, "was", "were"), r.Profile)
+	if u.Refused {
+		s += "; the profile refuses them"
+	}
+	return s
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func sourceString(o ObjectRef) string {

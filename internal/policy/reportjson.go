@@ -24,6 +24,14 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	}
 	buf = append(buf, ",\n  \"summary\": "...)
 	buf = append(buf, summary...)
+	if len(r.Unchecked) > 0 {
+		unchecked, err := json.MarshalIndent(r.Unchecked, "  ", "  ")
+		if err != nil {
+			return err
+		}
+		buf = append(buf, ",\n  \"unchecked\": "...)
+		buf = append(buf, unchecked...)
+	}
 	buf = append(buf, ",\n  \"results\": "...)
 	switch {
 	case r.Results == nil:

@@ -25,8 +25,21 @@ type sarifLog struct {
 }
 
 type sarifRun struct {
-	Tool    sarifTool     `json:"tool"`
-	Results []sarifResult `json:"results"`
+	Tool        sarifTool         `json:"tool"`
+	Invocations []sarifInvocation `json:"invocations,omitempty"`
+	Results     []sarifResult     `json:"results"`
+}
+
+// sarifInvocation carries, as notifications, the kinds no rule checked: they
+// are not results (no rule ran), but a reader must see them.
+type sarifInvocation struct {
+	ExecutionSuccessful        bool                `json:"executionSuccessful"`
+	ToolExecutionNotifications []sarifNotification `json:"toolExecutionNotifications,omitempty"`
+}
+
+type sarifNotification struct {
+	Level   string    `json:"level"`
+	Message sarifText `json:"message"`
 }
 
 type sarifTool struct {
@@ -182,9 +195,21 @@ func (r *Report) WriteSARIF(w io.Writer, toolVersion string) error {
 			results = append(results, sr)
 		}
 	}
+	run := sarifRun{Tool: sarifTool{Driver: driver}, Results: results}
+	if len(r.Unchecked) > 0 {
+		inv := sarifInvocation{ExecutionSuccessful: true}
+		for _, u := range r.Unchecked {
+			level := "note"
+			if u.Refused {
+				level = "error"
+			}
+			inv.ToolExecutionNotifications = append(inv.ToolExecutionNotifications, sarifNotification{Level: level, Message: sarifText{Text: r.uncheckedText(u)}})
+		}
+		run.Invocations = []sarifInvocation{inv}
+	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(sarifLog{Schema: sarifSchema, Version: sarifVersion, Runs: []sarifRun{{Tool: sarifTool{Driver: driver}, Results: results}}})
+	return enc.Encode(sarifLog{Schema: sarifSchema, Version: sarifVersion, Runs: []sarifRun{run}})
 }
 
 // ruleName turns a title into the PascalCase identifier SARIF viewers expect.
