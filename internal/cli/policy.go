@@ -38,7 +38,7 @@ func (f *policyFlags) register(cmd *cobra.Command) {
 }
 
 // load builds the catalogue and compiles the profile; every failure is bad input.
-func (f *policyFlags) load(waivers []policy.Waiver) (*policy.Policy, error) {
+func (f *policyFlags) load(waivers []policy.Waiver, unchecked policy.UncheckedPolicy) (*policy.Policy, error) {
 	cat, err := policy.NewCatalog()
 	if err != nil {
 		return nil, err
@@ -48,7 +48,7 @@ func (f *policyFlags) load(waivers []policy.Waiver) (*policy.Policy, error) {
 			return nil, usageError(err)
 		}
 	}
-	prof := policy.Profile{Waivers: waivers}
+	prof := policy.Profile{Waivers: waivers, Unchecked: unchecked}
 	for _, p := range strings.Split(f.profile, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			prof.Packs = append(prof.Packs, p)
@@ -93,8 +93,15 @@ by a NetworkPolicy, say) see the objects of that namespace in every input.
 Objects without metadata.namespace are taken to share the namespace they will
 be deployed to.
 
-Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
-2 on bad input (unreadable or invalid manifests, unknown packs, bad flags).`,
+Objects of kinds no rule of the profile checks are listed as not checked, by
+kind and scope (built-in kinds, and the kinds of CustomResourceDefinitions in
+the input); --unchecked-cluster-scoped refuse fails the check on the
+cluster-scoped ones (and those of unknown scope) but the kinds
+--unchecked-allowed names, as a PolicyProfile's spec.unchecked does.
+
+Exit status: 0 when no finding at or above --fail-on failed and nothing was
+refused, 1 otherwise, 2 on bad input (unreadable or invalid manifests, unknown
+packs, bad flags).`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return usageError(errors.New("name at least one file or directory, or - for stdin"))
@@ -106,6 +113,8 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 	waiversFile := cmd.Flags().String("waivers", "", "file of PolicyWaiver documents")
 	failOn := cmd.Flags().String("fail-on", string(policy.SeverityLow), "lowest severity that fails the check: critical, high, medium or low")
 	maxDoc := cmd.Flags().String("max-document-size", resource.NewQuantity(policy.DefaultMaxDocumentSize, resource.BinarySI).String(), "largest accepted document, e.g. 4Mi")
+	uncheckedClusterScoped := cmd.Flags().String("unchecked-cluster-scoped", "allow", "allow (report) or refuse cluster-scoped objects of kinds no rule checks")
+	uncheckedAllowed := cmd.Flags().StringSlice("unchecked-allowed", nil, "kinds, written Kind.group, never refused unchecked (e.g. Namespace)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		threshold, err := policy.ParseSeverity(*failOn)
 		if err != nil {
@@ -120,6 +129,14 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 		default:
 			return usageError(fmt.Errorf("unknown output format %q: use json, yaml, sarif or junit", *out))
 		}
+		unchecked := policy.UncheckedPolicy{Allowed: *uncheckedAllowed}
+		switch *uncheckedClusterScoped {
+		case "allow":
+		case "refuse":
+			unchecked.RefuseClusterScoped = true
+		default:
+			return usageError(fmt.Errorf("--unchecked-cluster-scoped %q: use allow or refuse", *uncheckedClusterScoped))
+		}
 		var waivers []policy.Waiver
 		if *waiversFile != "" {
 			data, err := os.ReadFile(*waiversFile)
@@ -130,7 +147,7 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 				return usageError(err)
 			}
 		}
-		pol, err := flags.load(waivers)
+		pol, err := flags.load(waivers, unchecked)
 		if err != nil {
 			return err
 		}
@@ -140,11 +157,13 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 		// Deployment of another; the SetEvaluator keeps of the stream only what
 		// cross-object rules need, so memory stays bounded by that.
 		set := pol.NewSetEvaluator(time.Now())
+		declared := policy.DeclaredScopes{}
 		var progress *checkProgress
 		if isTerminal(cmd.ErrOrStderr()) {
 			progress = &checkProgress{w: cmd.ErrOrStderr(), start: time.Now()}
 		}
 		err = policy.ReadManifests(ctx, args, policy.ReadOptions{MaxDocumentSize: int(limit.Value()), Stdin: cmd.InOrStdin()}, func(m policy.Manifest) error {
+			declared.Add(m.Object)
 			set.Add(ctx, m.Object, m.Ref)
 			progress.add(time.Now)
 			return nil
@@ -160,9 +179,12 @@ Exit status: 0 when no finding at or above --fail-on failed, 1 when one did,
 		if err != nil {
 			return err
 		}
-		report := policy.NewReport(pol, results)
+		report := policy.NewReportWithScopes(pol, results, policy.ScopeFunc(policy.BuiltinScope).Or(declared.Scope))
 		if err := writeReport(cmd.OutOrStdout(), *out, report); err != nil {
 			return fmt.Errorf("writing the policy report: %w", err)
+		}
+		if report.Refused() {
+			return &exitError{code: ExitFailure, err: fmt.Errorf("policy %s: refuses cluster-scoped objects of kinds no rule checks", pol.Name())}
 		}
 		if report.Failed(threshold) {
 			return &exitError{code: ExitFailure, err: fmt.Errorf("policy %s: violations at or above %s severity", pol.Name(), threshold)}
@@ -248,7 +270,7 @@ func newPolicyListCommand(flags *policyFlags) *cobra.Command {
 	}
 	out := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		pol, err := flags.load(nil)
+		pol, err := flags.load(nil, policy.UncheckedPolicy{})
 		if err != nil {
 			return err
 		}
@@ -290,7 +312,7 @@ func newPolicyExplainCommand(flags *policyFlags) *cobra.Command {
 	}
 	out := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		pol, err := flags.load(nil)
+		pol, err := flags.load(nil, policy.UncheckedPolicy{})
 		if err != nil {
 			return err
 		}
@@ -385,7 +407,7 @@ conditions; export again before the date in the waivers-valid-until annotation.`
 				return usageError(err)
 			}
 		}
-		pol, err := flags.load(waivers)
+		pol, err := flags.load(waivers, policy.UncheckedPolicy{})
 		if err != nil {
 			return err
 		}

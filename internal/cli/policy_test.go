@@ -44,7 +44,14 @@ func TestPolicyCheckExitCodes(t *testing.T) {
 	}{
 		{"hardened passes", []string{"check", corpus + "hardened.yaml"}, "", ExitOK, "Profile fin-kr passed"},
 		{"demo fails", []string{"check", corpus + "tea-coffee.yaml"}, "", ExitFailure, "FIN-SEC-001"},
-		{"below fail-on passes", []string{"check", "--fail-on", "critical", corpus + "ingress-nginx.yaml"}, "", ExitOK, "FIN-IAM-002"},
+		{"below fail-on passes", []string{"check", "--fail-on", "critical", corpus + "ingress-nginx.yaml"}, "", ExitOK, "FIN-IAM-009"},
+		{"unchecked kinds listed", []string{"check", corpus + "ingress-nginx.yaml"}, "", ExitFailure, "IngressClass.networking.k8s.io      1 object  (cluster-scoped)"},
+		{"unchecked cluster-scoped refused", []string{"check", "--fail-on", "critical", "--unchecked-cluster-scoped", "refuse", corpus + "ingress-nginx.yaml"}, "", ExitFailure,
+			"refuses cluster-scoped objects of kinds no rule checks"},
+		{"unchecked kind allowed", []string{"check", "--fail-on", "critical", "--unchecked-cluster-scoped", "refuse", "--unchecked-allowed", "IngressClass.networking.k8s.io", corpus + "ingress-nginx.yaml"}, "", ExitOK,
+			"(2 not checked)"},
+		{"bad unchecked choice", []string{"check", "--unchecked-cluster-scoped", "ignore", corpus}, "", ExitUsage, "use allow or refuse"},
+		{"bad unchecked kind", []string{"check", "--unchecked-allowed", "storageclasses", corpus}, "", ExitUsage, "must be written Kind or Kind.group"},
 		{"stdin", []string{"check", "--profile", "pss-baseline", "-"}, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, containers: [{name: a}]}\n", ExitFailure, "spec.hostNetwork"},
 		{"broken input", []string{"check", broken}, "", ExitUsage, "broken.yaml: document 2: not a Kubernetes object: apiVersion is missing"},
 		{"no path", []string{"check"}, "", ExitUsage, "at least one"},
@@ -67,10 +74,15 @@ func TestPolicyCheckExitCodes(t *testing.T) {
 func TestPolicyCheckFormats(t *testing.T) {
 	out, _, code := runPolicy(t, "", "check", "-o", "json", corpus)
 	var report struct {
-		Profile string `json:"profile"`
-		Summary struct{ Objects, Failed int }
+		Profile   string `json:"profile"`
+		Summary   struct{ Objects, Failed, NotChecked int }
+		Unchecked []struct {
+			Kind, Scope string
+			Objects     int
+		}
 	}
-	if err := json.Unmarshal([]byte(out), &report); err != nil || code != ExitFailure || report.Profile != "fin-kr" || report.Summary.Objects == 0 {
+	if err := json.Unmarshal([]byte(out), &report); err != nil || code != ExitFailure || report.Profile != "fin-kr" || report.Summary.Objects == 0 ||
+		report.Summary.NotChecked == 0 || len(report.Unchecked) == 0 {
 		t.Errorf("json: exit %d, %+v, %v", code, report, err)
 	}
 	out, _, _ = runPolicy(t, "", "check", "-o", "sarif", corpus)
