@@ -23,6 +23,19 @@ func GenerateDocs(c *Catalog) []byte {
 		p := c.packs[name]
 		fmt.Fprintf(&b, "- [%s](#pack-%s): %s\n", p.Name, p.Name, p.Title)
 	}
+	b.WriteString("\nA rule that matches pod templates applies to every kind that carries a pod, as\n")
+	b.WriteString("Pod Security Admission checks them: " + strings.Join(podTemplateKinds, ", ") + ".\n")
+	b.WriteString("The pss packs follow the Pod Security Standards v1.34 control by control as Pod\n")
+	b.WriteString("Security Admission v1.34 implements them with its default feature gates (a test\n")
+	b.WriteString("runs its checks and these rules on the same generated pods); fin-kr refuses\n")
+	b.WriteString("whatever they refuse.\n\n")
+	b.WriteString("Objects of kinds no rule of a profile checks pass because nothing looks at them,\n")
+	b.WriteString("so every report lists them by kind, with their scope, as not checked. A\n")
+	b.WriteString("PolicyProfile's `spec.unchecked.clusterScoped: refuse` (or `slipway policy check\n")
+	b.WriteString("--unchecked-cluster-scoped refuse`) refuses the cluster-scoped ones, and those\n")
+	b.WriteString("whose scope is unknown, except the kinds `spec.unchecked.allowed` names\n")
+	b.WriteString("(`--unchecked-allowed`), written Kind.group like `Namespace` or\n")
+	b.WriteString("`StorageClass.storage.k8s.io`.\n")
 	b.WriteString("\nBuiltin variables, available to every rule as `variables.<name>`:\n\n")
 	for _, v := range BuiltinVariables {
 		fmt.Fprintf(&b, "- `%s`: %s\n", v.Name, v.Description)
