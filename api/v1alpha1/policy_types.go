@@ -158,6 +158,10 @@ type PolicyStatus struct {
 	// shows without waiting for a commit or the interval.
 	// +optional
 	WaiversExpireAt *metav1.Time `json:"waiversExpireAt,omitempty"`
+	// NotChecked lists the kinds (Kind.group) of the revision that no rule
+	// of the profile checks, with their object counts, at most 20.
+	// +optional
+	NotChecked []string `json:"notChecked,omitempty"`
 }
 
 // PolicyViolation is one rule failing on one object.

@@ -119,6 +119,9 @@ func printApp(w io.Writer, a *slipwayv1.Application) error {
 			verdict = "FAILED"
 		}
 		fmt.Fprintf(w, "\nPolicy:      %s (%s mode) %s on %s: %d failed, %d waived\n", p.Profile, p.Mode, verdict, shortRev(p.Revision), p.Failed, p.Waived)
+		if len(p.NotChecked) > 0 {
+			fmt.Fprintf(w, "Not checked: %s\n", strings.Join(p.NotChecked, ", "))
+		}
 		if len(p.Violations) > 0 {
 			tw := newTable(w)
 			fmt.Fprintln(tw, "  RULE\tSEVERITY\tOBJECT\tFIELD\tWAIVER\tMESSAGE")

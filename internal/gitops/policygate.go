@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -110,6 +111,11 @@ func mergePolicyStatus(a, b *slipwayv1.PolicyStatus) *slipwayv1.PolicyStatus {
 		a.WaiversExpireAt = e
 	}
 	a.Violations = append(a.Violations, b.Violations...)
+	for _, k := range b.NotChecked {
+		if len(a.NotChecked) < maxNotChecked && !slices.Contains(a.NotChecked, k) {
+			a.NotChecked = append(a.NotChecked, k)
+		}
+	}
 	sort.SliceStable(a.Violations, func(i, j int) bool { return a.Violations[i].Waiver == "" && a.Violations[j].Waiver != "" })
 	return a
 }
@@ -172,12 +178,50 @@ func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Applicatio
 			st.Violations = append(st.Violations, v)
 		}
 	}
+	g.checkUnchecked(compiled, name, results, desired, st)
 	// Failures first, so the truncated list keeps what blocks.
 	sort.SliceStable(st.Violations, func(i, j int) bool { return st.Violations[i].Waiver == "" && st.Violations[j].Waiver != "" })
 	if !st.Passed && st.Mode == slipwayv1.PolicyModeEnforce {
 		return st, stalled(ReasonPolicyViolation, fmt.Errorf("policy %s blocks revision %s: %s", name, short(desired.Revision), summarizeViolations(st)))
 	}
 	return st, nil
+}
+
+// ruleNotChecked is the rule a violation names when a profile refuses an
+// object because none of its rules checks the object's kind.
+const ruleNotChecked = "NOT-CHECKED"
+
+// maxNotChecked bounds status.policy.notChecked.
+const maxNotChecked = 20
+
+// checkUnchecked lists in st the kinds no rule of the profile checks, and
+// blocks the objects the profile refuses for it (cluster-scoped kinds, with
+// the profile's unchecked.clusterScoped: refuse) whatever its failOn: an
+// unchecked webhook configuration or ClusterRole is a hole, not a finding
+// of some severity.
+func (g *PolicyGate) checkUnchecked(compiled *policy.Policy, profile string, results []policy.ObjectResult, desired *Desired, st *slipwayv1.PolicyStatus) {
+	declared := policy.DeclaredScopes{}
+	for _, o := range desired.Objects {
+		declared.Add(o.Object)
+	}
+	scope := policy.ScopeFunc(policy.BuiltinScope).Or(declared.Scope)
+	if g.Mapper != nil {
+		scope = policy.MapperScope(g.Mapper).Or(declared.Scope)
+	}
+	for _, k := range compiled.Unchecked(results, scope) {
+		if len(st.NotChecked) < maxNotChecked {
+			st.NotChecked = append(st.NotChecked, fmt.Sprintf("%s (%d)", k.Kind, k.Objects))
+		}
+	}
+	for _, o := range compiled.RefusedUnchecked(results, scope) {
+		st.Failed++
+		st.Passed = false
+		policyViolations.WithLabelValues(ruleNotChecked, "high", "fail").Inc()
+		st.Violations = append(st.Violations, slipwayv1.PolicyViolation{
+			Rule: ruleNotChecked, Severity: "high", Object: objectName(o),
+			Message: fmt.Sprintf("no rule of profile %s checks %s, and the profile refuses cluster-scoped kinds it does not check", profile, o.KindKey()),
+		})
+	}
 }
 
 // compile returns the profile compiled with the current waivers, reusing the
@@ -199,6 +243,9 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 	p := policy.Profile{Packs: profile.Spec.Packs, Parameters: map[string]json.RawMessage{}}
 	for k, v := range profile.Spec.Parameters {
 		p.Parameters[k] = v.Raw
+	}
+	if u := profile.Spec.Unchecked; u != nil {
+		p.Unchecked = policy.UncheckedPolicy{RefuseClusterScoped: u.ClusterScoped == slipwayv1.UncheckedRefuse, Allowed: u.Allowed}
 	}
 	// Waivers are cluster-wide and profiles differ: a waiver applies to the
 	// profiles that contain its rule and is no business of the others.

@@ -2,6 +2,7 @@ package gitops_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -215,4 +216,30 @@ func createWaiver(t *testing.T, name, rule string, scope slipwayv1.WaiverScope, 
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(testCtx, waiver) })
 	return waiver
+}
+
+// TestUncheckedClusterKindsRefused: a profile that refuses cluster-scoped
+// kinds it has no rule for blocks them whatever its failOn, and every
+// profile reports the kinds it did not check.
+func TestUncheckedClusterKindsRefused(t *testing.T) {
+	ns := env.TenantNamespace(t)
+	profile := createProfile(t, "unchecked-"+ns, slipwayv1.PolicyProfileSpec{
+		Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "critical",
+		Unchecked: &slipwayv1.UncheckedKinds{ClusterScoped: slipwayv1.UncheckedRefuse},
+	})
+	createTenant(t, ns, slipwayv1.TenantSpec{Namespaces: []string{ns}, PolicyProfile: profile.Name,
+		ClusterResources: []metav1.GroupKind{{Group: "", Kind: "Namespace"}}})
+	extra := "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: extra-" + ns + "\n"
+	url := newRepo(t, map[string]string{"deploy/cm.yaml": configMap("settings", "v1"), "deploy/ns.yaml": extra})
+	app := newApp(t, ns, url)
+	blocked := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+		return hasCondition(a, slipwayv1.ConditionReady, metav1.ConditionFalse, "PolicyViolation", "NOT-CHECKED")
+	})
+	p := blocked.Status.Policy
+	if p == nil || !slices.Contains(p.NotChecked, "Namespace (1)") || !slices.Contains(p.NotChecked, "ConfigMap (1)") {
+		t.Fatalf("status.policy.notChecked = %+v", p)
+	}
+	if _, err := getConfigMap(t, ns, "settings"); !apierrors.IsNotFound(err) {
+		t.Fatalf("a revision with a refused unchecked kind was applied: %v", err)
+	}
 }
