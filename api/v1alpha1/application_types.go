@@ -90,6 +90,14 @@ type ApplicationDestination struct {
 	// Application's own namespace, or one its Tenant lists as a destination.
 	// +kubebuilder:validation:MinLength=1
 	Namespace string `json:"namespace"`
+	// ClusterRef names a Secret in the Application's namespace whose
+	// "kubeconfig" key reaches another cluster to deploy to (for example
+	// production, kept apart from development). Empty deploys to the
+	// cluster Slipway runs in. The kubeconfig's own identity applies there:
+	// that cluster's RBAC decides what it may do. Credential plugins
+	// (exec, auth providers) are refused.
+	// +optional
+	ClusterRef *LocalObjectReference `json:"clusterRef,omitempty"`
 }
 
 // SyncPolicy says what the controller may do without being asked.

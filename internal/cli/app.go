@@ -12,6 +12,7 @@ import (
 
 	"github.com/pmezard/go-difflib/difflib"
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -159,13 +160,26 @@ by server-side dry-run. Exit code 0 when there is no difference, 1 when there is
 		if err != nil {
 			return err
 		}
-		mapper := c.RESTMapper()
-		loader := &gitops.Loader{Client: c, Mapper: mapper, Fetcher: gitsource.NewFetcher(filepath.Join(upstream.CacheDir(), "git-cli"))}
-		desired, err := loader.Load(cmd.Context(), app)
+		// The comparison is made where the Application deploys, with the
+		// caller's rights here or the cluster Secret's there.
+		var target client.Client = c
+		if ref := app.Spec.Destination.ClusterRef; ref != nil {
+			var secret corev1.Secret
+			if err := c.Get(cmd.Context(), client.ObjectKey{Namespace: app.Namespace, Name: ref.Name}, &secret); err != nil {
+				return fmt.Errorf("reading the destination cluster's kubeconfig: %w", err)
+			}
+			cluster, err := gitops.NewClusters(c.Scheme()).For(&secret)
+			if err != nil {
+				return err
+			}
+			target = cluster.Client
+		}
+		loader := &gitops.Loader{Client: c, Mapper: target.RESTMapper(), Fetcher: gitsource.NewFetcher(filepath.Join(upstream.CacheDir(), "git-cli"))}
+		desired, err := loader.Load(cmd.Context(), app, nil)
 		if err != nil {
 			return err
 		}
-		changes, err := gitops.Plan(cmd.Context(), c, app, desired)
+		changes, err := gitops.Plan(cmd.Context(), target, app, desired)
 		if err != nil {
 			return err
 		}

@@ -62,6 +62,9 @@ type ApplicationReconciler struct {
 	// DefaultServiceAccount is what Applications apply as when neither they
 	// nor their Tenant name a ServiceAccount; empty refuses them.
 	DefaultServiceAccount string
+	// Clusters reaches the other clusters Applications deploy to; nil
+	// refuses spec.destination.clusterRef.
+	Clusters *Clusters
 }
 
 // SetupWithManager registers the controller. Metadata changes (the
@@ -170,10 +173,14 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	logger := log.FromContext(ctx)
 	syncRequest := app.Annotations[slipwayv1.SyncRequestAnnotation]
 	syncRequested := syncRequest != "" && syncRequest != app.Status.LastHandledSyncAt
+	cluster, err := r.clusterFor(ctx, app)
+	if err != nil {
+		return r.fail(ctx, app, err)
+	}
 	if r.healthOnly(app, syncRequested) {
 		// Only the objects still rolling out are read again; the next full
 		// pass, within the interval, reads everything.
-		return r.checkHealth(ctx, app, healthyResources(app.Status.Resources))
+		return r.checkHealth(ctx, app, cluster, healthyResources(app.Status.Resources))
 	}
 	// Echo the requests as handled whatever happens, so waiting clients see an answer.
 	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
@@ -183,7 +190,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	app.Status.LastReconcileAt = &now
 	setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "fetching and rendering the source")
 
-	desired, err := r.Loader.Load(ctx, app)
+	desired, err := r.Loader.Load(ctx, app, cluster.Mapper)
 	if desired != nil {
 		app.Status.LastAttemptedRevision = desired.Revision
 	}
@@ -204,7 +211,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		return r.fail(ctx, app, err)
 	}
 	if r.Policy != nil {
-		st, err := r.Policy.Check(ctx, app, tenancy.PolicyProfile, desired)
+		st, err := r.Policy.Check(ctx, app, tenancy.PolicyProfile, desired, cluster)
 		app.Status.Policy = st
 		if st != nil && !st.Passed {
 			r.policyEvents(app, st)
@@ -214,7 +221,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		}
 	}
 
-	applier, err := r.applier(app, tenancy)
+	applier, identity, err := r.applier(app, tenancy, cluster)
 	if err != nil {
 		return r.fail(ctx, app, err)
 	}
@@ -222,16 +229,16 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	sp := app.Spec.SyncPolicy
 	mayApply := syncRequested || (sp.Automated && (revisionChanged || sp.SelfHeal))
 	if !mayApply {
-		return r.compare(ctx, app, applier, desired)
+		return r.compare(ctx, app, cluster, applier, desired)
 	}
 
-	if err := checkOwnership(ctx, applier, tenancy.Identity(app.Namespace), app, desired.Objects); err != nil {
+	if err := checkOwnership(ctx, applier, identity, app, desired.Objects); err != nil {
 		return r.fail(ctx, app, err)
 	}
-	cs, err := resourceManager(applier, r.Loader.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
+	cs, err := resourceManager(applier, cluster.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
 	if err != nil {
 		r.addHistory(app, desired.Revision, "Failed", err.Error())
-		return r.fail(ctx, app, forbiddenStalled(fmt.Errorf("applying revision %s as %s: %w", short(desired.Revision), tenancy.Identity(app.Namespace), err)))
+		return r.fail(ctx, app, forbiddenStalled(fmt.Errorf("applying revision %s as %s: %w", short(desired.Revision), identity, err)))
 	}
 	if changes := summarize(cs); changes != "" {
 		verb := "applied"
@@ -261,7 +268,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
-	return r.checkHealth(ctx, app, nil)
+	return r.checkHealth(ctx, app, cluster, nil)
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing
@@ -285,7 +292,7 @@ func waiverExpired(app *slipwayv1.Application) bool {
 
 // compare reports drift without changing anything (automated sync or
 // self-heal is off and nobody asked for a sync).
-func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, applier client.Client, desired *Desired) (ctrl.Result, error) {
+func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Application, cluster *Cluster, applier client.Client, desired *Desired) (ctrl.Result, error) {
 	changes, err := Plan(ctx, applier, app, desired)
 	if err != nil {
 		return r.fail(ctx, app, forbiddenStalled(err))
@@ -310,11 +317,11 @@ func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Appl
 			fmt.Sprintf("revision %s is not applied: automated sync is off; run `slipway app sync %s`", short(desired.Revision), app.Name))
 		return ctrl.Result{RequeueAfter: interval(app)}, nil
 	}
-	return r.checkHealth(ctx, app, nil)
+	return r.checkHealth(ctx, app, cluster, nil)
 }
 
-func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application, known map[string]slipwayv1.ResourceStatus) (ctrl.Result, error) {
-	resources, health, err := assessHealth(ctx, r.Client, app.Status.Inventory, known)
+func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application, cluster *Cluster, known map[string]slipwayv1.ResourceStatus) (ctrl.Result, error) {
+	resources, health, err := assessHealth(ctx, cluster.Reader, app.Status.Inventory, known)
 	if err != nil {
 		return r.fail(ctx, app, err)
 	}
@@ -384,13 +391,18 @@ func (r *ApplicationReconciler) fail(ctx context.Context, app *slipwayv1.Applica
 	return ctrl.Result{}, err
 }
 
-// applier is the client that changes the cluster for app: one acting as
-// its ServiceAccount, or the server's own with a Tenant's server rights.
-func (r *ApplicationReconciler) applier(app *slipwayv1.Application, t *Tenancy) (client.Client, error) {
-	if t.ServerRights || r.Impersonator == nil {
-		return r.Client, nil
+// applier is the client that changes the cluster for app, and who it acts
+// as: in this cluster its ServiceAccount, or the server itself with a
+// Tenant's server rights; in another cluster, its kubeconfig's identity.
+func (r *ApplicationReconciler) applier(app *slipwayv1.Application, t *Tenancy, cluster *Cluster) (client.Client, string, error) {
+	switch {
+	case cluster.Remote:
+		return cluster.Client, "the kubeconfig's identity in " + cluster.Name, nil
+	case t.ServerRights || r.Impersonator == nil:
+		return r.Client, t.Identity(app.Namespace), nil
 	}
-	return r.Impersonator.ServiceAccount(app.Namespace, t.ServiceAccount)
+	c, err := r.Impersonator.ServiceAccount(app.Namespace, t.ServiceAccount)
+	return c, t.Identity(app.Namespace), err
 }
 
 func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Application, applier client.Client, entries []slipwayv1.InventoryEntry) error {
@@ -433,9 +445,13 @@ func (r *ApplicationReconciler) finalize(ctx context.Context, app *slipwayv1.App
 // rather than keeping the Application from ever being deleted.
 func (r *ApplicationReconciler) pruneOnDelete(ctx context.Context, app *slipwayv1.Application) error {
 	tenancy, err := TenancyFor(ctx, r.Client, app, r.DefaultServiceAccount)
+	var cluster *Cluster
+	if err == nil {
+		cluster, err = r.clusterFor(ctx, app)
+	}
 	var applier client.Client
 	if err == nil {
-		applier, err = r.applier(app, tenancy)
+		applier, _, err = r.applier(app, tenancy, cluster)
 	}
 	if err == nil {
 		err = r.prune(ctx, app, applier, app.Status.Inventory)

@@ -75,9 +75,13 @@ type Loader struct {
 }
 
 // Load fetches the Application's revision, renders it and prepares the
-// objects for apply: namespaces defaulted, owner labels set, kinds checked.
-// Nothing in the cluster changes.
-func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application) (*Desired, error) {
+// objects for apply: namespaces defaulted, owner labels set, kinds checked
+// against mapper (the destination cluster's; nil means l.Mapper). Nothing
+// in the cluster changes.
+func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper apimeta.RESTMapper) (*Desired, error) {
+	if mapper == nil {
+		mapper = l.Mapper
+	}
 	creds, err := l.credentials(ctx, app)
 	if err != nil {
 		return nil, err
@@ -110,7 +114,7 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application) (*Desired
 	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonRenderFailed, fmt.Errorf("rendering revision %s: %w", short(snap.Revision), err))
 	}
-	sources, err := l.prepare(objs, app)
+	sources, err := l.prepare(objs, app, mapper)
 	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonValidationFailed, fmt.Errorf("revision %s: %w", short(snap.Revision), err))
 	}
@@ -139,7 +143,7 @@ func (l *Loader) credentials(ctx context.Context, app *slipwayv1.Application) (*
 // prepare defaults namespaces, labels ownership and refuses unknown kinds and
 // duplicates, naming the file each offending object came from. It returns
 // the file of each object by inventory ID.
-func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Application) (map[string]string, error) {
+func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Application, mapper apimeta.RESTMapper) (map[string]string, error) {
 	crdScopes := map[schema.GroupKind]string{}
 	for _, o := range objs {
 		if o.GroupVersionKind().GroupKind() == (schema.GroupKind{Group: "apiextensions.k8s.io", Kind: "CustomResourceDefinition"}) {
@@ -156,7 +160,7 @@ func (l *Loader) prepare(objs []*unstructured.Unstructured, app *slipwayv1.Appli
 		if scope, ok := crdScopes[gvk.GroupKind()]; ok {
 			namespaced = scope == "Namespaced"
 		} else {
-			mapping, err := l.Mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+			mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %s %q: unknown kind %s in %s: the cluster does not serve it (is its CRD installed?)",
 					manifest.Source(o), gvk.Kind, o.GetName(), gvk.Kind, gvk.GroupVersion())

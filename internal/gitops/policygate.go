@@ -61,7 +61,13 @@ type compiledProfile struct {
 // Application names: an Application can add checks, never remove them. It
 // returns nil when no profile applies, and a stalled error when a profile
 // enforces and a rule at or above its failOn fails.
-func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, adminProfile string, desired *Desired) (*slipwayv1.PolicyStatus, error) {
+//
+// Cross-object rules see the live objects of cluster, where the revision
+// goes; nil means the gate's own reader and mapper.
+func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, adminProfile string, desired *Desired, cluster *Cluster) (*slipwayv1.PolicyStatus, error) {
+	if cluster == nil {
+		cluster = &Cluster{Reader: g.Client, Mapper: g.Mapper}
+	}
 	type gate struct {
 		name     string
 		required bool
@@ -76,7 +82,7 @@ func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, admi
 	var combined *slipwayv1.PolicyStatus
 	var blocked error
 	for _, g2 := range gates {
-		st, err := g.checkProfile(ctx, app, g2.name, g2.required, desired)
+		st, err := g.checkProfile(ctx, app, g2.name, g2.required, desired, cluster)
 		var se *stalledError
 		if err != nil && !errors.As(err, &se) {
 			return combined, err
@@ -122,7 +128,7 @@ func mergePolicyStatus(a, b *slipwayv1.PolicyStatus) *slipwayv1.PolicyStatus {
 
 // checkProfile evaluates desired against one profile. A missing profile
 // that is not required (the default) gates nothing.
-func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Application, name string, explicit bool, desired *Desired) (*slipwayv1.PolicyStatus, error) {
+func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Application, name string, explicit bool, desired *Desired, cluster *Cluster) (*slipwayv1.PolicyStatus, error) {
 	profile := &slipwayv1.PolicyProfile{}
 	if err := g.Client.Get(ctx, client.ObjectKey{Name: name}, profile); err != nil {
 		if apierrors.IsNotFound(err) && !explicit {
@@ -141,7 +147,7 @@ func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Applicatio
 	if err != nil {
 		return nil, stalled(ReasonPolicyViolation, fmt.Errorf("PolicyProfile %s: %w", name, err))
 	}
-	live, err := g.liveNeighbours(ctx, app, desired, compiled.NamespaceObjectKinds())
+	live, err := liveNeighbours(ctx, cluster, app, desired, compiled.NamespaceObjectKinds())
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +184,7 @@ func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Applicatio
 			st.Violations = append(st.Violations, v)
 		}
 	}
-	g.checkUnchecked(compiled, name, results, desired, st)
+	checkUnchecked(compiled, name, results, desired, cluster.Mapper, st)
 	// Failures first, so the truncated list keeps what blocks.
 	sort.SliceStable(st.Violations, func(i, j int) bool { return st.Violations[i].Waiver == "" && st.Violations[j].Waiver != "" })
 	if !st.Passed && st.Mode == slipwayv1.PolicyModeEnforce {
@@ -199,14 +205,14 @@ const maxNotChecked = 20
 // the profile's unchecked.clusterScoped: refuse) whatever its failOn: an
 // unchecked webhook configuration or ClusterRole is a hole, not a finding
 // of some severity.
-func (g *PolicyGate) checkUnchecked(compiled *policy.Policy, profile string, results []policy.ObjectResult, desired *Desired, st *slipwayv1.PolicyStatus) {
+func checkUnchecked(compiled *policy.Policy, profile string, results []policy.ObjectResult, desired *Desired, mapper apimeta.RESTMapper, st *slipwayv1.PolicyStatus) {
 	declared := policy.DeclaredScopes{}
 	for _, o := range desired.Objects {
 		declared.Add(o.Object)
 	}
 	scope := policy.ScopeFunc(policy.BuiltinScope).Or(declared.Scope)
-	if g.Mapper != nil {
-		scope = policy.MapperScope(g.Mapper).Or(declared.Scope)
+	if mapper != nil {
+		scope = policy.MapperScope(mapper).Or(declared.Scope)
 	}
 	for _, k := range compiled.Unchecked(results, scope) {
 		if len(st.NotChecked) < maxNotChecked {
@@ -289,8 +295,8 @@ func (g *PolicyGate) compile(ctx context.Context, profile *slipwayv1.PolicyProfi
 // The list is a live read, not a cached one: unstructured reads bypass the
 // manager's cache, so the controller needs list on these kinds in the
 // destination namespaces only, not a cluster-wide watch.
-func (g *PolicyGate) liveNeighbours(ctx context.Context, app *slipwayv1.Application, desired *Desired, kinds []string) ([]*unstructured.Unstructured, error) {
-	if len(kinds) == 0 || g.Mapper == nil {
+func liveNeighbours(ctx context.Context, cluster *Cluster, app *slipwayv1.Application, desired *Desired, kinds []string) ([]*unstructured.Unstructured, error) {
+	if len(kinds) == 0 || cluster.Mapper == nil {
 		return nil, nil
 	}
 	namespaces := map[string]bool{}
@@ -305,7 +311,7 @@ func (g *PolicyGate) liveNeighbours(ctx context.Context, app *slipwayv1.Applicat
 	var out []*unstructured.Unstructured
 	for _, k := range kinds {
 		kind, group, _ := strings.Cut(k, ".")
-		mapping, err := g.Mapper.RESTMapping(schema.GroupKind{Group: group, Kind: kind})
+		mapping, err := cluster.Mapper.RESTMapping(schema.GroupKind{Group: group, Kind: kind})
 		if apimeta.IsNoMatchError(err) {
 			continue // the cluster does not serve the kind, so none are live
 		}
@@ -315,7 +321,7 @@ func (g *PolicyGate) liveNeighbours(ctx context.Context, app *slipwayv1.Applicat
 		for ns := range namespaces {
 			list := &unstructured.UnstructuredList{}
 			list.SetGroupVersionKind(mapping.GroupVersionKind.GroupVersion().WithKind(mapping.GroupVersionKind.Kind + "List"))
-			if err := g.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+			if err := cluster.Reader.List(ctx, list, client.InNamespace(ns)); err != nil {
 				return nil, fmt.Errorf("listing live %s in namespace %s for the policy gate: %w", k, ns, err)
 			}
 			for i := range list.Items {

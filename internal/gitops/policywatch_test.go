@@ -105,7 +105,7 @@ func TestPolicyGateCountsLiveNetworkPolicies(t *testing.T) {
 	web := object(t, fmt.Sprintf(`{apiVersion: apps/v1, kind: Deployment, metadata: {name: web, namespace: %s}, spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: x}]}}}}`, ns))
 	netRules := func(objs ...*unstructured.Unstructured) []string {
 		t.Helper()
-		st, err := gate.Check(testCtx, app, "", &gitops.Desired{Revision: "r", Objects: objs})
+		st, err := gate.Check(testCtx, app, "", &gitops.Desired{Revision: "r", Objects: objs}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

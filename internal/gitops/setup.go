@@ -47,6 +47,7 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 	}
 	r := &ApplicationReconciler{
 		Impersonator:          impersonator,
+		Clusters:              NewClusters(mgr.GetScheme()),
 		DefaultServiceAccount: opts.DefaultServiceAccount,
 		Policy:                &PolicyGate{Client: mgr.GetClient(), Catalog: catalog, Mapper: mgr.GetRESTMapper()},
 		Client:                mgr.GetClient(),
