@@ -46,6 +46,56 @@ type PolicyProfileSpec struct {
 	// checks. They are always reported as not checked.
 	// +optional
 	Unchecked *UncheckedKinds `json:"unchecked,omitempty"`
+	// ImageVerification, when set, requires every image the revision runs
+	// to be pinned by digest, signed by a trusted key and to carry SLSA
+	// provenance from an allowed builder and source repository, as the
+	// pipeline signs and attests its builds. An image that fails blocks the
+	// whole revision (in enforce mode) whatever failOn says.
+	// +optional
+	ImageVerification *ImageVerification `json:"imageVerification,omitempty"`
+}
+
+// ImageVerification says which images a profile trusts.
+type ImageVerification struct {
+	// PublicKeys are the trusted cosign public keys (PEM); a signature by
+	// any of them counts.
+	// +kubebuilder:validation:MinItems=1
+	PublicKeys []string `json:"publicKeys"`
+	// Builders are the allowed SLSA builder ids, as prefixes matched on
+	// whole path elements; empty allows any builder.
+	// +optional
+	Builders []string `json:"builders,omitempty"`
+	// SourceRepositories are the allowed source repository URLs, as
+	// prefixes matched on whole path elements; empty allows any.
+	// +optional
+	SourceRepositories []string `json:"sourceRepositories,omitempty"`
+	// RegistryCredentials are read from Secrets (username, password), each
+	// sent only to its registry host; other registries are read anonymously.
+	// +optional
+	RegistryCredentials []RegistryCredential `json:"registryCredentials,omitempty"`
+	// Timeout bounds the verification of one image; a registry that does
+	// not answer in time fails the check.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('2m')",message="timeout must be more than 0s and at most 2m"
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+}
+
+// RegistryCredential names the Secret holding one registry's credentials.
+type RegistryCredential struct {
+	// Host is the registry host (and port), e.g. registry.example.com.
+	// +kubebuilder:validation:MinLength=1
+	Host string `json:"host"`
+	// SecretRef names the Secret (namespace and name).
+	SecretRef NamespacedReference `json:"secretRef"`
+}
+
+// NamespacedReference names an object in a namespace.
+type NamespacedReference struct {
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
 }
 
 // UncheckedKinds is a profile's choice about objects of kinds no rule checks.

@@ -363,10 +363,13 @@ func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.
 func (r *ApplicationReconciler) fail(ctx context.Context, app *slipwayv1.Application, err error) (ctrl.Result, error) {
 	reason := ReasonApplyFailed
 	var se *stalledError
+	var re *retryableError
 	var gitErr *gitsource.Error
 	switch {
 	case errors.As(err, &se):
 		reason = se.reason
+	case errors.As(err, &re):
+		reason = re.reason
 	case errors.As(err, &gitErr):
 		reason = ReasonGitOperationFailed
 	}

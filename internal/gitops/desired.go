@@ -48,6 +48,18 @@ func (e *stalledError) Unwrap() error { return e.err }
 
 func stalled(reason string, err error) error { return &stalledError{reason: reason, err: err} }
 
+// retryableError is a failure with a reason of its own that may go away by
+// itself, so it is retried with backoff (a registry that did not answer).
+type retryableError struct {
+	reason string
+	err    error
+}
+
+func (e *retryableError) Error() string { return e.err.Error() }
+func (e *retryableError) Unwrap() error { return e.err }
+
+func retryable(reason string, err error) error { return &retryableError{reason: reason, err: err} }
+
 // Condition reasons.
 const (
 	ReasonGitOperationFailed = "GitOperationFailed"
@@ -61,6 +73,7 @@ const (
 	ReasonOutOfSync          = "OutOfSync"
 	ReasonSucceeded          = "ReconciliationSucceeded"
 	ReasonSuspended          = "Suspended"
+	ReasonImageUnverified    = "ImageUnverified"
 )
 
 // Loader fetches and renders what an Application's source describes.

@@ -1,6 +1,7 @@
 package gitops
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/imagetrust"
 	"slipway.dev/slipway/internal/policy"
 )
 
@@ -48,6 +50,7 @@ type PolicyGate struct {
 
 	mu       sync.Mutex
 	compiled map[string]compiledProfile // by profile name
+	images   *imagetrust.Verifier
 }
 
 type compiledProfile struct {
@@ -80,22 +83,25 @@ func (g *PolicyGate) Check(ctx context.Context, app *slipwayv1.Application, admi
 		gates = append(gates, gate{own, true})
 	}
 	var combined *slipwayv1.PolicyStatus
-	var blocked error
+	var blocked, retry error
 	for _, g2 := range gates {
 		st, err := g.checkProfile(ctx, app, g2.name, g2.required, desired, cluster)
-		var se *stalledError
-		if err != nil && !errors.As(err, &se) {
-			return combined, err
-		}
-		if blocked == nil {
-			blocked = err
-		}
 		combined = mergePolicyStatus(combined, st)
+		var se *stalledError
+		switch {
+		case err == nil:
+		case !errors.As(err, &se):
+			retry = cmp.Or(retry, err)
+		default:
+			blocked = cmp.Or(blocked, err)
+		}
 	}
 	if combined != nil && len(combined.Violations) > maxReportedViolations {
 		combined.Violations = combined.Violations[:maxReportedViolations]
 	}
-	return combined, blocked
+	// An answer that may change by itself (a registry that did not reply)
+	// is retried with backoff; a verdict on the revision waits for a change.
+	return combined, cmp.Or(retry, blocked)
 }
 
 // mergePolicyStatus adds the result of one more profile to a.
@@ -185,10 +191,15 @@ func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Applicatio
 		}
 	}
 	checkUnchecked(compiled, name, results, desired, cluster.Mapper, st)
+	unreachable := g.checkImages(ctx, profile, desired, st)
 	// Failures first, so the truncated list keeps what blocks.
 	sort.SliceStable(st.Violations, func(i, j int) bool { return st.Violations[i].Waiver == "" && st.Violations[j].Waiver != "" })
 	if !st.Passed && st.Mode == slipwayv1.PolicyModeEnforce {
-		return st, stalled(ReasonPolicyViolation, fmt.Errorf("policy %s blocks revision %s: %s", name, short(desired.Revision), summarizeViolations(st)))
+		blocked := fmt.Errorf("policy %s blocks revision %s: %s", name, short(desired.Revision), summarizeViolations(st))
+		if unreachable != nil {
+			return st, retryable(ReasonImageUnverified, blocked)
+		}
+		return st, stalled(ReasonPolicyViolation, blocked)
 	}
 	return st, nil
 }
