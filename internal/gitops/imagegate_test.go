@@ -88,7 +88,7 @@ func TestImageVerificationGate(t *testing.T) {
 		Packs: []string{"pss-baseline"}, Mode: slipwayv1.PolicyModeEnforce, FailOn: "critical",
 		ImageVerification: &slipwayv1.ImageVerification{
 			PublicKeys: []string{string(pub)}, Builders: []string{"https://slipway.example.com/pipelines/cafe"},
-			SourceRepositories: []string{"https://git.example.com/cafe/"},
+			SourceRepositories:  []string{"https://git.example.com/cafe/"},
 			RegistryCredentials: []slipwayv1.RegistryCredential{{Host: reg.Host(), SecretRef: slipwayv1.NamespacedReference{Namespace: ns, Name: credsSecret.Name}}},
 			Timeout:             &metav1.Duration{Duration: 2 * time.Second},
 		},
