@@ -14,3 +14,9 @@ var CRDs embed.FS
 //
 //go:embed rbac/*.yaml
 var RBAC embed.FS
+
+// Admission holds the ValidatingAdmissionPolicies that make the API server
+// enforce separation of duties on promotions.
+//
+//go:embed admission/*.yaml
+var Admission embed.FS

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -400,3 +401,76 @@ type trimmed struct{ error }
 
 func (t trimmed) Error() string { return strings.TrimSpace(t.error.Error()) }
 func (t trimmed) Unwrap() error { return t.error }
+
+// Authors returns the author emails of the commits reachable from to and
+// not from from (git log from..to), at most limit commits: the people whose
+// code a change between two builds carries. An empty from walks all of
+// to's history. More than limit commits is an error, not a shorter list.
+func (f *Fetcher) Authors(ctx context.Context, req Request, from, to string, limit int) ([]string, error) {
+	req.Ref, req.Path = Ref{Commit: to}, ""
+	if _, err := f.Fetch(ctx, req, ""); err != nil {
+		return nil, err
+	}
+	cr, err := f.open(req.URL, req.Auth, true)
+	if err != nil {
+		return nil, err
+	}
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	seen := map[plumbing.Hash]bool{}
+	if from != "" {
+		// Everything from already carries is not new.
+		if err := walk(cr.repo, plumbing.NewHash(from), seen, nil, -1); err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) {
+			return nil, fmt.Errorf("reading the history of %s in %s: %w", from, RedactURL(req.URL), err)
+		}
+	}
+	emails := map[string]bool{}
+	err = walk(cr.repo, plumbing.NewHash(to), seen, func(c *object.Commit) {
+		emails[strings.ToLower(c.Author.Email)] = true
+	}, limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading the commits between %s and %s in %s: %w", short(from), short(to), RedactURL(req.URL), err)
+	}
+	out := make([]string, 0, len(emails))
+	for e := range emails {
+		out = append(out, e)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// walk visits the commits reachable from start that are not in seen,
+// marking them; more than limit (when not negative) is an error.
+func walk(repo *git.Repository, start plumbing.Hash, seen map[plumbing.Hash]bool, visit func(*object.Commit), limit int) error {
+	queue := []plumbing.Hash{start}
+	for n := 0; len(queue) > 0; {
+		h := queue[0]
+		queue = queue[1:]
+		if seen[h] {
+			continue
+		}
+		seen[h] = true
+		c, err := repo.CommitObject(h)
+		if err != nil {
+			return err
+		}
+		if n++; limit >= 0 && n > limit {
+			return fmt.Errorf("more than %d commits", limit)
+		}
+		if visit != nil {
+			visit(c)
+		}
+		queue = append(queue, c.ParentHashes...)
+	}
+	return nil
+}
+
+func short(rev string) string {
+	if len(rev) > 12 {
+		return rev[:12]
+	}
+	if rev == "" {
+		return "the first commit"
+	}
+	return rev
+}

@@ -81,7 +81,7 @@ func Apply(ctx context.Context, c client.Client, timeout time.Duration) (*Result
 
 func manifests() ([]*unstructured.Unstructured, error) {
 	var objs []*unstructured.Unstructured
-	for dir, files := range map[string]fs.FS{"crd": config.CRDs, "rbac": config.RBAC} {
+	for dir, files := range map[string]fs.FS{"crd": config.CRDs, "rbac": config.RBAC, "admission": config.Admission} {
 		err := fs.WalkDir(files, dir, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
 				return err

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"regexp"
 	"strings"
 	"time"
 
@@ -100,6 +101,9 @@ type Request struct {
 	Auth *gitsource.Credentials
 	// AuthorEmail of the commit; DefaultAuthorEmail when empty.
 	AuthorEmail string
+	// Trailers are added after the provenance trailers, e.g. the
+	// promotion's requester and approvers.
+	Trailers []Trailer
 	// Timeout bounds each git operation (clone, fetch, push);
 	// DefaultTimeout when zero.
 	Timeout time.Duration
@@ -111,6 +115,9 @@ type Request struct {
 	// at a known moment.
 	beforePush func(attempt int)
 }
+
+// Trailer is one "Key: value" line at the end of the commit message.
+type Trailer struct{ Key, Value string }
 
 // Result is a promotion that landed.
 type Result struct {
@@ -266,6 +273,11 @@ func (req *Request) defaults() error {
 			return fmt.Errorf("promote: the %s is required and must be a single line", k)
 		}
 	}
+	for _, t := range req.Trailers {
+		if !trailerKey.MatchString(t.Key) || t.Value == "" || strings.ContainsAny(t.Value, "\r\n") {
+			return fmt.Errorf("promote: trailer %q must be a word and a single-line value", t.Key)
+		}
+	}
 	if req.Branch == "" {
 		req.Branch = DefaultBranch
 	}
@@ -335,13 +347,20 @@ func CommitMessage(req Request) string {
 	if len(short) > 12 {
 		short = short[:12]
 	}
-	return fmt.Sprintf("Promote %s to %s\n\nImage: %s\nFile: %s\n\n%s: %s\n%s: %s\n%s: %s\n",
+	msg := fmt.Sprintf("Promote %s to %s\n\nImage: %s\nFile: %s\n\n%s: %s\n%s: %s\n%s: %s\n",
 		req.ImageName, short,
 		req.Image, req.Path,
 		TrailerSourceCommit, req.SourceCommit,
 		TrailerRun, req.RunID,
 		TrailerImageDigest, req.Image.Digest)
+	for _, t := range req.Trailers {
+		msg += t.Key + ": " + t.Value + "\n"
+	}
+	return msg
 }
+
+// trailerKey is what git accepts as a trailer key.
+var trailerKey = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]*$`)
 
 // withTimeout runs one git operation under its own deadline and explains
 // its error.

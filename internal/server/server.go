@@ -3,11 +3,13 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -24,7 +26,10 @@ import (
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitops"
+	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/pipeline"
+	"slipway.dev/slipway/internal/promotion"
 	"slipway.dev/slipway/internal/webhook"
 )
 
@@ -124,6 +129,15 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if err := runs.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the PipelineRun controller: %w", err)
+	}
+	promotions := &promotion.Reconciler{
+		Client:    mgr.GetClient(),
+		Fetcher:   gitsource.NewFetcher(filepath.Join(opts.GitCacheDir, "promotions")),
+		Recorder:  mgr.GetEventRecorderFor("slipway-promotion"),
+		Namespace: cmp.Or(opts.LeaderElectionNamespace, install.Namespace),
+	}
+	if err := promotions.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the Promotion controller: %w", err)
 	}
 
 	var ready atomic.Bool
