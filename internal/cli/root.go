@@ -22,6 +22,10 @@ func NewRootCommand() *cobra.Command {
 		newAppCommand(),
 		newPolicyCommand(),
 		newRunCommand(),
+		newPromoteCommand(),
+		newApproveCommand(),
+		newRejectCommand(),
+		newPromotionCommand(),
 	)
 	return root
 }

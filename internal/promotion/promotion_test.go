@@ -1,7 +1,10 @@
 package promotion_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -10,9 +13,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/cli"
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/gittest"
 	"slipway.dev/slipway/internal/install"
@@ -35,7 +40,6 @@ reviewer: [reviewer@example.com]
 func newDelivery(t *testing.T, prod slipwayv1.DeliveryStage, sourceAuthor string) *delivery {
 	t.Helper()
 	d := &delivery{ns: env.Namespace(t)}
-	promoterRole(t, d.ns)
 	ids := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: install.Namespace, Name: promotion.IdentitiesConfigMap}, Data: map[string]string{"identities": identities}}
 	if err := env.Client.Create(testCtx, ids); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
@@ -241,5 +245,78 @@ func TestRejection(t *testing.T) {
 	}
 	if c := got.Status.Conditions; len(c) == 0 || !strings.Contains(c[0].Message, "rejected by reviewer") {
 		t.Fatalf("conditions = %+v", c)
+	}
+}
+
+// kubeconfigAs writes a kubeconfig that reaches the test API server as
+// user, in groups, as each of the lab's people has one.
+func kubeconfigAs(t *testing.T, user string, groups ...string) string {
+	t.Helper()
+	raw, err := env.Kubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.Load(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range cfg.AuthInfos {
+		a.Impersonate, a.ImpersonateGroups = user, append([]string{"system:authenticated"}, groups...)
+	}
+	path := filepath.Join(t.TempDir(), user+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func slipway(t *testing.T, kubeconfig string, args ...string) (string, error) {
+	t.Helper()
+	root := cli.NewRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append(args, "--kubeconfig", kubeconfig))
+	err := root.ExecuteContext(testCtx)
+	return out.String(), err
+}
+
+// TestPromotionCLI: the same flow through the CLI, as people use it: the
+// requester cannot approve their own promotion; a reviewer can, and it
+// lands; list and get show who did what.
+func TestPromotionCLI(t *testing.T) {
+	d := newDelivery(t, slipwayv1.DeliveryStage{Approvals: &slipwayv1.ApprovalRule{Count: 1, Groups: []string{"release-approvers"}}}, "carol@example.com")
+	dev, reviewer := kubeconfigAs(t, "dev", "developers"), kubeconfigAs(t, "reviewer", "release-approvers")
+	person(t, d.ns, "dev")
+	person(t, d.ns, "reviewer")
+
+	if out, err := slipway(t, dev, "promote", "tea", "--to", "nowhere", "-n", d.ns); err == nil || !strings.Contains(err.Error(), "stages are staging, prod") {
+		t.Fatalf("promote to an unknown stage: %v\n%s", err, out)
+	}
+	out, err := slipway(t, dev, "promote", "tea", "--to", "prod", "--change-id", "CHG-9", "-n", d.ns, "-o", "json")
+	if err != nil {
+		t.Fatalf("promote: %v\n%s", err, out)
+	}
+	var p slipwayv1.Promotion
+	if err := json.Unmarshal([]byte(out), &p); err != nil || p.Spec.RequestedBy != "dev" {
+		t.Fatalf("promote -o json: %v\n%s", err, out)
+	}
+	waitPromotion(t, env.Client, client.ObjectKeyFromObject(&p), 30*time.Second, pending("1 more approval"))
+	if out, err := slipway(t, dev, "approve", p.Name, "-n", d.ns); err == nil || !strings.Contains(err.Error(), "cannot approve or reject") {
+		t.Fatalf("the requester approving through the CLI: %v\n%s", err, out)
+	}
+	if out, err := slipway(t, reviewer, "reject", p.Name, "-n", d.ns); err == nil || !strings.Contains(err.Error(), "--reason is required") {
+		t.Fatalf("reject without a reason: %v\n%s", err, out)
+	}
+	if out, err := slipway(t, reviewer, "approve", p.Name, "-n", d.ns); err != nil || !strings.Contains(out, "approved by reviewer") {
+		t.Fatalf("approve: %v\n%s", err, out)
+	}
+	waitPromotion(t, env.Client, client.ObjectKeyFromObject(&p), 30*time.Second, phase(slipwayv1.PromotionLanded))
+	out, err = slipway(t, reviewer, "promotion", "get", p.Name, "-n", d.ns)
+	if err != nil || !strings.Contains(out, "Phase:        Landed") || !strings.Contains(out, "reviewer   Approve") || !strings.Contains(out, "Authors:      carol@example.com") {
+		t.Fatalf("promotion get: %v\n%s", err, out)
+	}
+	if out, err := slipway(t, reviewer, "promotion", "list", "-n", d.ns); err != nil || !strings.Contains(out, "CHG-9") {
+		t.Fatalf("promotion list: %v\n%s", err, out)
 	}
 }

@@ -79,7 +79,8 @@ func run(m *testing.M) int {
 func ptr[T any](v T) *T { return &v }
 
 // person is a client authenticated as a user in some groups, as the lab's
-// client certificates authenticate its people.
+// client certificates authenticate its people, bound to the roles
+// `slipway install` ships for requesters and approvers.
 func person(t *testing.T, ns, user string, groups ...string) client.Client {
 	t.Helper()
 	cfg := rest.CopyConfig(env.Config)
@@ -88,29 +89,17 @@ func person(t *testing.T, ns, user string, groups ...string) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Everyone may request and review promotions here; the API server's
-	// admission policy decides whose approvals are accepted.
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "promoter-" + user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "promoter"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
-	}
-	if err := env.Client.Create(testCtx, binding); err != nil {
-		t.Fatal(err)
+	for _, role := range []string{"slipway-promotion-requester", "slipway-promotion-approver"} {
+		binding := &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: role + "-" + user},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+		}
+		if err := env.Client.Create(testCtx, binding); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return c
-}
-
-func promoterRole(t *testing.T, ns string) {
-	t.Helper()
-	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "promoter"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{slipwayv1.GroupVersion.Group}, Resources: []string{"promotions"},
-			Verbs: []string{"get", "list", "watch", "create", "update", "patch"}}},
-	}
-	if err := env.Client.Create(testCtx, role); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func newRepo(t *testing.T, files map[string]string, author string) (string, string) {
