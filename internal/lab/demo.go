@@ -30,6 +30,8 @@ import (
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gitsource"
+	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/promotion"
 	"slipway.dev/slipway/internal/signing"
 )
 
@@ -301,15 +303,17 @@ const DemoServiceAccount = "slipway-deployer"
 
 // createDemoTenant sets the demo's namespace up as a platform team would
 // for an application team: a ServiceAccount bound to the slipway-tenant
-// ClusterRole in that namespace only, and a Tenant naming it.
+// ClusterRole in that namespace only, a Tenant naming it, and the people
+// who request and approve promotions.
 func (l *Lab) createDemoTenant(ctx context.Context, c client.Client) error {
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: DemoServiceAccount}}
 	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: DemoServiceAccount}}
 	tenant := &slipwayv1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace}}
-	for _, step := range []struct {
+	type step struct {
 		obj    client.Object
 		mutate func() error
-	}{
+	}
+	steps := []step{
 		{sa, func() error { return nil }},
 		{binding, func() error {
 			binding.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "slipway-tenant"}
@@ -320,7 +324,24 @@ func (l *Lab) createDemoTenant(ctx context.Context, c client.Client) error {
 			tenant.Spec = slipwayv1.TenantSpec{Namespaces: []string{DemoNamespace}, ServiceAccountName: DemoServiceAccount}
 			return nil
 		}},
-	} {
+	}
+	// The lab's people: the developer requests promotions, the reviewer
+	// and the security officer approve them; the demo's commits are the
+	// developer's.
+	identities := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: install.Namespace, Name: promotion.IdentitiesConfigMap}}
+	steps = append(steps, step{identities, func() error {
+		identities.Data = map[string]string{"identities": "dev: [" + demoAuthor.Email + ", dev@example.com]\nreviewer: [reviewer@slipway.dev]\nsecurity-officer: [security-officer@slipway.dev]\n"}
+		return nil
+	}})
+	for person, role := range map[string]string{"dev": "slipway-promotion-requester", "reviewer": "slipway-promotion-approver", "security-officer": "slipway-promotion-approver"} {
+		b := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: role + "-" + person}}
+		steps = append(steps, step{b, func() error {
+			b.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role}
+			b.Subjects = []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: person}}
+			return nil
+		}})
+	}
+	for _, step := range steps {
 		if _, err := upsert(ctx, c, step.obj, step.mutate); err != nil {
 			return fmt.Errorf("setting up the demo's tenancy (%T %s): %w", step.obj, step.obj.GetName(), err)
 		}

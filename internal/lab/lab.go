@@ -58,6 +58,17 @@ func (l *Lab) path(parts ...string) string {
 	return filepath.Join(append([]string{l.Dir}, parts...)...)
 }
 
+// People are the lab's users besides its administrator, each with a client
+// certificate and a context of their own in the lab's kubeconfig
+// (`--context reviewer@slipway-lab`), so that separation of duties can be
+// tried by hand: a developer requests promotions, a reviewer and the
+// security officer approve them.
+var People = []pki.Person{
+	{Name: "dev", Groups: []string{"developers"}},
+	{Name: "reviewer", Groups: []string{"release-approvers"}},
+	{Name: "security-officer", Groups: []string{"security-officers", "release-approvers"}},
+}
+
 // Kubeconfig is the admin kubeconfig the lab writes.
 func (l *Lab) Kubeconfig() string { return l.path("kubeconfig") }
 
@@ -352,7 +363,7 @@ func (l *Lab) Client() (client.Client, *rest.Config, error) {
 // writeCredentials generates the PKI, the kubeconfigs and the webhook secret.
 func (l *Lab) writeCredentials(st *State) error {
 	dir := l.path("pki")
-	if err := pki.EnsureAll(dir, pki.Options{}); err != nil {
+	if err := pki.EnsureAll(dir, pki.Options{People: People}); err != nil {
 		return fmt.Errorf("generating certificates in %s: %w", dir, err)
 	}
 	ca, err := os.ReadFile(pki.CertPath(dir, pki.CA))
@@ -380,6 +391,19 @@ func (l *Lab) writeCredentials(st *State) error {
 		}
 		if err := pki.WriteKubeconfig(path, apiURL, ca, cert, key, user); err != nil {
 			return fmt.Errorf("writing kubeconfig %s: %w", path, err)
+		}
+	}
+	for _, p := range People {
+		cert, err := os.ReadFile(pki.CertPath(dir, pki.PersonCert(p.Name)))
+		if err != nil {
+			return err
+		}
+		key, err := os.ReadFile(pki.KeyPath(dir, pki.PersonCert(p.Name)))
+		if err != nil {
+			return err
+		}
+		if err := pki.AddContext(l.Kubeconfig(), cert, key, p.Name); err != nil {
+			return err
 		}
 	}
 	if _, err := os.Stat(l.WebhookSecretFile()); errors.Is(err, os.ErrNotExist) {

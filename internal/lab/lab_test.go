@@ -112,6 +112,18 @@ func TestLabEndToEnd(t *testing.T) {
 	}
 
 	kube := []string{"--kubeconfig", l.Kubeconfig(), "-n", lab.DemoNamespace}
+
+	// Each of the lab's people has a context of their own, authenticated
+	// by a client certificate, with the rights of their role only.
+	for _, p := range lab.People {
+		out := run(t, exe, append([]string{"promotion", "list", "--context", p.Name + "@slipway-lab"}, kube...)...)
+		if !strings.Contains(out, "REQUESTED-BY") {
+			t.Fatalf("promotion list as %s:\n%s", p.Name, out)
+		}
+	}
+	if out, err := exec.Command(exe, append([]string{"run", "list", "--context", "reviewer@slipway-lab", "-A"}, kube[:2]...)...).CombinedOutput(); err == nil {
+		t.Fatalf("the reviewer listed PipelineRuns cluster-wide:\n%s", out)
+	}
 	if out := run(t, exe, append([]string{"app", "list"}, kube...)...); !strings.Contains(out, "tea") || !strings.Contains(out, "Healthy") {
 		t.Fatalf("app list:\n%s", out)
 	}

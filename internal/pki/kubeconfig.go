@@ -66,3 +66,23 @@ func checkKubeconfigInputs(serverURL string, caPEM, certPEM, keyPEM []byte, user
 	}
 	return nil
 }
+
+// AddContext adds a user with a client certificate to the kubeconfig at
+// path, as a context of its own on the same cluster; the current context
+// stays as it is.
+func AddContext(path string, certPEM, keyPEM []byte, user string) error {
+	cfg, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		return fmt.Errorf("pki: add context for %s to %s: %w", user, path, err)
+	}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
+	cfg.Contexts[user+"@"+KubeconfigCluster] = &clientcmdapi.Context{Cluster: KubeconfigCluster, AuthInfo: user}
+	if err := clientcmd.Validate(*cfg); err != nil {
+		return fmt.Errorf("pki: add context for %s to %s: %w", user, path, err)
+	}
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return fmt.Errorf("pki: add context for %s to %s: encode: %w", user, path, err)
+	}
+	return writeFileAtomic(path, data, 0o600)
+}

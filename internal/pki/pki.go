@@ -73,7 +73,20 @@ type Options struct {
 	// the ClusterIP of the kubernetes Service, which the serving
 	// certificate must name. DefaultServiceCIDR when empty.
 	ServiceCIDR string
+	// People get client certificates of their own, stored as
+	// PersonCert(name): the API server authenticates them by the common
+	// name and their groups by the organizations.
+	People []Person
 }
+
+// Person is a user of the lab with a client certificate.
+type Person struct {
+	Name   string
+	Groups []string
+}
+
+// PersonCert is the certificate name of a person.
+func PersonCert(name string) string { return "person-" + name }
 
 // CertPath returns the path of the certificate name in dir.
 func CertPath(dir, name string) string { return filepath.Join(dir, name+".crt") }
@@ -121,7 +134,7 @@ func specs(opts Options) ([]spec, error) {
 	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	masters := []string{"system:masters"}
 	// CAs come before the certificates they sign.
-	return []spec{
+	out := []spec{
 		{name: CA, subject: pkix.Name{CommonName: "slipway-lab-ca"}},
 		{name: FrontProxyCA, subject: pkix.Name{CommonName: "slipway-lab-front-proxy-ca"}},
 		{name: APIServer, issuer: CA, subject: pkix.Name{CommonName: "kube-apiserver"}, usages: server, dnsNames: dnsNames, ips: ips},
@@ -134,7 +147,14 @@ func specs(opts Options) ([]spec, error) {
 		{name: ControllerManager, issuer: CA, subject: pkix.Name{CommonName: "system:kube-controller-manager"}, usages: client},
 		{name: Scheduler, issuer: CA, subject: pkix.Name{CommonName: "system:kube-scheduler"}, usages: client},
 		{name: KWOK, issuer: CA, subject: pkix.Name{CommonName: "kwok", Organization: masters}, usages: client},
-	}, nil
+	}
+	for _, p := range opts.People {
+		if p.Name == "" || slices.Contains(p.Groups, "system:masters") {
+			return nil, fmt.Errorf("pki: person %q must have a name and must not be in system:masters", p.Name)
+		}
+		out = append(out, spec{name: PersonCert(p.Name), issuer: CA, subject: pkix.Name{CommonName: p.Name, Organization: p.Groups}, usages: client})
+	}
+	return out, nil
 }
 
 func firstServiceIP(cidr string) (net.IP, error) {
