@@ -149,7 +149,7 @@ func processes(cmdline string) []string {
 
 func TestRunLimits(t *testing.T) {
 	t.Run("processes", func(t *testing.T) {
-				// The shell counts with builtins alone: at the limit, it cannot fork.
+		// The shell counts with builtins alone: at the limit, it cannot fork.
 		out, _ := run(t, t.Context(), "(for i in $(seq 100); do sleep 5 & done) 2>/dev/null; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n", nil, Limits{Processes: 20})
 		var n int
 		if _, err := fmt.Sscan(strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:]), &n); err != nil || n > 20 {
