@@ -135,6 +135,9 @@ func NewKubeExecutor(c client.Client, cfg *rest.Config, namespace, image string)
 // Name implements Executor.
 func (*KubeExecutor) Name() string { return "kubernetes" }
 
+// Isolation implements Executor.
+func (*KubeExecutor) Isolation() Isolation { return IsolationPod }
+
 // Exec implements Executor.
 func (e *KubeExecutor) Exec(ctx context.Context, c Command) (err error) {
 	out := c.Output
@@ -519,10 +522,11 @@ func activeDeadline(ctx context.Context) *int64 {
 	return pointer(max(1, int64(time.Until(d).Seconds()+0.999)))
 }
 
-// resources maps Limits onto the containers: Memory (an address space per
-// process locally) and CPU bound the Pod as a whole. Requests equal the
-// limits, so a test is only scheduled where it fits and is the last to be
-// evicted: a test that failed for a neighbour's sake would be noise.
+// resources maps Limits onto the containers: Memory, CPU and Disk (as
+// ephemeral storage, which the kubelet evicts a Pod for exceeding) bound
+// the Pod as a whole. Requests equal the limits, so a test is only
+// scheduled where it fits and is the last to be evicted: a test that
+// failed for a neighbour's sake would be noise.
 func (l Limits) resources() corev1.ResourceRequirements {
 	rl := corev1.ResourceList{}
 	if l.CPU > 0 {
@@ -530,6 +534,9 @@ func (l Limits) resources() corev1.ResourceRequirements {
 	}
 	if l.Memory > 0 {
 		rl[corev1.ResourceMemory] = *resource.NewQuantity(l.Memory, resource.BinarySI)
+	}
+	if l.Disk > 0 {
+		rl[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(l.Disk, resource.BinarySI)
 	}
 	if len(rl) == 0 {
 		return corev1.ResourceRequirements{}
@@ -549,6 +556,10 @@ func (l Limits) ulimits() string {
 	}
 	if l.OpenFiles > 0 {
 		s += "ulimit -n " + strconv.FormatInt(l.OpenFiles, 10) + " && "
+	}
+	if l.FileSize > 0 {
+		// ulimit -f counts blocks of 512 bytes in POSIX shells.
+		s += "ulimit -f " + strconv.FormatInt(max(1, l.FileSize/512), 10) + " && "
 	}
 	return s
 }

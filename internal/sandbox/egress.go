@@ -156,7 +156,7 @@ var forward = &httputil.ReverseProxy{
 		IdleConnTimeout:       30 * time.Second,
 	},
 	ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-		http.Error(w, "slipway egress proxy: "+err.Error(), http.StatusBadGateway)
+		refuse(w, err)
 	},
 }
 
@@ -171,17 +171,23 @@ func (e *egress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// refuse answers 403 for an address the proxy refuses, 502 for one it
+// could not reach.
+func refuse(w http.ResponseWriter, err error) {
+	code := http.StatusBadGateway
+	if errors.Is(err, ErrRefusedAddress) {
+		code = http.StatusForbidden
+	}
+	http.Error(w, "slipway egress proxy: "+err.Error(), code)
+}
+
 // tunnel serves CONNECT: the command speaks TLS end to end through it.
 func (e *egress) tunnel(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), egressDialTimeout)
 	defer cancel()
 	out, err := dialer.DialContext(ctx, "tcp", r.Host)
 	if err != nil {
-		code := http.StatusBadGateway
-		if errors.Is(err, ErrRefusedAddress) {
-			code = http.StatusForbidden
-		}
-		http.Error(w, "slipway egress proxy: "+err.Error(), code)
+		refuse(w, err)
 		return
 	}
 	hj, ok := w.(http.Hijacker)
