@@ -7,6 +7,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -166,5 +167,39 @@ func TestDockerfileAndContextStayInSource(t *testing.T) {
 				t.Fatalf("built through a link out of the source directory: %v", err)
 			}
 		})
+	}
+}
+
+// TestGoBuildRunsNoGitOfTheSource builds a package whose directory is a
+// git repository configured to run a command when git looks at it: the
+// build must not run git there.
+func TestGoBuildRunsNoGitOfTheSource(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	marker := filepath.Join(t.TempDir(), "ran")
+	for name, content := range map[string]string{
+		"go.mod":  "module example.com/hooked\n\ngo 1.26\n",
+		"main.go": "package main\n\nfunc main() {}\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{{"init", "-q"}, {"config", "core.fsmonitor", "touch " + marker}, {"add", "."},
+		{"-c", "user.name=x", "-c", "user.email=x@example.com", "commit", "-qm", "x"}} {
+		cmd := exec.CommandContext(ctx, "git", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	_ = os.Remove(marker)
+	// Stamping is on unless a setting turns it off: this one does not.
+	if _, err := BuildGo(ctx, GoOptions{Dir: dir, Env: []string{"GOFLAGS=-mod=mod"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("building the package ran a command the source's git configuration named")
 	}
 }
