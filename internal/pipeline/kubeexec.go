@@ -172,6 +172,7 @@ func (e *KubeExecutor) Exec(ctx context.Context, c Command) (err error) {
 		return kubeFailed(ctx, "remove the scheduling gate of pod "+where, err)
 	}
 	fmt.Fprintf(out, "slipway: pod %s checks out %s and runs the command in %s\n", where, c.Source.Commit, pod.Spec.Containers[0].Image)
+	fmt.Fprintf(out, "slipway: the pod's network is what the NetworkPolicies of namespace %s allow\n", e.Namespace)
 	return e.wait(ctx, client.ObjectKeyFromObject(pod), c, out)
 }
 

@@ -312,20 +312,28 @@ func (rt *Runtime) Run(ctx context.Context, c Command) (err error) {
 	go func() {
 		tick := time.NewTicker(diskInterval)
 		defer tick.Stop()
+		var why error
+		ended := ctx.Done()
 		for {
 			select {
 			case <-done:
 				return
-			case <-ctx.Done():
-				stopped <- ctx.Err()
-				rt.kill(id)
-				return
-			case <-tick.C:
-				if over := watch.check(); over != "" {
-					stopped <- &LimitError{Reason: over}
-					rt.kill(id)
-					return
+			case <-ended:
+				ended = nil
+				if why == nil {
+					why = ctx.Err()
+					stopped <- why
 				}
+			case <-tick.C:
+				if over := watch.check(); why == nil && over != "" {
+					why = &LimitError{Reason: over}
+					stopped <- why
+				}
+			}
+			// Again every tick until runc returns: a kill sent while runc
+			// was still creating the container finds none to kill.
+			if why != nil {
+				rt.kill(id)
 			}
 		}
 	}()

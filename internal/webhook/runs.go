@@ -48,7 +48,7 @@ func (h *Handler) startRuns(ctx context.Context, push *Push, v *verified) ([]str
 		run := &slipwayv1.PipelineRun{
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace:   p.Namespace,
-				Name:        RunName(p.Name, push.After),
+				Name:        runName(p.Name, push.After),
 				Labels:      map[string]string{"slipway.dev/pipeline": p.Name, "slipway.dev/commit": push.After},
 				Annotations: map[string]string{"slipway.dev/webhook-secret": signer},
 			},
@@ -69,10 +69,10 @@ func (h *Handler) startRuns(ctx context.Context, push *Push, v *verified) ([]str
 	return started, nil
 }
 
-// RunName is the name of the webhook's run of a Pipeline for a commit,
+// runName is the name of the webhook's run of a Pipeline for a commit,
 // <pipeline>-<short sha>-<hash of both>, within the 63 characters a label
 // value (and so a tidy name) allows: one run per Pipeline and commit.
-func RunName(pipeline, sha string) string {
+func runName(pipeline, sha string) string {
 	sum := sha256.Sum256([]byte(pipeline + "/" + sha))
 	suffix := "-" + sha[:8] + "-" + hex.EncodeToString(sum[:])[:6]
 	if max := 63 - len(suffix); len(pipeline) > max {
