@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gittest"
 )
 
@@ -330,5 +331,26 @@ func TestTestStepNetworkNeedsThePipeline(t *testing.T) {
 	var se *StepError
 	if !errors.As(err, &se) || se.Step != StepTest || !strings.Contains(err.Error(), "spec.test.allowNetwork") {
 		t.Fatalf("a step asking for the network its Pipeline does not allow ended with %v", err)
+	}
+}
+
+// TestRunBuildsOnlyCommitsOfItsBranch asks for a commit of another branch
+// under the name of the watched one.
+func TestRunBuildsOnlyCommitsOfItsBranch(t *testing.T) {
+	l := startLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	feature, err := gitserver.CommitFiles(ctx, l.srcURL, gitAuth, gitserver.Commit{
+		Branch: "feature", Files: map[string][]byte{"NOTES.txt": []byte("unreviewed\n")}, Message: "Unreviewed",
+		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.engine.Run(ctx, l.request("tea-feature", feature))
+	logSteps(t, res)
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepCheckout || !strings.Contains(err.Error(), "is not on branch main") {
+		t.Fatalf("building a commit of another branch as main's ended with %v", err)
 	}
 }
