@@ -193,7 +193,12 @@ func NewLocalExecutor(ctx context.Context, o LocalOptions) *LocalExecutor {
 }
 
 // Unisolated returns why commands cannot run isolated on this host, or nil.
-func (e *LocalExecutor) Unisolated() error { return e.unisolated }
+func (e *LocalExecutor) Unisolated() error {
+	if e.sandbox == nil && e.unisolated == nil {
+		return errors.New("the executor was not prepared with NewLocalExecutor")
+	}
+	return e.unisolated
+}
 
 // Name implements Executor.
 func (*LocalExecutor) Name() string { return "local" }
@@ -219,11 +224,11 @@ func (e *LocalExecutor) Exec(ctx context.Context, c Command) error {
 	case e.sandbox != nil:
 		return e.execIsolated(ctx, c, rel)
 	case e.allowUnisolated:
-		fmt.Fprintf(c.Output, "slipway: UNISOLATED: the command runs as the server's user with its view of the host (%v); the operator accepted this with --allow-unisolated-tests\n", e.unisolated)
+		fmt.Fprintf(c.Output, "slipway: UNISOLATED: the command runs as the server's user with its view of the host (%v); the operator accepted this with --allow-unisolated-tests\n", e.Unisolated())
 		return e.execUnisolated(ctx, c)
 	}
 	return fmt.Errorf("the local executor cannot isolate the command on this host (%v), so it does not run it: "+
-		"run slipway server as root with runc installed, use --executor kubernetes, or accept the risk with --allow-unisolated-tests", e.unisolated)
+		"run slipway server as root with runc installed, use --executor kubernetes, or accept the risk with --allow-unisolated-tests", e.Unisolated())
 }
 
 // execIsolated runs c in a container.
