@@ -523,11 +523,13 @@ func activeDeadline(ctx context.Context) *int64 {
 	return pointer(max(1, int64(time.Until(d).Seconds()+0.999)))
 }
 
-// resources maps Limits onto the containers: Memory, CPU and Disk (as
-// ephemeral storage, which the kubelet evicts a Pod for exceeding) bound
-// the Pod as a whole. Requests equal the limits, so a test is only
+// resources maps Limits onto the containers: Memory and CPU bound the Pod
+// as a whole, with requests equal to the limits, so a test is only
 // scheduled where it fits and is the last to be evicted: a test that
-// failed for a neighbour's sake would be noise.
+// failed for a neighbour's sake would be noise. Disk becomes a limit of
+// ephemeral storage, which the kubelet evicts a Pod for exceeding, but no
+// request: most of it is never used, and a request that large would keep
+// the Pod off nodes with smaller disks.
 func (l Limits) resources() corev1.ResourceRequirements {
 	rl := corev1.ResourceList{}
 	if l.CPU > 0 {
@@ -536,13 +538,14 @@ func (l Limits) resources() corev1.ResourceRequirements {
 	if l.Memory > 0 {
 		rl[corev1.ResourceMemory] = *resource.NewQuantity(l.Memory, resource.BinarySI)
 	}
+	limits := rl.DeepCopy()
 	if l.Disk > 0 {
-		rl[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(l.Disk, resource.BinarySI)
+		limits[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(l.Disk, resource.BinarySI)
 	}
-	if len(rl) == 0 {
+	if len(limits) == 0 {
 		return corev1.ResourceRequirements{}
 	}
-	return corev1.ResourceRequirements{Requests: rl, Limits: rl.DeepCopy()}
+	return corev1.ResourceRequirements{Requests: rl, Limits: limits}
 }
 
 // ulimits sets the per-process limits prlimit sets locally, as a shell
