@@ -527,9 +527,9 @@ func activeDeadline(ctx context.Context) *int64 {
 // as a whole, with requests equal to the limits, so a test is only
 // scheduled where it fits and is the last to be evicted: a test that
 // failed for a neighbour's sake would be noise. Disk becomes a limit of
-// ephemeral storage, which the kubelet evicts a Pod for exceeding, but no
-// request: most of it is never used, and a request that large would keep
-// the Pod off nodes with smaller disks.
+// ephemeral storage, which the kubelet evicts a Pod for exceeding, with a
+// request of zero: most of it is never used, and a request that large
+// would keep the Pod off nodes with smaller disks.
 func (l Limits) resources() corev1.ResourceRequirements {
 	rl := corev1.ResourceList{}
 	if l.CPU > 0 {
@@ -541,6 +541,9 @@ func (l Limits) resources() corev1.ResourceRequirements {
 	limits := rl.DeepCopy()
 	if l.Disk > 0 {
 		limits[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(l.Disk, resource.BinarySI)
+		// Zero, not absent: the API server defaults an absent request to
+		// the limit.
+		rl[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(0, resource.BinarySI)
 	}
 	if len(limits) == 0 {
 		return corev1.ResourceRequirements{}

@@ -112,7 +112,7 @@ func TestKubeExecutor(t *testing.T) {
 			if disk := ctr.Resources.Limits[corev1.ResourceEphemeralStorage]; !disk.Equal(resource.MustParse("4Gi")) {
 				t.Fatalf("container %s ephemeral storage limit %v, want the step's disk", ctr.Name, ctr.Resources.Limits)
 			}
-			if _, requested := ctr.Resources.Requests[corev1.ResourceEphemeralStorage]; requested {
+			if req := ctr.Resources.Requests[corev1.ResourceEphemeralStorage]; !req.IsZero() {
 				t.Fatalf("container %s requests ephemeral storage: %v", ctr.Name, ctr.Resources.Requests)
 			}
 		}
