@@ -19,6 +19,7 @@ import (
 
 var (
 	probeOnce sync.Once
+	probeDir  string // removed by TestMain
 	probeBin  string
 	probeErr  error
 )
@@ -27,12 +28,12 @@ var (
 func probe(t *testing.T) string {
 	t.Helper()
 	probeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "slipway-probe-")
-		if err != nil {
+		var err error
+		if probeDir, err = os.MkdirTemp("", "slipway-probe-"); err != nil {
 			probeErr = err
 			return
 		}
-		probeBin = filepath.Join(dir, "probe")
+		probeBin = filepath.Join(probeDir, "probe")
 		cmd := exec.Command("go", "build", "-o", probeBin, "./testdata/probe")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -40,5 +40,10 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "the pipeline tests run test commands isolated, which needs root and runc (make deps installs it):", err)
 		return 1
 	}
+	defer func() {
+		if probeDir != "" {
+			os.RemoveAll(probeDir)
+		}
+	}()
 	return m.Run()
 }
