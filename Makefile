@@ -23,9 +23,10 @@ test: deps upstream
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 
-## deps: system packages the tests need (git for the git server)
+## deps: system packages the tests need (git for the git server, runc for isolated test steps)
 deps:
 	@command -v git >/dev/null || { echo "installing git"; apt-get update -qq && apt-get install -y -qq git; }
+	@command -v runc >/dev/null || { echo "installing runc"; apt-get update -qq && apt-get install -y -qq runc; }
 	$(GO) mod download
 
 ## upstream: build and cache etcd, Kubernetes and KWOK (minutes the first time, instant later)

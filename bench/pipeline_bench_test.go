@@ -115,7 +115,11 @@ func runPipelineBench(b *testing.B, runs int) {
 		b.Fatal(err)
 	}
 
-	engine := &pipeline.Engine{Dir: filepath.Join(dir, "runs"), Executor: &pipeline.LocalExecutor{}}
+	executor := pipeline.NewLocalExecutor(ctx, pipeline.LocalOptions{Dir: filepath.Join(dir, "sandbox")})
+	if err := executor.Unisolated(); err != nil {
+		b.Fatalf("the pipeline isolates its test step, which needs root and runc: %v", err)
+	}
+	engine := &pipeline.Engine{Dir: filepath.Join(dir, "runs"), Executor: executor, CacheDir: filepath.Join(dir, "caches")}
 	creds := &gitsource.Credentials{Username: benchGitUser, Password: benchGitPass}
 	run := func(n int) *pipeline.Result {
 		sha, err := gitserver.CommitFiles(ctx, srcURL, gitAuth, gitserver.Commit{
@@ -126,6 +130,7 @@ func runPipelineBench(b *testing.B, runs int) {
 			b.Fatal(err)
 		}
 		res, err := engine.Run(ctx, pipeline.Request{
+			Namespace: "cafe", Pipeline: "tea",
 			RunID:  fmt.Sprintf("tea-%d", n),
 			Source: pipeline.Source{URL: srcURL, Commit: sha, Branch: "main", Auth: creds},
 			Settings: pipeline.Settings{

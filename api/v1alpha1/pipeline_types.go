@@ -20,6 +20,22 @@ type PipelineSource struct {
 	// SecretRef names a Secret with `username`/`password` for the repository.
 	// +optional
 	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`
+	// WebhookSecretRef names a Secret whose key `webhook-secret` is the
+	// secret the repository's push webhook signs with (GitHub and Gitea
+	// set one per webhook). Only a delivery it verifies starts runs of
+	// this Pipeline; without it, the server's own webhook secret does.
+	// +optional
+	WebhookSecretRef *LocalObjectReference `json:"webhookSecretRef,omitempty"`
+}
+
+// PipelineTest is what operations allow the test step.
+type PipelineTest struct {
+	// AllowNetwork lets the test command reach the network when
+	// slipway.yaml asks for it (test.network: true): HTTP and HTTPS
+	// through the server's egress proxy under the local executor. A test
+	// step that asks without it fails.
+	// +optional
+	AllowNetwork bool `json:"allowNetwork,omitempty"`
 }
 
 // ImageTarget is where built images are pushed.
@@ -67,6 +83,9 @@ type PipelineSpec struct {
 	// Promotion is optional: without it runs stop at the signed image.
 	// +optional
 	Promotion *PromotionTarget `json:"promotion,omitempty"`
+	// Test is what the test step may do beyond the defaults.
+	// +optional
+	Test *PipelineTest `json:"test,omitempty"`
 	// Timeout bounds a whole run.
 	// +kubebuilder:default="15m"
 	// +optional
@@ -85,6 +104,15 @@ type Pipeline struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              PipelineSpec `json:"spec"`
+}
+
+// WatchedBranches are the branches whose commits the Pipeline builds:
+// spec.source.branches, or main.
+func (p *Pipeline) WatchedBranches() []string {
+	if len(p.Spec.Source.Branches) == 0 {
+		return []string{"main"}
+	}
+	return p.Spec.Source.Branches
 }
 
 // PipelineList is a list of Pipelines.
@@ -110,8 +138,17 @@ type PipelineRunSpec struct {
 	// Commit is the full SHA to build.
 	// +kubebuilder:validation:Pattern="^[0-9a-f]{40}$"
 	Commit string `json:"commit"`
+	// Branch holding the commit: one of the Pipeline's branches, or the
+	// run is refused; the checkout refuses a commit the branch does not
+	// reach.
 	// +optional
 	Branch string `json:"branch,omitempty"`
+	// Rollback lets the run promote a commit older than the one the ops
+	// repository runs, or one that does not descend from it; without it
+	// such a promotion is refused, so that a replayed or late push never
+	// rolls a service back. Webhooks never set it.
+	// +optional
+	Rollback bool `json:"rollback,omitempty"`
 	// Author of the pushed commit, as the webhook reported it.
 	// +optional
 	Author string `json:"author,omitempty"`
@@ -149,6 +186,12 @@ type PipelineRunStatus struct {
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 	// +optional
 	Steps []StepStatus `json:"steps,omitempty"`
+	// TestIsolation is how the test command was kept from the server:
+	// container (one of its own on the server's host), pod (one of its
+	// own in the cluster), or none: it ran as the server's user, which
+	// the operator allowed with --allow-unisolated-tests.
+	// +optional
+	TestIsolation string `json:"testIsolation,omitempty"`
 	// Image is the pushed image pinned by digest.
 	// +optional
 	Image string `json:"image,omitempty"`
@@ -178,6 +221,7 @@ type PipelineRunStatus struct {
 // +kubebuilder:printcolumn:name="Pipeline",type=string,JSONPath=`.spec.pipelineRef.name`
 // +kubebuilder:printcolumn:name="Commit",type=string,JSONPath=`.spec.commit`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Isolation",type=string,JSONPath=`.status.testIsolation`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PipelineRun struct {
 	metav1.TypeMeta   `json:",inline"`

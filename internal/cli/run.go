@@ -115,6 +115,15 @@ func newRunGetCommand() *cobra.Command {
 		if c := apimeta.FindStatusCondition(run.Status.Conditions, slipwayv1.ConditionReady); c != nil {
 			fmt.Fprintf(w, "Message:   %s\n", c.Message)
 		}
+		if iso := run.Status.TestIsolation; iso != "" {
+			if iso == "none" {
+				iso += " (UNISOLATED: the test command ran as the server's user)"
+			}
+			fmt.Fprintf(w, "Isolation: %s\n", iso)
+		}
+		if run.Spec.Rollback {
+			fmt.Fprintln(w, "Rollback:  yes (may promote a commit older than the one running)")
+		}
 		fmt.Fprintf(w, "Image:     %s\nPromoted:  %s\nLead time: %s\n\n", orDash(run.Status.Image), orDash(run.Status.PromotionCommit), leadTimes(run))
 		tw := newTable(w)
 		fmt.Fprintln(tw, "STEP\tSTATE\tDURATION\tMESSAGE")

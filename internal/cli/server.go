@@ -31,8 +31,20 @@ func newServerCommand() *cobra.Command {
   /metrics     Prometheus metrics
   /hooks/git   git push webhooks (GitHub/Gitea payloads, HMAC-SHA256 signed)
 
-The webhook secret is read from --webhook-secret-file or SLIPWAY_WEBHOOK_SECRET;
-without one every webhook delivery is refused.`,
+The server's webhook secret is read from --webhook-secret-file or
+SLIPWAY_WEBHOOK_SECRET. It triggers Applications and starts runs of the
+Pipelines without a secret of their own (spec.source.webhookSecretRef, one
+per repository, as GitHub and Gitea keep them); a Pipeline with one starts
+runs only for deliveries its own secret verifies. A delivery no secret
+verifies is refused.
+
+Test commands come from source repositories and are untrusted. The local
+executor runs each in a container of its own (runc, as root): its own
+unprivileged user, mount, PID and network namespaces, no view of the
+server's files, environment or processes, limits, and every process killed
+at the end. Where this host cannot isolate (no runc, not root), runs with a
+test command fail, unless --allow-unisolated-tests accepts running them as
+the server's own user; every such run's status says so.`,
 		Args: cobra.NoArgs,
 	}
 	kube := withKube(cmd, false)
@@ -41,8 +53,11 @@ without one every webhook delivery is refused.`,
 	cmd.Flags().BoolVar(&opts.LeaderElection, "leader-elect", true, "elect a leader so only one replica reconciles")
 	cmd.Flags().StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", install.Namespace, "namespace of the leader-election lease")
 	cmd.Flags().StringVar(&opts.GitCacheDir, "git-cache-dir", filepath.Join(upstream.CacheDir(), "git"), "directory for cached clones")
-	cmd.Flags().StringVar(&opts.RunDir, "run-dir", filepath.Join(upstream.CacheDir(), "runs"), "directory for pipeline run workspaces and logs")
-	cmd.Flags().StringVar(&opts.Executor, "executor", "local", "where pipeline test commands run: local (child processes with resource limits) or kubernetes (a Pod per command)")
+	cmd.Flags().StringVar(&opts.RunDir, "run-dir", filepath.Join(upstream.CacheDir(), "runs"), "directory for pipeline run workspaces and logs (by namespace) and the local executor's containers")
+	cmd.Flags().StringVar(&opts.CacheDir, "cache-dir", filepath.Join(upstream.CacheDir(), "pipeline-caches"), "directory for each Pipeline's test caches (Go build and module caches), by namespace; builds never read them")
+	cmd.Flags().StringVar(&opts.Executor, "executor", "local", "where pipeline test commands run: local (a runc container per command on this host) or kubernetes (a Pod per command)")
+	cmd.Flags().BoolVar(&opts.AllowUnisolatedTests, "allow-unisolated-tests", false, "where this host cannot isolate test commands (no runc, not root), run them as the server's own user anyway: they can then read what the server can. Every run's status says so")
+	cmd.Flags().StringArrayVar(&opts.SandboxPaths, "sandbox-path", nil, "extra host directory the local executor's containers see read-only, e.g. a toolchain outside /usr (repeatable)")
 	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.Namespace, "namespace of the kubernetes executor's Pods and Secrets")
 	cmd.Flags().StringVar(&opts.TestImage, "test-image", pipeline.DefaultKubeImage, "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest)")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")

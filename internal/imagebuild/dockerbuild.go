@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -16,15 +17,24 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-// DockerfileOptions describes a Dockerfile build.
+// DockerfileOptions describes a Dockerfile build. The context and the
+// Dockerfile come from a source repository, which is untrusted: every
+// path is resolved inside its directory with os.Root, so that no symbolic
+// link, in the last element or in any directory on the way, reaches a
+// file outside it.
 type DockerfileOptions struct {
 	// ContextDir is the build context; COPY and ADD read only from it.
 	ContextDir string
+	// SourceDir, when set, is the checkout ContextDir and Dockerfile lie
+	// in: both are resolved inside it, so that neither is a link out of
+	// it. ContextDir when empty.
+	SourceDir string
 	// Dockerfile is the path of the Dockerfile; ContextDir/Dockerfile
 	// when empty.
 	Dockerfile string
@@ -34,18 +44,90 @@ type DockerfileOptions struct {
 	Platform v1.Platform
 	// SourceDateEpoch is the time of every file and of the config.
 	SourceDateEpoch time.Time
-	// Remote carries the credentials for pulling the FROM image.
-	Remote []remote.Option
+	// Keychain gives the credentials of the registries it knows; the FROM
+	// image of any other registry is pulled anonymously. Anonymous for
+	// every registry when nil.
+	Keychain authn.Keychain
 }
 
 // dockerState is the image config and variables as the instructions
 // change them.
 type dockerState struct {
-	o     DockerfileOptions
-	epoch time.Time
-	img   v1.Image
-	cfg   v1.Config
-	args  map[string]string
+	o       DockerfileOptions
+	context *os.Root
+	epoch   time.Time
+	img     v1.Image
+	cfg     v1.Config
+	args    map[string]string
+}
+
+// RegistryKeychain gives auth to registry (host[:port], as
+// name.Registry.RegistryStr spells it) and to no other: a Pipeline's
+// registry credentials never reach the registry of a base image.
+func RegistryKeychain(registry string, auth authn.Authenticator) authn.Keychain {
+	return registryKeychain{registry: registry, auth: auth}
+}
+
+type registryKeychain struct {
+	registry string
+	auth     authn.Authenticator
+}
+
+func (k registryKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	if r.RegistryStr() == k.registry {
+		return k.auth, nil
+	}
+	return authn.Anonymous, nil
+}
+
+// openSources opens the build context, and reads the Dockerfile, inside
+// the source directory.
+func openSources(o DockerfileOptions) (*os.Root, []byte, string, error) {
+	src := o.SourceDir
+	if src == "" {
+		src = o.ContextDir
+	}
+	srcRoot, err := os.OpenRoot(src)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("open the source directory %s: %w", src, err)
+	}
+	defer srcRoot.Close()
+	inside := func(what, p string) (string, error) {
+		rel, err := filepath.Rel(src, p)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return "", fmt.Errorf("the %s %s is not inside the source directory %s", what, p, src)
+		}
+		return rel, nil
+	}
+	ctxRel, err := inside("build context", o.ContextDir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	ctxRoot, err := srcRoot.OpenRoot(ctxRel)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("open the build context %s: %w", ctxRel, err)
+	}
+	dfPath := o.Dockerfile
+	if dfPath == "" {
+		dfPath = filepath.Join(o.ContextDir, "Dockerfile")
+	}
+	dfRel, err := inside("Dockerfile", dfPath)
+	if err != nil {
+		ctxRoot.Close()
+		return nil, nil, "", err
+	}
+	f, err := srcRoot.Open(dfRel)
+	if err != nil {
+		ctxRoot.Close()
+		return nil, nil, "", fmt.Errorf("read %s: %w", dfPath, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxDockerfileBytes+1))
+	if err != nil {
+		ctxRoot.Close()
+		return nil, nil, "", fmt.Errorf("read %s: %w", dfPath, err)
+	}
+	return ctxRoot, data, dfPath, nil
 }
 
 // BuildDockerfile assembles the image a Dockerfile without RUN describes,
@@ -57,14 +139,11 @@ func BuildDockerfile(ctx context.Context, o DockerfileOptions) (v1.Image, error)
 	if o.ContextDir == "" {
 		return nil, errors.New("build image from Dockerfile: a context directory is required")
 	}
-	dfPath := o.Dockerfile
-	if dfPath == "" {
-		dfPath = filepath.Join(o.ContextDir, "Dockerfile")
-	}
-	data, err := os.ReadFile(dfPath)
+	contextRoot, data, dfPath, err := openSources(o)
 	if err != nil {
-		return nil, fmt.Errorf("build image from Dockerfile: read %s: %w", dfPath, err)
+		return nil, fmt.Errorf("build image from Dockerfile: %w", err)
 	}
+	defer contextRoot.Close()
 	instructions, err := ParseDockerfile(data)
 	if err != nil {
 		return nil, fmt.Errorf("build image from Dockerfile %s: %w", dfPath, err)
@@ -72,7 +151,7 @@ func BuildDockerfile(ctx context.Context, o DockerfileOptions) (v1.Image, error)
 	if o.Platform.OS == "" {
 		o.Platform = DefaultPlatform()
 	}
-	ignore, err := readDockerignore(o.ContextDir)
+	ignore, err := readDockerignore(contextRoot)
 	if err != nil {
 		return nil, fmt.Errorf("build image from Dockerfile %s: %w", dfPath, err)
 	}
@@ -80,7 +159,7 @@ func BuildDockerfile(ctx context.Context, o DockerfileOptions) (v1.Image, error)
 	if epoch.IsZero() {
 		epoch = time.Unix(0, 0)
 	}
-	st := &dockerState{o: o, epoch: epoch.UTC().Truncate(time.Second), args: map[string]string{}}
+	st := &dockerState{o: o, context: contextRoot, epoch: epoch.UTC().Truncate(time.Second), args: map[string]string{}}
 	for _, ins := range instructions {
 		if err := st.apply(ctx, ins, ignore); err != nil {
 			var de *DockerfileError
@@ -135,7 +214,11 @@ func (st *dockerState) apply(ctx context.Context, ins Instruction, ignore *docke
 		if args[0] == "scratch" {
 			st.img, err = EmptyBase(st.o.Platform)
 		} else {
-			st.img, err = PullBase(ctx, args[0], st.o.Platform, st.o.Remote...)
+			kc := st.o.Keychain
+			if kc == nil {
+				kc = authn.NewMultiKeychain()
+			}
+			st.img, err = PullBase(ctx, args[0], st.o.Platform, remote.WithAuthFromKeychain(kc))
 		}
 		if err != nil {
 			return err
@@ -318,11 +401,15 @@ func (st *dockerState) copyLayer(ins Instruction, args []string, ignore *dockeri
 		if rel == "" {
 			rel = "."
 		}
-		found, err := fs.Glob(os.DirFS(st.o.ContextDir), rel)
+		found, err := fs.Glob(st.context.FS(), rel)
 		if err != nil {
 			return nil, fmt.Errorf("source %q: %w", src, err)
 		}
 		found = slices.DeleteFunc(found, func(p string) bool { return p != "." && ignore.excluded(p) })
+		if link := st.linkOnTheWay(rel); len(found) == 0 && link != "" {
+			return nil, &DockerfileError{Line: ins.Line, Command: ins.Command, Reason: fmt.Sprintf("%s is a symbolic link, not a regular file or directory: the build does not follow links", link),
+				Hint: "copy the files it points to into the build context"}
+		}
 		if len(found) == 0 {
 			return nil, &DockerfileError{Line: ins.Line, Command: ins.Command, Reason: fmt.Sprintf("source %q matches nothing in the build context (or only files .dockerignore excludes)", src)}
 		}
@@ -332,8 +419,7 @@ func (st *dockerState) copyLayer(ins Instruction, args []string, ignore *dockeri
 	destIsDir := strings.HasSuffix(dest, "/") || len(matches) > 1
 	lb := newLayerBuilder()
 	for _, m := range matches {
-		full := filepath.Join(st.o.ContextDir, filepath.FromSlash(m))
-		info, err := os.Lstat(full)
+		info, err := st.context.Lstat(filepath.FromSlash(m))
 		if err != nil {
 			return nil, fmt.Errorf("source %s: %w", m, err)
 		}
@@ -354,24 +440,42 @@ func (st *dockerState) copyLayer(ins Instruction, args []string, ignore *dockeri
 	return lb, nil
 }
 
+// linkOnTheWay returns the first element of pattern, up to its first
+// wildcard, that is a symbolic link: a source that matched nothing for
+// that reason deserves to be told so.
+func (st *dockerState) linkOnTheWay(pattern string) string {
+	parts := strings.Split(pattern, "/")
+	for i := range parts {
+		if strings.ContainsAny(parts[i], "*?[\\") {
+			return ""
+		}
+		p := strings.Join(parts[:i+1], "/")
+		if info, err := st.context.Lstat(filepath.FromSlash(p)); err == nil && info.Mode()&fs.ModeSymlink != 0 {
+			return p
+		}
+	}
+	return ""
+}
+
 func (st *dockerState) copyDir(ins Instruction, lb *layerBuilder, rel, dest string, uid, gid int, chmod int64, ignore *dockerignore) error {
-	root := filepath.Join(st.o.ContextDir, filepath.FromSlash(rel))
-	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	// The walk does not follow links: a linked directory inside is met as
+	// a link, and copyFile refuses it.
+	return fs.WalkDir(st.context.FS(), rel, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("walk %s: %w", rel, err)
 		}
-		sub, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
+		ctxRel := p
+		sub := strings.TrimPrefix(strings.TrimPrefix(p, rel), "/")
+		if rel == "." {
+			sub = p
 		}
-		ctxRel := path.Join(rel, filepath.ToSlash(sub))
 		if ctxRel != "." && ignore.excluded(ctxRel) {
 			if d.IsDir() && !ignore.hasExceptions() {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		target := path.Join(dest, filepath.ToSlash(sub))
+		target := path.Join(dest, sub)
 		if d.IsDir() {
 			if target == "/" {
 				return nil
@@ -398,7 +502,7 @@ func (st *dockerState) copyFile(ins Instruction, lb *layerBuilder, rel string, i
 		return &DockerfileError{Line: ins.Line, Command: ins.Command, Reason: fmt.Sprintf("%s is a %s, not a regular file", rel, info.Mode().Type()),
 			Hint: "copy the file it points to, or exclude it in .dockerignore"}
 	}
-	data, err := os.ReadFile(filepath.Join(st.o.ContextDir, filepath.FromSlash(rel)))
+	data, err := st.context.ReadFile(filepath.FromSlash(rel))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", rel, err)
 	}
@@ -435,8 +539,8 @@ type ignorePattern struct {
 	negate bool
 }
 
-func readDockerignore(dir string) (*dockerignore, error) {
-	data, err := os.ReadFile(filepath.Join(dir, ".dockerignore"))
+func readDockerignore(root *os.Root) (*dockerignore, error) {
+	data, err := root.ReadFile(".dockerignore")
 	if errors.Is(err, fs.ErrNotExist) {
 		return &dockerignore{}, nil
 	}

@@ -16,7 +16,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 func TestParseDockerfile(t *testing.T) {
@@ -283,7 +282,7 @@ func TestBuildDockerfileFromRegistry(t *testing.T) {
 	img, err := BuildDockerfile(ctx, DockerfileOptions{
 		ContextDir: writeContext(t, df),
 		BuildArgs:  map[string]string{"TAG": "v1"},
-		Remote:     []remote.Option{reg.auth()},
+		Keychain:   reg.keychain(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +296,7 @@ func TestBuildDockerfileFromRegistry(t *testing.T) {
 		t.Errorf("ENTRYPOINT should drop the base CMD and keep its env: %+v", got.Config)
 	}
 
-	_, err = BuildDockerfile(ctx, DockerfileOptions{ContextDir: writeContext(t, df), BuildArgs: map[string]string{"TAG": "v9"}, Remote: []remote.Option{reg.auth()}})
+	_, err = BuildDockerfile(ctx, DockerfileOptions{ContextDir: writeContext(t, df), BuildArgs: map[string]string{"TAG": "v9"}, Keychain: reg.keychain()})
 	if err == nil || !strings.Contains(err.Error(), "line 2 (FROM)") || !strings.Contains(err.Error(), "base/static:v9") {
 		t.Fatalf("a missing base image: %v", err)
 	}
@@ -345,7 +344,7 @@ func TestBuildDockerfileRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := BuildDockerfile(ctx, DockerfileOptions{ContextDir: dir})
-		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		if err == nil || !strings.Contains(err.Error(), "link is a symbolic link, not a regular file") {
 			t.Fatalf("got %v", err)
 		}
 	})

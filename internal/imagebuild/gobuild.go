@@ -202,7 +202,10 @@ func goBuild(ctx context.Context, o GoOptions, pkg string, platform v1.Platform)
 	defer os.RemoveAll(out)
 	binFile := filepath.Join(out, "app")
 
-	args := []string{"build", "-trimpath", "-o", binFile}
+	// No version control stamping: it runs git in the source, whose
+	// configuration an untrusted checkout could bring; provenance records
+	// the commit instead.
+	args := []string{"build", "-trimpath", "-buildvcs=false", "-o", binFile}
 	if len(o.Tags) > 0 {
 		args = append(args, "-tags", strings.Join(o.Tags, ","))
 	}

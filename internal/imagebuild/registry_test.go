@@ -15,6 +15,11 @@ func (testRegistry) auth() remote.Option {
 	return remote.WithAuth(&authn.Basic{Username: "builder", Password: "builder-pass"})
 }
 
+// keychain gives the test registry's credentials to it alone.
+func (r testRegistry) keychain() authn.Keychain {
+	return RegistryKeychain(r.Host(), &authn.Basic{Username: "builder", Password: "builder-pass"})
+}
+
 func startRegistry(t *testing.T) testRegistry {
 	t.Helper()
 	s, err := registry.New(registry.Config{Dir: t.TempDir(), Username: "builder", Password: "builder-pass"})

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"slipway.dev/slipway/internal/install"
@@ -14,10 +15,13 @@ import (
 
 // component is one process of the lab and how to tell it is ready.
 type component struct {
-	name    string
-	exe     string
-	args    []string
-	env     []string
+	name string
+	exe  string
+	args []string
+	env  []string
+	// ownEnv starts the component with serverEnvironment, not everything
+	// the shell that started the lab holds.
+	ownEnv  bool
 	timeout time.Duration
 	ready   func(ctx context.Context) error
 	// after runs once the component is ready (e.g. create nodes).
@@ -173,14 +177,34 @@ func (l *Lab) components(st *State) []component {
 			},
 		},
 		{
-			name: compServer, exe: l.Slipway, timeout: 60 * time.Second,
+			// Secrets reach the server as files the lab keeps 0600 (paths on
+			// its command line, never values), and its environment is its
+			// own: test commands run in containers that see neither.
+			name: compServer, exe: l.Slipway, timeout: 60 * time.Second, ownEnv: true,
 			args: []string{"server", "--kubeconfig", l.Kubeconfig(), "--addr", "127.0.0.1:" + strconv.Itoa(p.Server),
-				"--webhook-secret-file", l.WebhookSecretFile(), "--git-cache-dir", l.path("git-cache"), "--run-dir", l.path("runs")},
+				"--webhook-secret-file", l.WebhookSecretFile(), "--git-cache-dir", l.path("git-cache"), "--run-dir", l.path("runs"),
+				"--cache-dir", l.path("pipeline-caches")},
 			ready: func(ctx context.Context) error {
 				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Server)+"/readyz", nil)
 			},
 		},
 	}
+}
+
+// serverEnvironment keeps of env what `slipway server` runs on: where it
+// finds its tools and Go toolchain, caches and proxies. Whatever else the
+// shell that started the lab holds (cloud credentials, tokens) stays out.
+func serverEnvironment(env []string) []string {
+	keep := map[string]bool{"PATH": true, "HOME": true, "USER": true, "LANG": true, "LC_ALL": true, "TZ": true, "TMPDIR": true,
+		"HTTP_PROXY": true, "HTTPS_PROXY": true, "NO_PROXY": true, "http_proxy": true, "https_proxy": true, "no_proxy": true}
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if keep[k] || strings.HasPrefix(k, "GO") || strings.HasPrefix(k, "XDG_") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 func (l *Lab) apiReady(ctx context.Context) error {

@@ -150,7 +150,11 @@ func (l *Lab) ensureComponent(ctx context.Context, st *State, c component) error
 		_ = p.stop(10 * time.Second)
 	}
 	start := time.Now()
-	env := append(os.Environ(), c.env...)
+	base := os.Environ()
+	if c.ownEnv {
+		base = serverEnvironment(base)
+	}
+	env := append(base, c.env...)
 	p, err := startProcess(c.name, c.exe, c.args, env, l.path("logs"))
 	if err != nil {
 		return err

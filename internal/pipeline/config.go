@@ -26,6 +26,7 @@ const maxConfigBytes = 64 << 10
 //	test:
 //	  command: go test ./...   # run with sh -c in the build context; no test step when absent
 //	  image: golang:1.26       # image the command runs in under the Kubernetes executor; the operator's default when absent
+//	  network: true            # the command needs the network (HTTP and HTTPS); the Pipeline must allow it
 //	build:
 //	  context: .               # directory of the repository the build and test run in; "." by default
 //	  package: ./cmd/tea       # Go main package, relative to the context; "." by default
@@ -42,6 +43,11 @@ type Config struct {
 type TestConfig struct {
 	Command string `json:"command,omitempty"`
 	Image   string `json:"image,omitempty"`
+	// Network asks for the network. The local executor then gives the
+	// command HTTP and HTTPS through its egress proxy, if the Pipeline
+	// allows it (spec.test.allowNetwork); otherwise the command has only
+	// a loopback network.
+	Network bool `json:"network,omitempty"`
 }
 
 // BuildConfig describes the image build.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,8 +30,11 @@ import (
 // written when it starts and when it ends.
 type RunReconciler struct {
 	client.Client
-	Engine   *Engine
-	Recorder record.EventRecorder
+	// APIReader, when set, reads a Pipeline the cache does not hold yet:
+	// one created together with its first run.
+	APIReader client.Reader
+	Engine    *Engine
+	Recorder  record.EventRecorder
 
 	mu      sync.Mutex
 	running map[types.UID]context.CancelFunc
@@ -74,8 +79,17 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	}
 
 	pipe := &slipwayv1.Pipeline{}
-	if err := r.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: run.Spec.PipelineRef.Name}, pipe); err != nil {
+	pipeKey := client.ObjectKey{Namespace: run.Namespace, Name: run.Spec.PipelineRef.Name}
+	err := r.Get(ctx, pipeKey, pipe)
+	if apierrors.IsNotFound(err) && r.APIReader != nil {
+		err = r.APIReader.Get(ctx, pipeKey, pipe)
+	}
+	if err != nil {
 		return ctrl.Result{}, r.finish(ctx, run, nil, fmt.Errorf("reading Pipeline %s: %w", run.Spec.PipelineRef.Name, err), slipwayv1.RunFailed)
+	}
+	if branches := pipe.WatchedBranches(); !slices.Contains(branches, run.Spec.Branch) {
+		return ctrl.Result{}, r.finish(ctx, run, nil, &refusal{reason: ReasonBranchNotWatched,
+			msg: fmt.Sprintf("branch %q is not one of the branches %v Pipeline %s builds: the run builds nothing", run.Spec.Branch, branches, pipe.Name)}, slipwayv1.RunFailed)
 	}
 	request, err := r.request(ctx, pipe, run)
 	if err != nil {
@@ -129,6 +143,14 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	return ctrl.Result{}, nil
 }
 
+// ReasonBranchNotWatched is the reason of a run refused for its branch.
+const ReasonBranchNotWatched = "BranchNotWatched"
+
+// refusal is a run refused before it starts, for a reason of its own.
+type refusal struct{ reason, msg string }
+
+func (r *refusal) Error() string { return r.msg }
+
 // request assembles the engine's input from the Pipeline and its Secrets.
 func (r *RunReconciler) request(ctx context.Context, pipe *slipwayv1.Pipeline, run *slipwayv1.PipelineRun) (Request, error) {
 	srcAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Source.SecretRef)
@@ -147,7 +169,8 @@ func (r *RunReconciler) request(ctx context.Context, pipe *slipwayv1.Pipeline, r
 	if err != nil {
 		return Request{}, fmt.Errorf("signing key in Secret %s/%s (key cosign.key): %w", pipe.Namespace, keySecret.Name, err)
 	}
-	settings := Settings{ImageRepository: pipe.Spec.Image.Repository, SigningKey: key}
+	settings := Settings{ImageRepository: pipe.Spec.Image.Repository, SigningKey: key,
+		AllowTestNetwork: pipe.Spec.Test != nil && pipe.Spec.Test.AllowNetwork}
 	if regAuth != nil {
 		settings.Registry = RegistryAuth{Username: regAuth.Username, Password: regAuth.Password}
 	}
@@ -159,9 +182,12 @@ func (r *RunReconciler) request(ctx context.Context, pipe *slipwayv1.Pipeline, r
 		settings.Promotion = &Promotion{RepoURL: p.URL, Branch: p.Branch, Path: p.Path, ImageName: p.ImageName, Auth: opsAuth}
 	}
 	return Request{
-		RunID:    run.Name,
-		Source:   Source{URL: pipe.Spec.Source.URL, Commit: run.Spec.Commit, Branch: run.Spec.Branch, Auth: srcAuth},
-		Settings: settings,
+		Namespace: run.Namespace,
+		Pipeline:  pipe.Name,
+		RunID:     run.Name,
+		Source:    Source{URL: pipe.Spec.Source.URL, Commit: run.Spec.Commit, Branch: run.Spec.Branch, Auth: srcAuth},
+		Settings:  settings,
+		Rollback:  run.Spec.Rollback,
 	}, nil
 }
 
@@ -199,6 +225,7 @@ func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, 
 		run.Status.Phase, run.Status.CompletionTime = phase, &now
 		if res != nil {
 			run.Status.Image, run.Status.Digest, run.Status.PromotionCommit = res.Image, res.Digest, res.PromotionCommit
+			run.Status.TestIsolation = string(res.TestIsolation)
 			if !res.CommitTime.IsZero() {
 				run.Status.CommitTime = &metav1.Time{Time: res.CommitTime}
 			}
@@ -211,14 +238,21 @@ func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, 
 				run.Status.Steps = append(run.Status.Steps, st)
 			}
 		}
+		unisolated := ""
+		if res != nil && res.TestIsolation == IsolationNone {
+			unisolated = "; the test command ran UNISOLATED, as the server's user"
+		}
 		if phase == slipwayv1.RunSucceeded {
-			setRunCondition(run, metav1.ConditionTrue, phase, fmt.Sprintf("built, signed and promoted %s", res.Image))
+			setRunCondition(run, metav1.ConditionTrue, phase, fmt.Sprintf("built, signed and promoted %s%s", res.Image, unisolated))
 		} else {
-			msg := phase
+			msg, reason := phase, phase
 			if runErr != nil {
-				msg = runErr.Error()
+				msg = runErr.Error() + unisolated
 			}
-			setRunCondition(run, metav1.ConditionFalse, phase, msg)
+			if ref := (*refusal)(nil); errors.As(runErr, &ref) {
+				reason = ref.reason
+			}
+			setRunCondition(run, metav1.ConditionFalse, reason, msg)
 		}
 		return r.Status().Update(ctx, run)
 	})
@@ -232,6 +266,9 @@ func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, 
 			eventType = corev1.EventTypeWarning
 		}
 		r.Recorder.Event(run, eventType, phase, apimeta.FindStatusCondition(run.Status.Conditions, slipwayv1.ConditionReady).Message)
+		if res != nil && res.TestIsolation == IsolationNone {
+			r.Recorder.Event(run, corev1.EventTypeWarning, "Unisolated", "the test command ran as the server's user, with its view of the host: the server was started with --allow-unisolated-tests on a host that cannot isolate it")
+		}
 	}
 	return nil
 }

@@ -135,6 +135,9 @@ func NewKubeExecutor(c client.Client, cfg *rest.Config, namespace, image string)
 // Name implements Executor.
 func (*KubeExecutor) Name() string { return "kubernetes" }
 
+// Isolation implements Executor.
+func (*KubeExecutor) Isolation() Isolation { return IsolationPod }
+
 // Exec implements Executor.
 func (e *KubeExecutor) Exec(ctx context.Context, c Command) (err error) {
 	out := c.Output
@@ -169,6 +172,7 @@ func (e *KubeExecutor) Exec(ctx context.Context, c Command) (err error) {
 		return kubeFailed(ctx, "remove the scheduling gate of pod "+where, err)
 	}
 	fmt.Fprintf(out, "slipway: pod %s checks out %s and runs the command in %s\n", where, c.Source.Commit, pod.Spec.Containers[0].Image)
+	fmt.Fprintf(out, "slipway: the pod's network is what the NetworkPolicies of namespace %s allow\n", e.Namespace)
 	return e.wait(ctx, client.ObjectKeyFromObject(pod), c, out)
 }
 
@@ -519,10 +523,13 @@ func activeDeadline(ctx context.Context) *int64 {
 	return pointer(max(1, int64(time.Until(d).Seconds()+0.999)))
 }
 
-// resources maps Limits onto the containers: Memory (an address space per
-// process locally) and CPU bound the Pod as a whole. Requests equal the
-// limits, so a test is only scheduled where it fits and is the last to be
-// evicted: a test that failed for a neighbour's sake would be noise.
+// resources maps Limits onto the containers: Memory and CPU bound the Pod
+// as a whole, with requests equal to the limits, so a test is only
+// scheduled where it fits and is the last to be evicted: a test that
+// failed for a neighbour's sake would be noise. Disk becomes a limit of
+// ephemeral storage, which the kubelet evicts a Pod for exceeding, with a
+// request of zero: most of it is never used, and a request that large
+// would keep the Pod off nodes with smaller disks.
 func (l Limits) resources() corev1.ResourceRequirements {
 	rl := corev1.ResourceList{}
 	if l.CPU > 0 {
@@ -531,10 +538,17 @@ func (l Limits) resources() corev1.ResourceRequirements {
 	if l.Memory > 0 {
 		rl[corev1.ResourceMemory] = *resource.NewQuantity(l.Memory, resource.BinarySI)
 	}
-	if len(rl) == 0 {
+	limits := rl.DeepCopy()
+	if l.Disk > 0 {
+		limits[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(l.Disk, resource.BinarySI)
+		// Zero, not absent: the API server defaults an absent request to
+		// the limit.
+		rl[corev1.ResourceEphemeralStorage] = *resource.NewQuantity(0, resource.BinarySI)
+	}
+	if len(limits) == 0 {
 		return corev1.ResourceRequirements{}
 	}
-	return corev1.ResourceRequirements{Requests: rl, Limits: rl.DeepCopy()}
+	return corev1.ResourceRequirements{Requests: rl, Limits: limits}
 }
 
 // ulimits sets the per-process limits prlimit sets locally, as a shell
@@ -549,6 +563,10 @@ func (l Limits) ulimits() string {
 	}
 	if l.OpenFiles > 0 {
 		s += "ulimit -n " + strconv.FormatInt(l.OpenFiles, 10) + " && "
+	}
+	if l.FileSize > 0 {
+		// ulimit -f counts blocks of 512 bytes in POSIX shells.
+		s += "ulimit -f " + strconv.FormatInt(max(1, l.FileSize/512), 10) + " && "
 	}
 	return s
 }

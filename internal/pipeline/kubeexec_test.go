@@ -109,6 +109,12 @@ func TestKubeExecutor(t *testing.T) {
 					t.Fatalf("container %s resources %+v, want %v as requests and limits", ctr.Name, ctr.Resources, wantRes)
 				}
 			}
+			if disk := ctr.Resources.Limits[corev1.ResourceEphemeralStorage]; !disk.Equal(resource.MustParse("4Gi")) {
+				t.Fatalf("container %s ephemeral storage limit %v, want the step's disk", ctr.Name, ctr.Resources.Limits)
+			}
+			if req := ctr.Resources.Requests[corev1.ResourceEphemeralStorage]; !req.IsZero() {
+				t.Fatalf("container %s requests ephemeral storage: %v", ctr.Name, ctr.Resources.Requests)
+			}
 		}
 		test := s.Containers[0]
 		if test.Image != cmd.Image || s.InitContainers[0].Image != e.Image {
@@ -118,7 +124,7 @@ func TestKubeExecutor(t *testing.T) {
 			t.Fatalf("working directory %s", test.WorkingDir)
 		}
 		script := strings.Join(test.Command, " ")
-		for _, want := range []string{"ulimit -t 600", "ulimit -v 2097152", "ulimit -n 1024", cmd.Script} {
+		for _, want := range []string{"ulimit -t 600", "ulimit -v 2097152", "ulimit -n 1024", "ulimit -f 2097152", cmd.Script} {
 			if !strings.Contains(script, want) {
 				t.Fatalf("command %q lacks %q", test.Command, want)
 			}
@@ -373,7 +379,7 @@ func kubeCommand(out *bytes.Buffer) Command {
 		Workspace: "/srv/slipway/runs/tea-run-1/workspace",
 		Dir:       "/srv/slipway/runs/tea-run-1/workspace/svc",
 		Env:       []string{"GOFLAGS=-mod=mod", "DEPLOY_TOKEN=" + kubeDeployKey},
-		Limits:    Limits{CPUTime: 10 * time.Minute, Memory: 2 << 30, OpenFiles: 1024, CPU: 1500},
+		Limits:    Limits{CPUTime: 10 * time.Minute, Memory: 2 << 30, OpenFiles: 1024, CPU: 1500, FileSize: 1 << 30, Disk: 4 << 30},
 		RunID:     "tea-run-1",
 		Source: Source{
 			URL: "https://git.example/shop/tea.git", Commit: kubeTestCommit, Branch: "main",

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/imagebuild"
@@ -82,9 +84,12 @@ var DefaultTimeouts = Timeouts{
 	GitOperation: time.Minute,
 }
 
-// DefaultLimits bound each process of the test step, and the CPU of the
-// container it runs in under an executor that runs containers.
-var DefaultLimits = Limits{CPUTime: 30 * time.Minute, Memory: 8 << 30, OpenFiles: 4096, CPU: 2000}
+// DefaultLimits bound the test step.
+var DefaultLimits = Limits{CPUTime: 30 * time.Minute, Memory: 8 << 30, OpenFiles: 4096, CPU: 2000,
+	Processes: 1024, FileSize: 4 << 30, Disk: 16 << 30}
+
+// DefaultMaxLogBytes bounds each step's log when Engine.MaxLogBytes is zero.
+const DefaultMaxLogBytes = 16 << 20
 
 // Source is what to build.
 type Source struct {
@@ -92,8 +97,9 @@ type Source struct {
 	URL string
 	// Commit is the full SHA to build.
 	Commit string
-	// Branch the commit was pushed to, if known; recorded in provenance
-	// and fetched alone when it holds the commit.
+	// Branch the commit was pushed to, which must hold it: the checkout
+	// fetches it alone and refuses a commit it cannot reach from the
+	// branch's head. Recorded in provenance.
 	Branch string
 	Auth   *gitsource.Credentials
 }
@@ -140,16 +146,28 @@ type Settings struct {
 	Timeouts Timeouts
 	// Limits of the test step's processes; DefaultLimits when zero.
 	Limits Limits
+	// AllowTestNetwork lets the test command have the network when
+	// slipway.yaml asks for it (test.network); without it such a test
+	// step fails.
+	AllowTestNetwork bool
 }
 
 // Request is one run.
 type Request struct {
+	// Namespace and Pipeline name the run's Pipeline (DNS names). The run's
+	// directory is under its namespace, and the test step's caches are
+	// the Pipeline's own.
+	Namespace, Pipeline string
 	// RunID names the run (the PipelineRun's name); letters, digits, '-',
 	// '.' and '_'. It names the run's directory and goes into provenance
 	// and the promotion commit.
 	RunID    string
 	Source   Source
 	Settings Settings
+	// Rollback lets the run promote a commit older than the one the ops
+	// repository names; without it such a promotion is refused, so that a
+	// replayed or late push never rolls a service back.
+	Rollback bool
 }
 
 // StepResult is what happened in one step.
@@ -179,7 +197,10 @@ type Result struct {
 	Digest string
 	// PromotionCommit is the ops repository's commit carrying the image.
 	PromotionCommit string
-	Steps           []StepResult
+	// TestIsolation is how the test command was kept from the server;
+	// empty when no test command ran.
+	TestIsolation Isolation
+	Steps         []StepResult
 }
 
 // Succeeded reports whether no step failed.
@@ -222,10 +243,22 @@ func (e errSkipped) Error() string { return e.reason }
 
 // Engine runs pipeline runs.
 type Engine struct {
-	// Dir holds a directory per run: its workspace, removed when the run
-	// ends, and its logs, kept.
+	// Dir holds a directory per run, NAMESPACE/RUN: its checkout and the
+	// test step's workspace, removed when the run ends, and its logs,
+	// kept.
 	Dir      string
 	Executor Executor
+	// CacheDir holds the caches of each Pipeline's test step,
+	// NAMESPACE/PIPELINE, kept from run to run; Dir/.caches when empty.
+	// Builds never read them.
+	CacheDir string
+	// BuildEnv adds KEY=VALUE settings to every go build's environment,
+	// before the Pipeline's: where the server's own Go caches are
+	// (GOCACHE, GOMODCACHE), which no test step ever sees.
+	BuildEnv []string
+	// MaxLogBytes bounds each step's log; what a step writes beyond it is
+	// dropped and the log says so. DefaultMaxLogBytes when zero.
+	MaxLogBytes int64
 }
 
 var (
@@ -235,11 +268,15 @@ var (
 
 // run is the state passed from step to step.
 type run struct {
-	req       Request
-	s         Settings
-	workspace string
-	repo      name.Repository
-	remote    []remote.Option
+	req      Request
+	s        Settings
+	dir      string
+	source   string
+	repo     name.Repository
+	keychain authn.Keychain
+	remote   []remote.Option
+	git      *git.Repository
+	commit   *object.Commit
 
 	cfg        *Config
 	commitTime time.Time
@@ -272,21 +309,31 @@ func (e *Engine) Run(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pipeline run %s: image repository %q: %w", req.RunID, s.ImageRepository, err)
 	}
-	runDir := filepath.Join(e.Dir, req.RunID)
+	// Namespaces keep same-named runs of different teams apart.
+	runDir := filepath.Join(e.Dir, req.Namespace, req.RunID)
 	logDir := filepath.Join(runDir, "logs")
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		return nil, fmt.Errorf("pipeline run %s: create log directory: %w", req.RunID, err)
+		return nil, fmt.Errorf("pipeline run %s/%s: create log directory: %w", req.Namespace, req.RunID, err)
 	}
-	workspace := filepath.Join(runDir, "workspace")
 	// A run retried under the same id starts from a clean checkout.
-	if err := os.RemoveAll(workspace); err != nil {
-		return nil, fmt.Errorf("pipeline run %s: clear workspace %s: %w", req.RunID, workspace, err)
+	scratch := []string{filepath.Join(runDir, "source"), filepath.Join(runDir, "test"), filepath.Join(runDir, "tmp")}
+	for _, d := range scratch {
+		if err := os.RemoveAll(d); err != nil {
+			return nil, fmt.Errorf("pipeline run %s/%s: clear %s: %w", req.Namespace, req.RunID, d, err)
+		}
 	}
-	defer os.RemoveAll(workspace)
+	defer func() {
+		for _, d := range scratch {
+			_ = os.RemoveAll(d)
+		}
+	}()
 
+	// The registry's credentials go to the Pipeline's registry alone,
+	// never to the registry of a Dockerfile's base image.
+	keychain := imagebuild.RegistryKeychain(repo.RegistryStr(), &authn.Basic{Username: s.Registry.Username, Password: s.Registry.Password})
 	r := &run{
-		req: req, s: s, workspace: workspace, repo: repo,
-		remote: []remote.Option{remote.WithAuth(&authn.Basic{Username: s.Registry.Username, Password: s.Registry.Password})},
+		req: req, s: s, dir: runDir, source: scratch[0], repo: repo, keychain: keychain,
+		remote: []remote.Option{remote.WithAuthFromKeychain(keychain)},
 	}
 	secrets := []string{s.Registry.Password}
 	for _, v := range s.Secrets {
@@ -306,7 +353,7 @@ func (e *Engine) Run(ctx context.Context, req Request) (*Result, error) {
 	}{
 		{StepCheckout, s.Timeouts.Checkout, r.checkout},
 		{StepTest, s.Timeouts.Test, e.test(r)},
-		{StepBuild, s.Timeouts.Build, r.build},
+		{StepBuild, s.Timeouts.Build, e.build(r)},
 		{StepProvenance, s.Timeouts.Provenance, r.provenance},
 		{StepPush, s.Timeouts.Push, r.push},
 		{StepSign, s.Timeouts.Sign, r.sign},
@@ -322,7 +369,7 @@ func (e *Engine) Run(ctx context.Context, req Request) (*Result, error) {
 		}
 		sr.Log = filepath.Join(logDir, fmt.Sprintf("%d-%s.log", i+1, st.name))
 		sr.Started = time.Now()
-		msg, err := runStep(ctx, sr.Log, secrets, st.timeout, func(ctx context.Context, w io.Writer) (string, error) {
+		msg, err := runStep(ctx, sr.Log, secrets, e.maxLogBytes(), st.timeout, func(ctx context.Context, w io.Writer) (string, error) {
 			return st.fn(ctx, w, res)
 		})
 		sr.Finished = time.Now()
@@ -344,21 +391,32 @@ func (e *Engine) Run(ctx context.Context, req Request) (*Result, error) {
 	return res, nil
 }
 
+func (e *Engine) maxLogBytes() int64 {
+	if e.MaxLogBytes > 0 {
+		return e.MaxLogBytes
+	}
+	return DefaultMaxLogBytes
+}
+
 // runStep runs one step under its deadline with its log open, writing the
 // outcome as the log's last line so that the log alone tells the story.
-func runStep(ctx context.Context, logPath string, secrets []string, timeout time.Duration, fn func(context.Context, io.Writer) (string, error)) (string, error) {
+// What the step writes past maxLog bytes is dropped, the log says so, and
+// the outcome line is written all the same.
+func runStep(ctx context.Context, logPath string, secrets []string, maxLog int64, timeout time.Duration, fn func(context.Context, io.Writer) (string, error)) (string, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("open step log: %w", err)
 	}
-	w := newMaskingWriter(f, secrets)
+	limited := newMaskingWriter(&limitWriter{w: f, limit: maxLog}, secrets)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	msg, err := fn(ctx, w)
+	msg, err := fn(ctx, limited)
 	if ctx.Err() != nil && err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		err = fmt.Errorf("%w (the step's %s deadline passed)", err, timeout)
 	}
+	closeErr := limited.Close()
+	w := newMaskingWriter(f, secrets)
 	var skipped errSkipped
 	switch {
 	case errors.As(err, &skipped):
@@ -368,7 +426,30 @@ func runStep(ctx context.Context, logPath string, secrets []string, timeout time
 	default:
 		fmt.Fprintf(w, "slipway: succeeded in %s: %s\n", time.Since(start).Round(time.Millisecond), msg)
 	}
-	return msg, errors.Join(err, w.Close(), f.Close())
+	return msg, errors.Join(err, closeErr, w.Close(), f.Close())
+}
+
+// limitWriter passes on limit bytes, then a line saying the rest was
+// dropped, then nothing. It never fails a write, so the step goes on.
+type limitWriter struct {
+	w              io.Writer
+	limit, written int64
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if l.written >= l.limit {
+		return len(p), nil
+	}
+	head := p[:min(int64(len(p)), l.limit-l.written)]
+	l.written += int64(len(head))
+	if _, err := l.w.Write(head); err != nil {
+		return len(p), err
+	}
+	if l.written >= l.limit {
+		_, err := fmt.Fprintf(l.w, "\nslipway: the log reached its limit of %d bytes here; the step's further output is dropped\n", l.limit)
+		return len(p), err
+	}
+	return len(p), nil
 }
 
 func validate(req Request) error {
@@ -376,8 +457,14 @@ func validate(req Request) error {
 	switch {
 	case !runIDPattern.MatchString(req.RunID):
 		return fmt.Errorf("pipeline run: id %q must be letters, digits, '.', '-' and '_'", req.RunID)
+	case len(validation.IsDNS1123Label(req.Namespace)) > 0:
+		return fmt.Errorf("pipeline run %s: namespace %q is not a namespace name", req.RunID, req.Namespace)
+	case len(validation.IsDNS1123Subdomain(req.Pipeline)) > 0:
+		return fmt.Errorf("pipeline run %s: pipeline %q is not a Pipeline name", req.RunID, req.Pipeline)
 	case !commitPattern.MatchString(req.Source.Commit):
 		return fmt.Errorf("pipeline run %s: commit %q must be a full 40-character SHA", req.RunID, req.Source.Commit)
+	case req.Source.Branch == "":
+		return fmt.Errorf("pipeline run %s: the branch is required: a run builds only a commit of the branch it names", req.RunID)
 	case req.Source.URL == "":
 		return fmt.Errorf("pipeline run %s: the source repository URL is required", req.RunID)
 	case s.ImageRepository == "":
@@ -417,34 +504,48 @@ func (r *run) checkout(ctx context.Context, w io.Writer, res *Result) (string, e
 	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", remoteName, err)
 	}
-	opts := &git.CloneOptions{URL: src.URL, NoCheckout: true, Tags: git.NoTags, Auth: auth}
-	if src.Branch != "" {
-		opts.ReferenceName = plumbing.NewBranchReferenceName(src.Branch)
-		opts.SingleBranch = true
-	}
-	fmt.Fprintf(w, "slipway: cloning %s (%s) into %s\n", remoteName, branchOrAll(src.Branch), r.workspace)
+	// The branch alone: a commit it does not reach is not built, whatever
+	// a webhook or a PipelineRun claims.
+	branch := plumbing.NewBranchReferenceName(src.Branch)
+	opts := &git.CloneOptions{URL: src.URL, NoCheckout: true, Tags: git.NoTags, Auth: auth, ReferenceName: branch, SingleBranch: true}
+	fmt.Fprintf(w, "slipway: cloning %s (branch %s) into %s\n", remoteName, src.Branch, r.source)
 	opCtx, cancel := context.WithTimeout(ctx, r.s.Timeouts.GitOperation)
-	repo, err := git.PlainCloneContext(opCtx, r.workspace, false, opts)
+	repo, err := git.PlainCloneContext(opCtx, r.source, false, opts)
 	cancel()
 	if err != nil {
 		return "", gitError("clone", remoteName, r.s.Timeouts.GitOperation, opCtx, err)
 	}
+	head, err := repo.Reference(branch, true)
+	if err != nil {
+		return "", fmt.Errorf("read the head of branch %s of %s: %w", src.Branch, remoteName, err)
+	}
 	hash := plumbing.NewHash(src.Commit)
 	commit, err := repo.CommitObject(hash)
+	if err == nil && hash != head.Hash() {
+		var tip *object.Commit
+		if tip, err = repo.CommitObject(head.Hash()); err == nil {
+			var onBranch bool
+			if onBranch, err = commit.IsAncestor(tip); err == nil && !onBranch {
+				err = errors.New("the branch's head does not descend from it")
+			}
+		}
+	}
 	if err != nil {
-		return "", fmt.Errorf("commit %s is not in %s (%s): %w", src.Commit, remoteName, branchOrAll(src.Branch), err)
+		return "", fmt.Errorf("commit %s is not on branch %s of %s (its head is %s): a run builds only commits of the branch it names: %w",
+			src.Commit, src.Branch, remoteName, head.Hash(), err)
 	}
 	wt, err := repo.Worktree()
 	if err != nil {
-		return "", fmt.Errorf("open the work tree of %s: %w", r.workspace, err)
+		return "", fmt.Errorf("open the work tree of %s: %w", r.source, err)
 	}
 	if err := wt.Checkout(&git.CheckoutOptions{Hash: hash, Force: true}); err != nil {
 		return "", fmt.Errorf("check out %s of %s: %w", src.Commit, remoteName, err)
 	}
+	r.git, r.commit = repo, commit
 	res.CommitAuthor = commit.Author.Name + " <" + commit.Author.Email + ">"
 	res.CommitTime = commit.Committer.When.UTC()
 	r.commitTime = res.CommitTime
-	fmt.Fprintf(w, "slipway: checked out %s by %s, committed %s\n", src.Commit, res.CommitAuthor, res.CommitTime.Format(time.RFC3339))
+	fmt.Fprintf(w, "slipway: checked out %s of branch %s by %s, committed %s\n", src.Commit, src.Branch, res.CommitAuthor, res.CommitTime.Format(time.RFC3339))
 
 	cfg, err := readConfig(commit)
 	if err != nil {
@@ -452,13 +553,6 @@ func (r *run) checkout(ctx context.Context, w io.Writer, res *Result) (string, e
 	}
 	r.cfg = cfg
 	return fmt.Sprintf("checked out %s", src.Commit), nil
-}
-
-func branchOrAll(b string) string {
-	if b == "" {
-		return "all branches"
-	}
-	return "branch " + b
 }
 
 // readConfig reads slipway.yaml from the commit itself, not the work tree,
@@ -493,86 +587,182 @@ func gitError(op, remoteName string, timeout time.Duration, ctx context.Context,
 	return fmt.Errorf("git %s of %s: %w", op, remoteName, err)
 }
 
-func (r *run) contextDir() string {
-	return filepath.Join(r.workspace, filepath.FromSlash(r.cfg.Build.Context))
+// contextDir is the build context in dir, a checkout.
+func (r *run) contextDir(dir string) string {
+	return filepath.Join(dir, filepath.FromSlash(r.cfg.Build.Context))
 }
 
-// test runs the developers' test command through the executor.
+func (e *Engine) cacheDir() string {
+	if e.CacheDir != "" {
+		return e.CacheDir
+	}
+	return filepath.Join(e.Dir, ".caches")
+}
+
+// test runs the developers' test command through the executor, in a copy
+// of the checkout: what the command changes there never reaches the
+// build, which reads the checkout.
 func (e *Engine) test(r *run) func(context.Context, io.Writer, *Result) (string, error) {
-	return func(ctx context.Context, w io.Writer, _ *Result) (string, error) {
+	return func(ctx context.Context, w io.Writer, res *Result) (string, error) {
 		if r.cfg.Test.Command == "" {
 			return "", errSkipped{ConfigFile + " has no test.command"}
+		}
+		if r.cfg.Test.Network && !r.s.AllowTestNetwork {
+			return "", fmt.Errorf("%s asks for the network (test.network: true), which the Pipeline does not allow: its spec.test.allowNetwork must be true", ConfigFile)
+		}
+		workspace, temp := filepath.Join(r.dir, "test"), filepath.Join(r.dir, "tmp")
+		if err := copyTree(r.source, workspace); err != nil {
+			return "", fmt.Errorf("copy the checkout for the test command: %w", err)
+		}
+		cache := filepath.Join(e.cacheDir(), r.req.Namespace, r.req.Pipeline)
+		for _, d := range []string{temp, cache} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return "", fmt.Errorf("create %s: %w", d, err)
+			}
 		}
 		env := append([]string{}, r.s.TestEnv...)
 		for k, v := range r.s.Secrets {
 			env = append(env, k+"="+v)
 		}
-		fmt.Fprintf(w, "slipway: %s executor: sh -c %q in %s\n", e.Executor.Name(), r.cfg.Test.Command, r.cfg.Build.Context)
+		isolation := e.Executor.Isolation()
+		fmt.Fprintf(w, "slipway: %s executor (isolation: %s, network: %t): sh -c %q in %s\n",
+			e.Executor.Name(), isolation, r.cfg.Test.Network, r.cfg.Test.Command, r.cfg.Build.Context)
 		err := e.Executor.Exec(ctx, Command{
 			Script:    r.cfg.Test.Command,
-			Workspace: r.workspace,
-			Dir:       r.contextDir(),
+			Workspace: workspace,
+			Dir:       r.contextDir(workspace),
 			Env:       env,
 			Output:    w,
 			Limits:    r.s.Limits,
+			Network:   r.cfg.Test.Network,
+			Cache:     cache,
+			Temp:      temp,
 			RunID:     r.req.RunID,
 			Source:    r.req.Source,
 			Image:     r.cfg.Test.Image,
 		})
+		res.TestIsolation = isolation
 		if err != nil {
 			// The command itself is in the log; the message stays short
 			// enough for a status condition.
 			return "", fmt.Errorf("the test command %w; its output is in the step log", err)
 		}
+		if isolation == IsolationNone {
+			return "tests passed, UNISOLATED: the command ran as the server's user (--allow-unisolated-tests)", nil
+		}
 		return "tests passed", nil
 	}
 }
 
-// build builds the image in-process, with the commit time as
-// SOURCE_DATE_EPOCH so that the same commit gives the same digest.
-func (r *run) build(ctx context.Context, w io.Writer, _ *Result) (string, error) {
-	r.built[0] = time.Now()
-	defer func() { r.built[1] = time.Now() }()
-	labels := map[string]string{
-		"org.opencontainers.image.revision": r.req.Source.Commit,
-		"org.opencontainers.image.source":   gitsource.RedactURL(r.req.Source.URL),
-	}
-	if df := r.cfg.Build.Dockerfile; df != "" {
-		fmt.Fprintf(w, "slipway: building Dockerfile %s in context %s, SOURCE_DATE_EPOCH=%d\n", df, r.cfg.Build.Context, r.commitTime.Unix())
-		img, err := imagebuild.BuildDockerfile(ctx, imagebuild.DockerfileOptions{
-			ContextDir:      r.contextDir(),
-			Dockerfile:      filepath.Join(r.workspace, filepath.FromSlash(df)),
-			SourceDateEpoch: r.commitTime,
-			Remote:          append([]remote.Option{remote.WithContext(ctx)}, r.remote...),
-		})
+// copyTree copies the checkout src, which the server wrote, to dst: files
+// with their modes, links as links.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return "", err
+			return err
 		}
-		r.image, r.buildType = img, DockerfileBuildType
-		r.params = map[string]any{"dockerfile": df, "context": r.cfg.Build.Context, "sourceDateEpoch": r.commitTime.Unix()}
-	} else {
-		fmt.Fprintf(w, "slipway: go build %s in context %s, SOURCE_DATE_EPOCH=%d\n", r.cfg.Build.Package, r.cfg.Build.Context, r.commitTime.Unix())
-		gr, err := imagebuild.BuildGo(ctx, imagebuild.GoOptions{
-			Dir:             r.contextDir(),
-			Package:         r.cfg.Build.Package,
-			SourceDateEpoch: r.commitTime,
-			Labels:          labels,
-			Env:             r.s.BuildEnv,
-			Timeout:         r.s.Timeouts.Build,
-		})
+		rel, err := filepath.Rel(src, p)
 		if err != nil {
-			return "", err
+			return err
 		}
-		r.image, r.goBuild, r.buildType, r.params = gr.Image, gr, imagebuild.DefaultGoBuildType, gr.Parameters
-		r.params["context"] = r.cfg.Build.Context
-	}
-	d, err := r.image.Digest()
+		target := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.Mkdir(target, info.Mode().Perm()|0o700)
+		case info.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, target)
+		case info.Mode().IsRegular():
+			return copyFile(p, target, info.Mode().Perm())
+		}
+		return nil // git checks out nothing else
+	})
+}
+
+func copyFile(src, dst string, mode fs.FileMode) error {
+	in, err := os.Open(src)
 	if err != nil {
-		return "", fmt.Errorf("compute the image digest: %w", err)
+		return err
 	}
-	r.digest = r.repo.Digest(d.String())
-	fmt.Fprintf(w, "slipway: image %s\n", r.digest)
-	return "built " + d.String(), nil
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// build builds the image in-process from the checkout, with the commit
+// time as SOURCE_DATE_EPOCH so that the same commit gives the same
+// digest. The checkout is untrusted: a link in it that leads out of it,
+// or a go.mod replacement by a directory outside it, fails the build
+// rather than letting it read the server's files.
+func (e *Engine) build(r *run) func(context.Context, io.Writer, *Result) (string, error) {
+	return func(ctx context.Context, w io.Writer, _ *Result) (string, error) {
+		r.built[0] = time.Now()
+		defer func() { r.built[1] = time.Now() }()
+		if err := linksStayInside(r.source); err != nil {
+			return "", err
+		}
+		labels := map[string]string{
+			"org.opencontainers.image.revision": r.req.Source.Commit,
+			"org.opencontainers.image.source":   gitsource.RedactURL(r.req.Source.URL),
+		}
+		if df := r.cfg.Build.Dockerfile; df != "" {
+			fmt.Fprintf(w, "slipway: building Dockerfile %s in context %s, SOURCE_DATE_EPOCH=%d\n", df, r.cfg.Build.Context, r.commitTime.Unix())
+			img, err := imagebuild.BuildDockerfile(ctx, imagebuild.DockerfileOptions{
+				SourceDir:       r.source,
+				ContextDir:      r.contextDir(r.source),
+				Dockerfile:      filepath.Join(r.source, filepath.FromSlash(df)),
+				SourceDateEpoch: r.commitTime,
+				Keychain:        r.keychain,
+			})
+			if err != nil {
+				return "", err
+			}
+			r.image, r.buildType = img, DockerfileBuildType
+			r.params = map[string]any{"dockerfile": df, "context": r.cfg.Build.Context, "sourceDateEpoch": r.commitTime.Unix()}
+		} else {
+			if err := replacementsStayInside(r.source, r.contextDir(r.source)); err != nil {
+				return "", err
+			}
+			fmt.Fprintf(w, "slipway: go build %s in context %s, SOURCE_DATE_EPOCH=%d\n", r.cfg.Build.Package, r.cfg.Build.Context, r.commitTime.Unix())
+			// The Pipeline's settings, then what no setting may change: a
+			// go.work would reach modules outside the checkout.
+			env := append(append(append([]string{}, e.BuildEnv...), r.s.BuildEnv...), "GOWORK=off")
+			gr, err := imagebuild.BuildGo(ctx, imagebuild.GoOptions{
+				Dir:             r.contextDir(r.source),
+				Package:         r.cfg.Build.Package,
+				SourceDateEpoch: r.commitTime,
+				Labels:          labels,
+				Env:             env,
+				Timeout:         r.s.Timeouts.Build,
+			})
+			if err != nil {
+				return "", err
+			}
+			r.image, r.goBuild, r.buildType, r.params = gr.Image, gr, imagebuild.DefaultGoBuildType, gr.Parameters
+			r.params["context"] = r.cfg.Build.Context
+		}
+		d, err := r.image.Digest()
+		if err != nil {
+			return "", fmt.Errorf("compute the image digest: %w", err)
+		}
+		r.digest = r.repo.Digest(d.String())
+		fmt.Fprintf(w, "slipway: image %s\n", r.digest)
+		return "built " + d.String(), nil
+	}
 }
 
 // provenance writes the SBOM and SLSA provenance statements about the
@@ -692,6 +882,7 @@ func (r *run) promote(ctx context.Context, w io.Writer, res *Result) (string, er
 		Auth:         p.Auth,
 		Timeout:      r.s.Timeouts.GitOperation,
 		MaxAttempts:  p.MaxAttempts,
+		Guard:        func(promoted string) error { return r.notOlderThan(promoted, w) },
 	})
 	if err != nil {
 		return "", err
@@ -701,4 +892,37 @@ func (r *run) promote(ctx context.Context, w io.Writer, res *Result) (string, er
 		return "the ops repository already names the image at " + pr.Commit, nil
 	}
 	return fmt.Sprintf("promoted in commit %s after %d attempt(s)", pr.Commit, pr.Attempts), nil
+}
+
+// notOlderThan refuses to replace the image of commit promoted with a
+// build of a commit that does not descend from it (an older one, as a
+// replayed or late push would bring), unless the run is an explicit
+// rollback. A promoted commit the checkout's branch does not hold (built
+// from another branch, or from history since rewritten) cannot be
+// compared, and is replaced.
+func (r *run) notOlderThan(promoted string, w io.Writer) error {
+	ours := r.req.Source.Commit
+	if promoted == "" || promoted == ours {
+		return nil
+	}
+	p, err := r.git.CommitObject(plumbing.NewHash(promoted))
+	if err != nil {
+		fmt.Fprintf(w, "slipway: the ops repository runs a build of %s, which branch %s does not hold: not compared\n", promoted, r.req.Source.Branch)
+		return nil
+	}
+	newer, err := p.IsAncestor(r.commit)
+	if err != nil {
+		return fmt.Errorf("compare %s with %s, which the ops repository runs: %w", ours, promoted, err)
+	}
+	switch {
+	case newer:
+		return nil
+	case r.req.Rollback:
+		fmt.Fprintf(w, "slipway: rolling back from %s to %s, as the run asks (rollback)\n", promoted, ours)
+		return nil
+	}
+	if older, _ := r.commit.IsAncestor(p); older {
+		return fmt.Errorf("commit %s is older than %s, which the ops repository runs: a replayed or late push does not roll back; a PipelineRun with spec.rollback does", ours, promoted)
+	}
+	return fmt.Errorf("commit %s does not descend from %s, which the ops repository runs: a PipelineRun with spec.rollback replaces it", ours, promoted)
 }

@@ -83,7 +83,7 @@ func startLab(t *testing.T) *lab {
 		t.Fatal(err)
 	}
 	l := &lab{git: gs, registry: reg, key: key, srcURL: gs.RepoURL("tea.git"), opsURL: gs.RepoURL("ops.git"),
-		engine: &Engine{Dir: t.TempDir(), Executor: &LocalExecutor{}}}
+		engine: &Engine{Dir: t.TempDir(), Executor: localExecutor, CacheDir: testCaches}}
 
 	files := map[string][]byte{}
 	entries, err := os.ReadDir("testdata/tea")
@@ -121,8 +121,18 @@ func (l *lab) commitSource(t *testing.T, files map[string][]byte, msg string) st
 	return sha
 }
 
+// commitTo pushes files to another repository of the lab's git server.
+func (l *lab) commitTo(t *testing.T, url string, files map[string][]byte, msg string) string {
+	t.Helper()
+	saved := l.srcURL
+	l.srcURL = url
+	defer func() { l.srcURL = saved }()
+	return l.commitSource(t, files, msg)
+}
+
 func (l *lab) request(runID, commit string) Request {
 	return Request{
+		Namespace: "shop", Pipeline: "tea",
 		RunID: runID,
 		Source: Source{
 			URL: l.srcURL, Commit: commit, Branch: "main",
@@ -308,12 +318,12 @@ func TestRunRegistryRefusesAuth(t *testing.T) {
 }
 
 func TestRunRefusesBadRequests(t *testing.T) {
-	e := &Engine{Dir: t.TempDir(), Executor: &LocalExecutor{}}
+	e := &Engine{Dir: t.TempDir(), Executor: localExecutor}
 	key, err := signing.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := Request{RunID: "r1", Source: Source{URL: "http://git.example/tea.git", Commit: strings.Repeat("a", 40)},
+	good := Request{Namespace: "shop", Pipeline: "tea", RunID: "r1", Source: Source{URL: "http://git.example/tea.git", Commit: strings.Repeat("a", 40), Branch: "main"},
 		Settings: Settings{ImageRepository: "r.example/tea", SigningKey: key}}
 	for name, mutate := range map[string]func(*Request){
 		"run id escapes":  func(r *Request) { r.RunID = "../x" },
@@ -322,6 +332,9 @@ func TestRunRefusesBadRequests(t *testing.T) {
 		"bad image repo":  func(r *Request) { r.Settings.ImageRepository = "R.example/UPPER:tag" },
 		"no source URL":   func(r *Request) { r.Source.URL = "" },
 		"no image target": func(r *Request) { r.Settings.ImageRepository = "" },
+		"no branch":       func(r *Request) { r.Source.Branch = "" },
+		"namespace path":  func(r *Request) { r.Namespace = "../shop" },
+		"pipeline path":   func(r *Request) { r.Pipeline = "tea/../../x" },
 	} {
 		t.Run(name, func(t *testing.T) {
 			req := good

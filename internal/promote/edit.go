@@ -201,3 +201,79 @@ func markerFor(comment, name string) (bool, error) {
 	}
 	return marked == name, nil
 }
+
+// Current returns the digests the file names now for the image called
+// imageName, the way Edit would find its place: the kustomization's images
+// entry, or the fields marked for it. A reference without a digest (a tag)
+// gives none.
+func Current(filePath string, content []byte, imageName string) ([]string, error) {
+	nodes, err := (&kio.ByteReader{Reader: bytes.NewReader(content)}).Read()
+	if err != nil {
+		return nil, fmt.Errorf("parse %s as YAML: %w", filePath, err)
+	}
+	var digests []string
+	add := func(d string) {
+		if d != "" {
+			digests = append(digests, d)
+		}
+	}
+	for _, n := range nodes {
+		if isKustomization(filePath, n) {
+			images, err := n.Pipe(yaml.Lookup("images"))
+			if err != nil || images == nil || images.YNode().Kind != yaml.SequenceNode {
+				continue
+			}
+			if entry, err := images.Pipe(yaml.MatchElement("name", imageName)); err == nil && entry != nil {
+				add(scalar(entry, "digest"))
+			}
+			continue
+		}
+		values, err := markedValues(n.YNode(), imageName)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", filePath, err)
+		}
+		for _, v := range values {
+			if _, d, ok := strings.Cut(v, "@"); ok {
+				add(d)
+			}
+		}
+	}
+	return digests, nil
+}
+
+// markedValues returns the values of the fields marked for name.
+func markedValues(n *yaml.Node, name string) ([]string, error) {
+	var out []string
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for _, c := range n.Content {
+			v, err := markedValues(c, name)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v...)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key, val := n.Content[i], n.Content[i+1]
+			marked := false
+			for _, comment := range []string{val.LineComment, key.LineComment} {
+				m, err := markerFor(comment, name)
+				if err != nil {
+					return nil, err
+				}
+				marked = marked || m
+			}
+			if marked && val.Kind == yaml.ScalarNode {
+				out = append(out, val.Value)
+				continue
+			}
+			v, err := markedValues(val, name)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v...)
+		}
+	}
+	return out, nil
+}

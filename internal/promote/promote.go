@@ -110,6 +110,12 @@ type Request struct {
 	// MaxAttempts bounds the pushes tried when the branch moves under
 	// the promotion; DefaultMaxAttempts when zero.
 	MaxAttempts int
+	// Guard, when set, is asked before every attempt whether the image may
+	// replace the one the file names now, with the source commit that
+	// image was built from, as the promotion commit that wrote it records
+	// (empty when no promotion of Slipway's wrote it). An error stops the
+	// promotion: Slipway uses it to refuse a build of an older commit.
+	Guard func(promotedSource string) error
 
 	// beforePush runs before each push; tests use it to move the branch
 	// at a known moment.
@@ -198,6 +204,15 @@ func Promote(ctx context.Context, req Request) (*Result, error) {
 		// attempt is dropped and the edit starts again from the remote head.
 		if err := wt.Reset(&git.ResetOptions{Commit: head.Hash(), Mode: git.HardReset}); err != nil {
 			return nil, fail("check out the head of", err)
+		}
+		if req.Guard != nil {
+			promoted, err := promotedSource(repo, head.Hash(), wt, req)
+			if err != nil {
+				return nil, fail("read what "+req.Path+" names in", err)
+			}
+			if err := req.Guard(promoted); err != nil {
+				return nil, fail("replace the image "+req.Path+" names in", err)
+			}
 		}
 		commit, changed, err := commitEdit(wt, req)
 		if err != nil {
@@ -337,6 +352,58 @@ func commitEdit(wt *git.Worktree, req Request) (plumbing.Hash, bool, error) {
 		return plumbing.ZeroHash, false, fmt.Errorf("commit: %w", err)
 	}
 	return hash, true, nil
+}
+
+// maxHistory bounds the commits promotedSource reads back from the head.
+const maxHistory = 1000
+
+// promotedSource returns the source commit of the image the file names
+// now: the Slipway-Source-Commit trailer of the newest promotion commit
+// that wrote that digest into that file. "" when the file names no digest
+// for the image, or no promotion within maxHistory commits wrote it (an
+// edit by hand).
+func promotedSource(repo *git.Repository, head plumbing.Hash, wt *git.Worktree, req Request) (string, error) {
+	f, err := wt.Filesystem.Open(req.Path)
+	if err != nil {
+		return "", fmt.Errorf("open %s: %w", req.Path, err)
+	}
+	content, err := io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", req.Path, err)
+	}
+	digests, err := Current(req.Path, content, req.ImageName)
+	if err != nil || len(digests) == 0 {
+		return "", err
+	}
+	commits, err := repo.Log(&git.LogOptions{From: head})
+	if err != nil {
+		return "", fmt.Errorf("read the history: %w", err)
+	}
+	defer commits.Close()
+	source := ""
+	for i := 0; i < maxHistory && source == ""; i++ {
+		c, err := commits.Next()
+		if err != nil {
+			break
+		}
+		t := trailers(c.Message)
+		if t["File"] == req.Path && t[TrailerImageDigest] == digests[0] {
+			source = t[TrailerSourceCommit]
+		}
+	}
+	return source, nil
+}
+
+// trailers reads the "Key: value" lines of a commit message.
+func trailers(msg string) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(msg, "\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok && !strings.Contains(k, " ") {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out
 }
 
 // CommitMessage is the promotion commit's message: a subject a person

@@ -329,3 +329,41 @@ func TestPromoteRefusesBadRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestPromoteAsksTheGuard promotes twice into a kustomization and a
+// marked manifest: the guard hears the source commit of what each file
+// names, and its refusal leaves the file as it was.
+func TestPromoteAsksTheGuard(t *testing.T) {
+	_, url := opsRepo(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for _, path := range []string{"apps/tea/kustomization.yaml", "apps/tea/deployment.yaml"} {
+		t.Run(path, func(t *testing.T) {
+			var heard []string
+			guard := func(promoted string) error {
+				heard = append(heard, promoted)
+				if promoted == "1111111111111111111111111111111111111111" {
+					return errors.New("refused by the guard")
+				}
+				return nil
+			}
+			first := request(url, path, "tea", ref(t, "registry.example.com/shop/tea", "ab"))
+			first.SourceCommit, first.Guard = strings.Repeat("1", 40), guard
+			if _, err := Promote(ctx, first); err != nil {
+				t.Fatal(err)
+			}
+			second := request(url, path, "tea", ref(t, "registry.example.com/shop/tea", "cd"))
+			second.SourceCommit, second.Guard = strings.Repeat("2", 40), guard
+			_, err := Promote(ctx, second)
+			if err == nil || !strings.Contains(err.Error(), "refused by the guard") {
+				t.Fatalf("the guard's refusal gave %v", err)
+			}
+			if len(heard) != 2 || heard[0] != "" || heard[1] != strings.Repeat("1", 40) {
+				t.Fatalf("the guard heard %q, want nothing promoted, then the first source commit", heard)
+			}
+			if _, content := gittest.Head(t, url, gitUser, gitPass, path); !strings.Contains(content, strings.Repeat("ab", 32)) {
+				t.Fatalf("a refused promotion changed %s:\n%s", path, content)
+			}
+		})
+	}
+}

@@ -38,17 +38,30 @@ type Options struct {
 	Config *rest.Config
 	// Addr is the HTTP listen address.
 	Addr string
-	// WebhookSecret verifies /hooks/git deliveries; empty refuses them all.
+	// WebhookSecret verifies /hooks/git deliveries for the Applications
+	// and the Pipelines without a secret of their own; when empty, only
+	// deliveries a Pipeline's own secret verifies are accepted.
 	WebhookSecret []byte
 	// LeaderElection makes only one replica reconcile at a time.
 	LeaderElection          bool
 	LeaderElectionNamespace string
 	GitCacheDir             string
-	// RunDir holds each pipeline run's workspace (removed when it ends) and logs.
+	// RunDir holds each pipeline run's workspace (removed when it ends) and
+	// logs, by namespace, and the local executor's containers (.sandbox).
 	RunDir string
-	// Executor runs the test step: "local" (child processes of the server)
-	// or "kubernetes" (a Pod per command in RunNamespace, from TestImage).
-	Executor     string
+	// CacheDir holds each Pipeline's test caches, by namespace; RunDir/.caches
+	// when empty.
+	CacheDir string
+	// Executor runs the test step: "local" (a container per command on
+	// this host) or "kubernetes" (a Pod per command in RunNamespace, from
+	// TestImage).
+	Executor string
+	// AllowUnisolatedTests lets the local executor run test commands as
+	// the server's own children where this host cannot isolate them.
+	AllowUnisolatedTests bool
+	// SandboxPaths are more host directories the local executor's
+	// containers see read-only (a toolchain outside /usr).
+	SandboxPaths []string
 	RunNamespace string
 	TestImage    string
 	Concurrency  int
@@ -76,10 +89,20 @@ func Scheme() *runtime.Scheme {
 }
 
 // newExecutor builds the test step's executor that opts name.
-func newExecutor(opts Options) (pipeline.Executor, error) {
+func newExecutor(ctx context.Context, opts Options) (pipeline.Executor, error) {
 	switch opts.Executor {
 	case "", "local":
-		return &pipeline.LocalExecutor{}, nil
+		e := pipeline.NewLocalExecutor(ctx, pipeline.LocalOptions{
+			Dir: sandboxDir(opts), AllowUnisolated: opts.AllowUnisolatedTests, ReadOnlyPaths: opts.SandboxPaths,
+		})
+		if err := e.Unisolated(); err != nil {
+			if opts.AllowUnisolatedTests {
+				ctrl.Log.WithName("server").Info("WARNING: test commands run UNISOLATED, as the server's user (--allow-unisolated-tests)", "reason", err.Error())
+			} else {
+				ctrl.Log.WithName("server").Info("the local executor cannot isolate test commands on this host: runs with a test command fail until it can (or see --executor, --allow-unisolated-tests)", "reason", err.Error())
+			}
+		}
+		return e, nil
 	case "kubernetes":
 		// Uncached: a manager-cached client would list and watch every Pod
 		// of the cluster for the few the executor creates.
@@ -90,6 +113,15 @@ func newExecutor(opts Options) (pipeline.Executor, error) {
 		return pipeline.NewKubeExecutor(c, opts.Config, opts.RunNamespace, opts.TestImage)
 	}
 	return nil, fmt.Errorf("unknown executor %q: use local or kubernetes", opts.Executor)
+}
+
+// sandboxDir holds the local executor's containers; "" when there is no
+// run directory to put it in.
+func sandboxDir(opts Options) string {
+	if opts.RunDir == "" {
+		return ""
+	}
+	return filepath.Join(opts.RunDir, ".sandbox")
 }
 
 // Run serves until ctx is cancelled.
@@ -118,14 +150,15 @@ func Run(ctx context.Context, opts Options) error {
 	}); err != nil {
 		return err
 	}
-	executor, err := newExecutor(opts)
+	executor, err := newExecutor(ctx, opts)
 	if err != nil {
 		return err
 	}
 	runs := &pipeline.RunReconciler{
-		Client:   mgr.GetClient(),
-		Engine:   &pipeline.Engine{Dir: opts.RunDir, Executor: executor},
-		Recorder: mgr.GetEventRecorderFor("slipway-pipeline"),
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Engine:    &pipeline.Engine{Dir: opts.RunDir, Executor: executor, CacheDir: opts.CacheDir},
+		Recorder:  mgr.GetEventRecorderFor("slipway-pipeline"),
 	}
 	if err := runs.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the PipelineRun controller: %w", err)
@@ -157,7 +190,7 @@ func Run(ctx context.Context, opts Options) error {
 	mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
 	mux.Handle("/hooks/git", &webhook.Handler{Secret: opts.WebhookSecret, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook")})
 	if len(opts.WebhookSecret) == 0 {
-		log.Info("no webhook secret configured: /hooks/git refuses every delivery")
+		log.Info("no webhook secret configured: /hooks/git accepts only deliveries a Pipeline's own webhook secret verifies")
 	}
 
 	ln, err := net.Listen("tcp", opts.Addr)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/funcr"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -255,7 +256,7 @@ func TestOversizedWebhookIsRefused(t *testing.T) {
 	}
 }
 
-func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
+func TestPushStartsOnePipelineRunPerCommit(t *testing.T) {
 	ns := env.Namespace(t)
 	pipe := &slipwayv1.Pipeline{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tea"},
@@ -275,7 +276,7 @@ func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
 			files, _ := json.Marshal(changed)
 			commits = `,"commits":[{"modified":` + string(files) + `}]`
 		}
-		body := []byte(`{"ref":"` + ref + `","after":"` + sha + `","head_commit":{"author":{"name":"Dev"}},"repository":{"clone_url":"http://127.0.0.1:1/src/tea.git"}` + commits + `}`)
+		body := []byte(`{"ref":"` + ref + `","before":"` + strings.Repeat("9", 40) + `","after":"` + sha + `","head_commit":{"author":{"name":"Dev"}},"repository":{"clone_url":"http://127.0.0.1:1/src/tea.git"}` + commits + `}`)
 		code, resp := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": webhook.Sign(secret, body)})
 		if code != http.StatusAccepted {
 			t.Fatalf("push: %d %s", code, resp)
@@ -295,6 +296,9 @@ func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
 	}
 	if again := push("refs/heads/main", "delivery-1"); len(again) != 0 {
 		t.Fatalf("a replayed delivery started %v", again)
+	}
+	if again := push("refs/heads/main", "delivery-1-replayed-with-a-new-id"); len(again) != 0 {
+		t.Fatalf("a replayed delivery with a new id started %v", again)
 	}
 	if other := push("refs/heads/feature", "delivery-2"); len(other) != 0 {
 		t.Fatalf("a push to an unwatched branch started %v", other)
@@ -324,5 +328,180 @@ func TestPushStartsOnePipelineRunPerDelivery(t *testing.T) {
 			t.Fatalf("run phase %q, want Failed", run.Status.Phase)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func createPipeline(t *testing.T, ns, name, url string, mutate func(*slipwayv1.Pipeline)) *slipwayv1.Pipeline {
+	t.Helper()
+	pipe := &slipwayv1.Pipeline{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: slipwayv1.PipelineSpec{
+			Source:  slipwayv1.PipelineSource{URL: url, Branches: []string{"main"}},
+			Image:   slipwayv1.ImageTarget{Repository: "127.0.0.1:1/shop/" + name},
+			Signing: slipwayv1.SigningKey{SecretRef: slipwayv1.LocalObjectReference{Name: "missing-key"}},
+		},
+	}
+	if mutate != nil {
+		mutate(pipe)
+	}
+	if err := env.Client.Create(context.Background(), pipe); err != nil {
+		t.Fatal(err)
+	}
+	return pipe
+}
+
+func pushBody(url, sha string) []byte {
+	return []byte(`{"ref":"refs/heads/main","after":"` + sha + `","repository":{"clone_url":"` + url + `"}}`)
+}
+
+func runsOf(t *testing.T, ns string) []slipwayv1.PipelineRun {
+	t.Helper()
+	var runs slipwayv1.PipelineRunList
+	if err := env.Client.List(context.Background(), &runs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	return runs.Items
+}
+
+// TestReplayedPushStartsNothing replays a captured, correctly signed push
+// with a new delivery id, as anyone who saw it on the wire can.
+func TestReplayedPushStartsNothing(t *testing.T) {
+	ns := env.Namespace(t)
+	const url = "http://127.0.0.1:1/src/replayed.git"
+	createPipeline(t, ns, "replayed", url, nil)
+	body := pushBody(url, "1111111111111111111111111111111111111111")
+	deliver := func(delivery string) {
+		t.Helper()
+		if code, resp := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": webhook.Sign(secret, body)}); code != http.StatusAccepted {
+			t.Fatalf("push: %d %s", code, resp)
+		}
+	}
+	// Until the server's cache holds the new Pipeline, a push starts nothing.
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; len(runsOf(t, ns)) == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the push started no run")
+		}
+		deliver(fmt.Sprintf("first-delivery-%d", i))
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, delivery := range []string{"second-delivery", "third-delivery"} {
+		deliver(delivery)
+	}
+	if runs := runsOf(t, ns); len(runs) != 1 {
+		t.Fatalf("one push delivered again with new delivery ids started %d runs, want 1", len(runs))
+	}
+}
+
+// TestRunForUnwatchedBranchIsRefused creates a run by hand for a branch the
+// Pipeline does not build.
+func TestRunForUnwatchedBranchIsRefused(t *testing.T) {
+	ns := env.Namespace(t)
+	createPipeline(t, ns, "guarded", "http://127.0.0.1:1/src/guarded.git", nil)
+	run := &slipwayv1.PipelineRun{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "guarded-feature"},
+		Spec: slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: "guarded"},
+			Commit: "2222222222222222222222222222222222222222", Branch: "feature"},
+	}
+	if err := env.Client.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := &slipwayv1.PipelineRun{}
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(run), got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Phase == slipwayv1.RunFailed {
+			c := got.Status.Conditions
+			if len(c) == 0 || c[0].Reason != "BranchNotWatched" || !strings.Contains(c[0].Message, "feature") {
+				t.Fatalf("the run failed, but not for its branch: %+v", c)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run phase %q, want Failed", got.Status.Phase)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestPipelineWebhookSecrets gives one repository's Pipeline a webhook
+// secret of its own: the server's secret no longer starts its runs, and
+// its secret starts no other repository's.
+func TestPipelineWebhookSecrets(t *testing.T) {
+	ns := env.Namespace(t)
+	const own, shared = "http://127.0.0.1:1/src/own.git", "http://127.0.0.1:1/src/shared.git"
+	repoSecret := []byte("secret-of-the-own-repository")
+	if err := env.Client.Create(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "own-hook"},
+		Data: map[string][]byte{webhook.SecretKey: repoSecret}}); err != nil {
+		t.Fatal(err)
+	}
+	createPipeline(t, ns, "own", own, func(p *slipwayv1.Pipeline) {
+		p.Spec.Source.WebhookSecretRef = &slipwayv1.LocalObjectReference{Name: "own-hook"}
+	})
+	createPipeline(t, ns, "shared", shared, nil)
+	deliver := func(url, sha string, key []byte) (int, []string) {
+		t.Helper()
+		body := pushBody(url, sha)
+		code, resp := post(t, body, map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": webhook.Sign(key, body)})
+		var got struct{ PipelineRuns []string }
+		_ = json.Unmarshal([]byte(resp), &got)
+		return code, got.PipelineRuns
+	}
+	// The first runs, which the right secrets start, also prove the
+	// server's cache holds both Pipelines.
+	startsRun(t, func() []string { _, runs := deliver(own, strings.Repeat("b", 40), repoSecret); return runs }, ns+"/own-")
+	startsRun(t, func() []string { _, runs := deliver(shared, strings.Repeat("d", 40), secret); return runs }, ns+"/shared-")
+	if code, runs := deliver(own, strings.Repeat("a", 40), secret); code != http.StatusAccepted || len(runs) != 0 {
+		t.Fatalf("the server's secret, for a Pipeline with its own: %d, started %v", code, runs)
+	}
+	if code, runs := deliver(shared, strings.Repeat("c", 40), repoSecret); code != http.StatusUnauthorized || len(runs) != 0 {
+		t.Fatalf("one repository's secret, for another repository: %d, started %v", code, runs)
+	}
+	ping := []byte(`{"zen":"hello","repository":{"clone_url":"` + own + `"}}`)
+	if code, resp := post(t, ping, map[string]string{"X-GitHub-Event": "ping", "X-Hub-Signature-256": webhook.Sign(repoSecret, ping)}); code != http.StatusOK {
+		t.Fatalf("a ping signed with the repository's secret: %d %s", code, resp)
+	}
+	if strings.Contains(logs.String(), string(repoSecret)) {
+		t.Fatal("a webhook secret reached the logs")
+	}
+}
+
+// TestGiteaPushListingFewCommitsStartsARun sends a Gitea push whose list
+// shows only documentation changes but holds 5 of its 7 commits.
+func TestGiteaPushListingFewCommitsStartsARun(t *testing.T) {
+	ns := env.Namespace(t)
+	const url = "http://127.0.0.1:1/src/gitea.git"
+	createPipeline(t, ns, "gitea", url, func(p *slipwayv1.Pipeline) { p.Spec.Source.IgnorePaths = []string{"*.md"} })
+	commits := strings.TrimSuffix(strings.Repeat(`{"added":[],"removed":[],"modified":["README.md"]},`, 5), ",")
+	body := []byte(`{"ref":"refs/heads/main","before":"` + strings.Repeat("1", 40) + `","after":"` + strings.Repeat("e", 40) +
+		`","total_commits":7,"commits":[` + commits + `],"repository":{"clone_url":"` + url + `"}}`)
+	sig := strings.TrimPrefix(webhook.Sign(secret, body), "sha256=")
+	startsRun(t, func() []string {
+		code, resp := post(t, body, map[string]string{"X-Gitea-Event": "push", "X-Gitea-Signature": sig})
+		var got struct{ PipelineRuns []string }
+		if code != http.StatusAccepted || json.Unmarshal([]byte(resp), &got) != nil {
+			t.Fatalf("a Gitea push: %d %s", code, resp)
+		}
+		return got.PipelineRuns
+	}, ns+"/gitea-")
+}
+
+// startsRun delivers until the delivery starts a run named with prefix: a
+// Pipeline just created is not in the server's cache at once, and runs
+// are one per Pipeline and commit, so repeating is harmless.
+func startsRun(t *testing.T, deliver func() []string, prefix string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		runs := deliver()
+		if len(runs) == 1 && strings.HasPrefix(runs[0], prefix) {
+			return
+		}
+		if len(runs) > 0 || time.Now().After(deadline) {
+			t.Fatalf("the delivery started %v, want one run %s...", runs, prefix)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

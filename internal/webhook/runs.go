@@ -19,29 +19,21 @@ import (
 var commitSHA = regexp.MustCompile(`^[0-9a-f]{40}$`)
 
 // startRuns creates a PipelineRun for every Pipeline that builds the pushed
-// repository and branch. The run's name derives from the delivery, so a
-// replayed delivery finds its run already there and starts nothing.
-func (h *Handler) startRuns(ctx context.Context, push *Push, deliveryID string) ([]string, error) {
+// branch of the repository and that the delivery's signature may start
+// (see verified.starts). The run's name derives from the Pipeline and the
+// commit, never from the unsigned delivery id: a replayed delivery, or the
+// same commit pushed again, finds its run already there and starts
+// nothing.
+func (h *Handler) startRuns(ctx context.Context, push *Push, v *verified) ([]string, error) {
 	branch, isBranch := strings.CutPrefix(push.Ref, "refs/heads/")
 	// Deleting a branch pushes the zero SHA: nothing to build.
 	if !isBranch || !commitSHA.MatchString(push.After) || strings.Trim(push.After, "0") == "" {
 		return nil, nil
 	}
-	repos := map[string]bool{}
-	for _, u := range push.RepoURLs {
-		repos[NormalizeURL(u)] = true
-	}
-	var pipelines slipwayv1.PipelineList
-	if err := h.Client.List(ctx, &pipelines); err != nil {
-		return nil, fmt.Errorf("listing Pipelines: %w", err)
-	}
 	var started []string
-	for _, p := range pipelines.Items {
-		branches := p.Spec.Source.Branches
-		if len(branches) == 0 {
-			branches = []string{"main"}
-		}
-		if p.Spec.Suspend || !repos[NormalizeURL(p.Spec.Source.URL)] || !slices.Contains(branches, branch) {
+	for i := range v.pipelines {
+		p := &v.pipelines[i]
+		if p.Spec.Suspend || !slices.Contains(p.WatchedBranches(), branch) || !v.starts(p) {
 			continue
 		}
 		if push.ChangedFiles != nil && !slices.ContainsFunc(push.ChangedFiles, func(f string) bool {
@@ -49,11 +41,16 @@ func (h *Handler) startRuns(ctx context.Context, push *Push, deliveryID string) 
 		}) {
 			continue // only files the Pipeline ignores changed
 		}
+		signer := "server"
+		if p.Spec.Source.WebhookSecretRef != nil {
+			signer = "pipeline"
+		}
 		run := &slipwayv1.PipelineRun{
 			ObjectMeta: metav1.ObjectMeta{
-				Namespace: p.Namespace,
-				Name:      runName(p.Name, push.After, deliveryID),
-				Labels:    map[string]string{"slipway.dev/pipeline": p.Name},
+				Namespace:   p.Namespace,
+				Name:        runName(p.Name, push.After),
+				Labels:      map[string]string{"slipway.dev/pipeline": p.Name, "slipway.dev/commit": push.After},
+				Annotations: map[string]string{"slipway.dev/webhook-secret": signer},
 			},
 			Spec: slipwayv1.PipelineRunSpec{
 				PipelineRef: slipwayv1.LocalObjectReference{Name: p.Name},
@@ -62,7 +59,7 @@ func (h *Handler) startRuns(ctx context.Context, push *Push, deliveryID string) 
 		}
 		err := h.Client.Create(ctx, run)
 		if apierrors.IsAlreadyExists(err) {
-			continue // a replayed delivery
+			continue // this commit's run exists: a replay, or a push of it to another branch
 		}
 		if err != nil {
 			return started, fmt.Errorf("creating a PipelineRun for Pipeline %s/%s: %w", p.Namespace, p.Name, err)
@@ -72,10 +69,11 @@ func (h *Handler) startRuns(ctx context.Context, push *Push, deliveryID string) 
 	return started, nil
 }
 
-// runName is <pipeline>-<short sha>-<hash of the delivery>, within the 63
-// characters a label value (and so a tidy name) allows.
-func runName(pipeline, sha, deliveryID string) string {
-	sum := sha256.Sum256([]byte(pipeline + "/" + sha + "/" + deliveryID))
+// runName is the name of the webhook's run of a Pipeline for a commit,
+// <pipeline>-<short sha>-<hash of both>, within the 63 characters a label
+// value (and so a tidy name) allows: one run per Pipeline and commit.
+func runName(pipeline, sha string) string {
+	sum := sha256.Sum256([]byte(pipeline + "/" + sha))
 	suffix := "-" + sha[:8] + "-" + hex.EncodeToString(sum[:])[:6]
 	if max := 63 - len(suffix); len(pipeline) > max {
 		pipeline = strings.TrimRight(pipeline[:max], "-.")

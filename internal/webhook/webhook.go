@@ -1,9 +1,13 @@
 // Package webhook receives git push notifications (GitHub and Gitea
-// payloads), verifies their HMAC-SHA256 signature and asks the controllers to
-// reconcile the Applications that follow the pushed repository at once.
+// payloads), verifies their HMAC-SHA256 signature, asks the controllers to
+// reconcile the Applications that follow the pushed repository at once,
+// and starts a PipelineRun per Pipeline and commit. A Pipeline can have a
+// webhook secret of its own, as GitHub and Gitea keep one per repository:
+// then only that secret starts its runs.
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -19,6 +23,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
@@ -39,20 +45,36 @@ type Push struct {
 	// Author of the head commit, when the payload names one.
 	Author string
 	// ChangedFiles are the paths the pushed commits add, modify or remove;
-	// nil when the payload does not tell them all (no commit list, or one
-	// the sender truncated), in which case every file counts as changed.
+	// nil when the payload does not tell them all (no commit list, one the
+	// sender may have truncated, a new branch or a forced push), in which
+	// case every file counts as changed.
 	ChangedFiles []string
 }
 
-// maxListedCommits is how many commits GitHub lists in a push payload; a
-// list that long may have been truncated, so its files are not the push's
-// whole change.
-const maxListedCommits = 20
+// Limits of the senders' commit lists. GitHub lists at most 20 commits of
+// a push in its timeline events and documents 2048 for webhooks; a list
+// of 20 or more is taken as possibly truncated. Gitea lists at most
+// [ui] FEED_MAX_COMMIT_NUM (5 by default) and says how many there were in
+// total_commits, which decides. GitHub lists at most 3000 files of one
+// commit.
+const (
+	maxListedCommits = 20
+	maxListedFiles   = 3000
+)
+
+// zeroSHA is the before of a push that created the branch.
+var zeroSHA = strings.Repeat("0", 40)
 
 type pushPayload struct {
-	Ref        string `json:"ref"`
-	After      string `json:"after"`
-	HeadCommit struct {
+	Ref     string `json:"ref"`
+	Before  string `json:"before"`
+	After   string `json:"after"`
+	Created bool   `json:"created"`
+	Forced  bool   `json:"forced"`
+	// TotalCommits is Gitea's count of the pushed commits, of which it
+	// lists at most its limit.
+	TotalCommits *int `json:"total_commits"`
+	HeadCommit   struct {
 		Author struct {
 			Name  string `json:"name"`
 			Email string `json:"email"`
@@ -63,13 +85,25 @@ type pushPayload struct {
 		Removed  []string `json:"removed"`
 		Modified []string `json:"modified"`
 	} `json:"commits"`
-	Repository struct {
-		CloneURL string `json:"clone_url"`
-		HTMLURL  string `json:"html_url"`
-		SSHURL   string `json:"ssh_url"`
-		GitURL   string `json:"git_url"`
-		URL      string `json:"url"`
-	} `json:"repository"`
+	Repository repository `json:"repository"`
+}
+
+type repository struct {
+	CloneURL string `json:"clone_url"`
+	HTMLURL  string `json:"html_url"`
+	SSHURL   string `json:"ssh_url"`
+	GitURL   string `json:"git_url"`
+	URL      string `json:"url"`
+}
+
+func (r repository) urls() []string {
+	var out []string
+	for _, u := range []string{r.CloneURL, r.HTMLURL, r.SSHURL, r.GitURL, r.URL} {
+		if u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // ParsePush decodes a GitHub or Gitea push payload.
@@ -78,13 +112,8 @@ func ParsePush(body []byte) (*Push, error) {
 	if err := json.Unmarshal(body, &p); err != nil {
 		return nil, fmt.Errorf("push payload is not valid JSON: %w", err)
 	}
-	push := &Push{Ref: p.Ref, After: p.After, Author: p.HeadCommit.Author.Name}
-	for _, u := range []string{p.Repository.CloneURL, p.Repository.HTMLURL, p.Repository.SSHURL, p.Repository.GitURL, p.Repository.URL} {
-		if u != "" {
-			push.RepoURLs = append(push.RepoURLs, u)
-		}
-	}
-	if n := len(p.Commits); n > 0 && n < maxListedCommits {
+	push := &Push{Ref: p.Ref, After: p.After, Author: p.HeadCommit.Author.Name, RepoURLs: p.Repository.urls()}
+	if p.commitsComplete() {
 		push.ChangedFiles = []string{}
 		for _, c := range p.Commits {
 			push.ChangedFiles = append(push.ChangedFiles, c.Added...)
@@ -99,6 +128,42 @@ func ParsePush(body []byte) (*Push, error) {
 		return nil, fmt.Errorf("push payload has no valid ref (got %q)", push.Ref)
 	}
 	return push, nil
+}
+
+// commitsComplete reports whether the commit list is the whole change the
+// push made to the branch, within what its sender can say: not when the
+// branch is new (the list is not a change against anything built) or was
+// forced (commits it dropped changed files too), nor when the list may
+// have been cut at the sender's limit.
+func (p *pushPayload) commitsComplete() bool {
+	n := len(p.Commits)
+	switch {
+	case n == 0, p.Created, p.Forced, p.Before == "" || p.Before == zeroSHA:
+		return false
+	case p.TotalCommits != nil:
+		if n != *p.TotalCommits {
+			return false
+		}
+	case n >= maxListedCommits:
+		return false
+	}
+	for _, c := range p.Commits {
+		if len(c.Added) >= maxListedFiles || len(c.Removed) >= maxListedFiles || len(c.Modified) >= maxListedFiles {
+			return false
+		}
+	}
+	return true
+}
+
+// RepositoryURLs returns the URLs a payload gives for its repository,
+// push or ping, before its signature is checked: they say which
+// Pipelines' secrets may verify it.
+func RepositoryURLs(body []byte) []string {
+	var p pushPayload
+	if json.Unmarshal(body, &p) != nil {
+		return nil
+	}
+	return p.Repository.urls()
 }
 
 // Verify checks a delivery's signature: GitHub sends "sha256=<hex>" in
@@ -149,10 +214,17 @@ func NormalizeURL(raw string) string {
 	return strings.ToLower(u.Hostname()) + p
 }
 
-// Handler serves POST /hooks/git.
+// SecretKey is the key of a Pipeline's webhook Secret that holds the
+// secret (spec.source.webhookSecretRef).
+const SecretKey = "webhook-secret"
+
+// Handler serves POST /hooks/git. A delivery is accepted when the server's
+// secret verifies it, or the secret of a Pipeline of the repository it
+// names does; a delivery nothing verifies is refused: an unauthenticated
+// trigger would let anyone force reconciliations and builds.
 type Handler struct {
-	// Secret verifies signatures. Without one every delivery is refused:
-	// an unauthenticated trigger would let anyone force reconciliations.
+	// Secret is the server's webhook secret: it starts runs of the
+	// Pipelines without a secret of their own. Empty for none.
 	Secret []byte
 	Client client.Client
 	Log    logr.Logger
@@ -170,19 +242,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := h.Log.WithValues("remote", r.RemoteAddr, "delivery", delivery(r.Header))
-	if len(h.Secret) == 0 {
-		log.Info("refused webhook: no webhook secret is configured")
-		http.Error(w, "webhooks are disabled: no secret configured", http.StatusServiceUnavailable)
-		return
-	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxPayloadBytes))
 	if err != nil {
 		http.Error(w, fmt.Sprintf("payload over %d bytes", MaxPayloadBytes), http.StatusRequestEntityTooLarge)
 		return
 	}
-	if err := Verify(h.Secret, body, r.Header); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	v, err := h.verify(ctx, body, r.Header, log)
+	if err != nil {
+		log.Error(err, "listing Pipelines")
+		http.Error(w, "could not list Pipelines: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if !v.any() {
 		// Never log the payload of an unverified delivery.
-		log.Info("refused webhook: bad signature", "reason", err.Error())
+		log.Info("refused webhook: bad signature", "reason", v.reason)
 		http.Error(w, "invalid signature", http.StatusUnauthorized)
 		return
 	}
@@ -204,15 +279,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
 	apps, err := h.following(ctx, push)
 	if err != nil {
 		log.Error(err, "listing Applications")
 		http.Error(w, "could not list Applications: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	runs, err := h.startRuns(ctx, push, delivery(r.Header))
+	runs, err := h.startRuns(ctx, push, v)
 	if err != nil {
 		log.Error(err, "starting pipeline runs")
 		http.Error(w, "could not start pipeline runs: "+err.Error(), http.StatusInternalServerError)
@@ -230,6 +303,74 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	_ = json.NewEncoder(w).Encode(response{Applications: names, PipelineRuns: runs})
+}
+
+// verified is what a delivery's signature proved: the server's secret
+// verified it, or the secrets of these Pipelines of its repository did.
+type verified struct {
+	server    bool
+	pipelines []slipwayv1.Pipeline // of the repository the payload names
+	own       map[types.NamespacedName]bool
+	reason    string
+}
+
+func (v *verified) any() bool { return v.server || len(v.own) > 0 }
+
+// starts reports whether the delivery may start runs of p: a Pipeline with
+// a secret of its own listens to it alone.
+func (v *verified) starts(p *slipwayv1.Pipeline) bool {
+	if p.Spec.Source.WebhookSecretRef != nil {
+		return v.own[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}]
+	}
+	return v.server
+}
+
+// verify checks the delivery against the server's secret and the secrets
+// of the Pipelines of the repository the payload names.
+func (h *Handler) verify(ctx context.Context, body []byte, header http.Header, log logr.Logger) (*verified, error) {
+	v := &verified{own: map[types.NamespacedName]bool{}, reason: "no secret verifies it"}
+	if len(h.Secret) > 0 {
+		err := Verify(h.Secret, body, header)
+		v.server = err == nil
+		if err != nil {
+			v.reason = err.Error()
+		}
+	}
+	repos := map[string]bool{}
+	for _, u := range RepositoryURLs(body) {
+		repos[NormalizeURL(u)] = true
+	}
+	if len(repos) == 0 {
+		return v, nil
+	}
+	var list slipwayv1.PipelineList
+	if err := h.Client.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("listing Pipelines: %w", err)
+	}
+	for _, p := range list.Items {
+		if !repos[NormalizeURL(p.Spec.Source.URL)] {
+			continue
+		}
+		v.pipelines = append(v.pipelines, p)
+		ref := p.Spec.Source.WebhookSecretRef
+		if ref == nil {
+			continue
+		}
+		secret := &corev1.Secret{}
+		if err := h.Client.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: ref.Name}, secret); err != nil {
+			log.Info("cannot read a Pipeline's webhook secret", "pipeline", p.Namespace+"/"+p.Name, "secret", ref.Name, "error", err.Error())
+			continue
+		}
+		key := bytes.TrimSpace(secret.Data[SecretKey])
+		if len(key) == 0 {
+			log.Info("a Pipeline's webhook secret has no key "+SecretKey, "pipeline", p.Namespace+"/"+p.Name, "secret", ref.Name)
+			continue
+		}
+		if Verify(key, body, header) == nil {
+			v.own[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = true
+		}
+	}
+	return v, nil
 }
 
 // following lists the Applications whose source is the pushed repository.

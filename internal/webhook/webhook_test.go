@@ -51,7 +51,7 @@ func TestParsePush(t *testing.T) {
 
 func TestParsePushChangedFiles(t *testing.T) {
 	const repo = `"repository":{"clone_url":"https://git.example.com/org/tea.git"}`
-	push, err := ParsePush([]byte(`{"ref":"refs/heads/main","after":"1",` + repo + `,"commits":[` +
+	push, err := ParsePush([]byte(`{"ref":"refs/heads/main","before":"` + strings.Repeat("9", 40) + `","after":"1",` + repo + `,"commits":[` +
 		`{"added":["docs/new.md"],"removed":[],"modified":["README.md"]},{"added":[],"removed":["old.go"],"modified":[]}]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +64,7 @@ func TestParsePushChangedFiles(t *testing.T) {
 	many := strings.Repeat(`{"modified":["README.md"]},`, maxListedCommits)
 	for name, body := range map[string]string{
 		"no commits":        `{"ref":"refs/heads/main","after":"1",` + repo + `}`,
-		"truncated commits": `{"ref":"refs/heads/main","after":"1",` + repo + `,"commits":[` + strings.TrimSuffix(many, ",") + `]}`,
+		"truncated commits": `{"ref":"refs/heads/main","before":"` + strings.Repeat("9", 40) + `","after":"1",` + repo + `,"commits":[` + strings.TrimSuffix(many, ",") + `]}`,
 	} {
 		push, err := ParsePush([]byte(body))
 		if err != nil {
@@ -113,5 +113,38 @@ func TestNormalizeURL(t *testing.T) {
 	}
 	if NormalizeURL("https://git.example.com/org/other") == want {
 		t.Error("different repositories normalised to the same URL")
+	}
+}
+
+// TestChangedFilesOnlyWithinSenderLimits feeds payloads whose commit list
+// looks short but is not the whole push.
+func TestChangedFilesOnlyWithinSenderLimits(t *testing.T) {
+	const repo = `"repository":{"clone_url":"https://git.example.com/org/tea.git"}`
+	docs := func(n int) string {
+		return strings.TrimSuffix(strings.Repeat(`{"modified":["README.md"]},`, n), ",")
+	}
+	for name, tc := range map[string]struct {
+		body     string
+		complete bool
+	}{
+		// Gitea lists at most 5 commits (FEED_MAX_COMMIT_NUM) and counts
+		// them all in total_commits.
+		"gitea, 5 of 7 listed": {`{"ref":"refs/heads/main","before":"` + strings.Repeat("1", 40) + `","after":"` + strings.Repeat("2", 40) + `","total_commits":7,` + repo + `,"commits":[` + docs(5) + `]}`, false},
+		"gitea, 3 of 3 listed": {`{"ref":"refs/heads/main","before":"` + strings.Repeat("1", 40) + `","after":"` + strings.Repeat("2", 40) + `","total_commits":3,` + repo + `,"commits":[` + docs(3) + `]}`, true},
+		"github, 19 listed":    {`{"ref":"refs/heads/main","before":"` + strings.Repeat("1", 40) + `","after":"` + strings.Repeat("2", 40) + `",` + repo + `,"commits":[` + docs(19) + `]}`, true},
+		"github, forced":       {`{"ref":"refs/heads/main","before":"` + strings.Repeat("1", 40) + `","after":"` + strings.Repeat("2", 40) + `","forced":true,` + repo + `,"commits":[` + docs(1) + `]}`, false},
+		// A new branch lists commits that need not be what changed
+		// against anything built before (Gitea lists the last 10).
+		"new branch": {`{"ref":"refs/heads/main","before":"` + strings.Repeat("0", 40) + `","after":"` + strings.Repeat("2", 40) + `","created":true,` + repo + `,"commits":[` + docs(1) + `]}`, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			push, err := ParsePush([]byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := push.ChangedFiles != nil; got != tc.complete {
+				t.Fatalf("commit list counted complete = %v, want %v (ChangedFiles %q)", got, tc.complete, push.ChangedFiles)
+			}
+		})
 	}
 }
