@@ -125,8 +125,9 @@ func hostKeyCallback(knownHosts []byte) (ssh.HostKeyCallback, error) {
 const AllowedURLsAnnotation = "slipway.dev/allowed-urls"
 
 // CheckCredentialScope says whether the credentials of the Secret named
-// secret, with these annotations, may be sent to url. A Secret without the
-// annotation is refused when required (the default), allowed otherwise.
+// secret, with these annotations, may be sent to url (a URL, or a
+// registry's host/path). A Secret without the annotation is refused when
+// required (the default), allowed otherwise.
 func CheckCredentialScope(secret string, annotations map[string]string, url string, required bool) error {
 	allowed, ok := annotations[AllowedURLsAnnotation]
 	if !ok {
@@ -144,19 +145,35 @@ func CheckCredentialScope(secret string, annotations map[string]string, url stri
 		if err != nil {
 			continue
 		}
+		t := target
+		if strings.HasPrefix(p, anyScheme) {
+			// A prefix without a scheme (a registry's host/path) matches
+			// any scheme.
+			_, rest, _ := strings.Cut(t, "://")
+			t = anyScheme + rest
+		}
 		// A prefix matches whole path elements only: https://git.example.com
 		// must not match https://git.example.com.evil.net or /team-ab.
-		if target == p || strings.HasPrefix(target, strings.TrimSuffix(p, "/")+"/") {
+		if t == p || strings.HasPrefix(t, strings.TrimSuffix(p, "/")+"/") {
 			return nil
 		}
 	}
 	return fmt.Errorf("Secret %s may not be sent to %s: its %s annotation allows only %s", secret, RedactURL(url), AllowedURLsAnnotation, strings.Join(strings.Fields(strings.ReplaceAll(allowed, ",", " ")), ", "))
 }
 
+// anyScheme stands for the missing scheme of a host/path reference, such
+// as an image repository.
+const anyScheme = "any://"
+
 // normalizeURL gives scheme://host[:port]/path in lower-case scheme and
-// host, without user information, query or fragment.
+// host, without user information, query or fragment; a reference without
+// a scheme (registry.example.com/team/app) gets anyScheme.
 func normalizeURL(raw string) (string, error) {
-	u, err := neturl.Parse(strings.TrimSpace(raw))
+	raw = strings.TrimSpace(raw)
+	if !strings.Contains(raw, "://") {
+		raw = anyScheme + raw
+	}
+	u, err := neturl.Parse(raw)
 	if err != nil || u.Scheme == "" || u.Host == "" {
 		return "", fmt.Errorf("%q is not an absolute URL", RedactURL(raw))
 	}

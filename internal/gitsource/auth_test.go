@@ -75,6 +75,17 @@ func TestCheckCredentialScope(t *testing.T) {
 			t.Errorf("%s: %v, want allowed=%v", url, err, ok)
 		}
 	}
+	registry := map[string]string{AllowedURLsAnnotation: "registry.example.com:5000/cafe/"}
+	for ref, ok := range map[string]bool{
+		"registry.example.com:5000/cafe/tea":        true,
+		"https://registry.example.com:5000/cafe/tea": true,
+		"registry.example.com:5000/cafe-evil/tea":   false,
+		"attacker.example.net/cafe/tea":             false,
+	} {
+		if err := CheckCredentialScope("ns/registry", registry, ref, true); (err == nil) != ok {
+			t.Errorf("registry %s: %v, want allowed=%v", ref, err, ok)
+		}
+	}
 	err := CheckCredentialScope("ns/git", nil, "https://git.example.com/x", true)
 	if err == nil || !strings.Contains(err.Error(), AllowedURLsAnnotation) {
 		t.Errorf("unscoped Secret when scopes are required: %v", err)

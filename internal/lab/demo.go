@@ -247,9 +247,12 @@ func (l *Lab) createDemoObjects(ctx context.Context, c client.Client, info *Info
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: name}}
 		if _, err := upsert(ctx, c, secret, func() error {
 			secret.Data = data
-			if name == "git" {
-				// The git credentials may go to the lab's git server only.
+			// Credentials may go to the lab's own git server and registry only.
+			switch name {
+			case "git":
 				secret.Annotations = map[string]string{gitsource.AllowedURLsAnnotation: info.Git.URL + "/"}
+			case "registry":
+				secret.Annotations = map[string]string{gitsource.AllowedURLsAnnotation: info.Registry.Host + "/" + DemoNamespace + "/"}
 			}
 			return nil
 		}); err != nil {

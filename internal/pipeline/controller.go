@@ -35,6 +35,9 @@ type RunReconciler struct {
 	APIReader client.Reader
 	Engine    *Engine
 	Recorder  record.EventRecorder
+	// AllowUnscopedCredentials sends credentials from Secrets that do not
+	// list where they may go (gitsource.AllowedURLsAnnotation).
+	AllowUnscopedCredentials bool
 
 	mu      sync.Mutex
 	running map[types.UID]context.CancelFunc
@@ -146,6 +149,10 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 // ReasonBranchNotWatched is the reason of a run refused for its branch.
 const ReasonBranchNotWatched = "BranchNotWatched"
 
+// ReasonCredentialsOutOfScope is the reason of a run refused because a
+// Secret's credentials would go where the Secret does not allow.
+const ReasonCredentialsOutOfScope = "CredentialsOutOfScope"
+
 // refusal is a run refused before it starts, for a reason of its own.
 type refusal struct{ reason, msg string }
 
@@ -153,11 +160,11 @@ func (r *refusal) Error() string { return r.msg }
 
 // request assembles the engine's input from the Pipeline and its Secrets.
 func (r *RunReconciler) request(ctx context.Context, pipe *slipwayv1.Pipeline, run *slipwayv1.PipelineRun) (Request, error) {
-	srcAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Source.SecretRef)
+	srcAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Source.SecretRef, pipe.Spec.Source.URL)
 	if err != nil {
 		return Request{}, err
 	}
-	regAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Image.SecretRef)
+	regAuth, err := r.credentials(ctx, pipe.Namespace, pipe.Spec.Image.SecretRef, pipe.Spec.Image.Repository)
 	if err != nil {
 		return Request{}, err
 	}
@@ -175,7 +182,7 @@ func (r *RunReconciler) request(ctx context.Context, pipe *slipwayv1.Pipeline, r
 		settings.Registry = RegistryAuth{Username: regAuth.Username, Password: regAuth.Password}
 	}
 	if p := pipe.Spec.Promotion; p != nil {
-		opsAuth, err := r.credentials(ctx, pipe.Namespace, p.SecretRef)
+		opsAuth, err := r.credentials(ctx, pipe.Namespace, p.SecretRef, p.URL)
 		if err != nil {
 			return Request{}, err
 		}
@@ -199,13 +206,18 @@ func (r *RunReconciler) secret(ctx context.Context, namespace, name string) (*co
 	return s, nil
 }
 
-func (r *RunReconciler) credentials(ctx context.Context, namespace string, ref *slipwayv1.LocalObjectReference) (*gitsource.Credentials, error) {
+// credentials reads a Secret's credentials for target (a repository URL or
+// an image repository), refusing a target the Secret does not list.
+func (r *RunReconciler) credentials(ctx context.Context, namespace string, ref *slipwayv1.LocalObjectReference, target string) (*gitsource.Credentials, error) {
 	if ref == nil {
 		return nil, nil
 	}
 	s, err := r.secret(ctx, namespace, ref.Name)
 	if err != nil {
 		return nil, err
+	}
+	if err := gitsource.CheckCredentialScope(namespace+"/"+ref.Name, s.Annotations, target, !r.AllowUnscopedCredentials); err != nil {
+		return nil, &refusal{reason: ReasonCredentialsOutOfScope, msg: err.Error()}
 	}
 	c, err := gitsource.CredentialsFromSecretData(s.Data)
 	if err != nil {

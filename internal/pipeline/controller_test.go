@@ -39,7 +39,9 @@ func TestPipelineRunController(t *testing.T) {
 		"registry": {"username": regUser, "password": regPass},
 		"signing":  {"cosign.key": string(keyPEM)},
 	} {
-		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}
+		// Each Secret names where its credentials may go.
+		scope := map[string]string{"git": l.srcURL + " " + l.opsURL, "registry": l.registry.Host() + "/shop/"}[name]
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{gitsource.AllowedURLsAnnotation: scope}}, StringData: data}
 		if err := env.Client.Create(t.Context(), s); err != nil {
 			t.Fatal(err)
 		}
@@ -87,6 +89,19 @@ func TestPipelineRunController(t *testing.T) {
 	if c := feature.Status.Conditions; feature.Status.Phase != slipwayv1.RunFailed || len(c) == 0 || c[0].Reason != ReasonBranchNotWatched {
 		t.Fatalf("a run for a branch the Pipeline does not watch: %s %+v", feature.Status.Phase, c)
 	}
+
+	// A Pipeline pushing to a registry of its author's choosing with the
+	// namespace's registry Secret is refused before anything runs.
+	exfil := pipe.DeepCopy()
+	exfil.ObjectMeta = metav1.ObjectMeta{Namespace: ns, Name: "exfil"}
+	exfil.Spec.Image.Repository = "attacker.example.net/loot"
+	if err := env.Client.Create(t.Context(), exfil); err != nil {
+		t.Fatal(err)
+	}
+	out := runPipelineToTheEnd(t, env, ns, "exfil", "exfil-run", l.commit, "main")
+	if c := out.Status.Conditions; out.Status.Phase != slipwayv1.RunFailed || len(c) == 0 || c[0].Reason != ReasonCredentialsOutOfScope || !strings.Contains(c[0].Message, "may not be sent to attacker.example.net/loot") {
+		t.Fatalf("a run sending registry credentials elsewhere: %s %+v", out.Status.Phase, c)
+	}
 	stop()
 
 	// A host that cannot isolate, whose operator accepted the risk.
@@ -131,12 +146,18 @@ func startController(t *testing.T, env *testenv.Env, engine *Engine) func() {
 	return stop
 }
 
-// runToTheEnd creates a PipelineRun and waits until it ends.
+// runToTheEnd creates a PipelineRun of the Pipeline tea and waits until it ends.
 func runToTheEnd(t *testing.T, env *testenv.Env, ns, name, commit, branch string) *slipwayv1.PipelineRun {
+	t.Helper()
+	return runPipelineToTheEnd(t, env, ns, "tea", name, commit, branch)
+}
+
+// runPipelineToTheEnd creates a PipelineRun of pipeline and waits until it ends.
+func runPipelineToTheEnd(t *testing.T, env *testenv.Env, ns, pipeline, name, commit, branch string) *slipwayv1.PipelineRun {
 	t.Helper()
 	run := &slipwayv1.PipelineRun{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: "tea"}, Commit: commit, Branch: branch},
+		Spec:       slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: pipeline}, Commit: commit, Branch: branch},
 	}
 	if err := env.Client.Create(t.Context(), run); err != nil {
 		t.Fatal(err)

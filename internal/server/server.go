@@ -159,6 +159,8 @@ func Run(ctx context.Context, opts Options) error {
 		APIReader: mgr.GetAPIReader(),
 		Engine:    &pipeline.Engine{Dir: opts.RunDir, Executor: executor, CacheDir: opts.CacheDir},
 		Recorder:  mgr.GetEventRecorderFor("slipway-pipeline"),
+
+		AllowUnscopedCredentials: opts.AllowUnscopedCredentials,
 	}
 	if err := runs.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the PipelineRun controller: %w", err)
