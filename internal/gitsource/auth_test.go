@@ -77,10 +77,10 @@ func TestCheckCredentialScope(t *testing.T) {
 	}
 	registry := map[string]string{AllowedURLsAnnotation: "registry.example.com:5000/cafe/"}
 	for ref, ok := range map[string]bool{
-		"registry.example.com:5000/cafe/tea":        true,
+		"registry.example.com:5000/cafe/tea":         true,
 		"https://registry.example.com:5000/cafe/tea": true,
-		"registry.example.com:5000/cafe-evil/tea":   false,
-		"attacker.example.net/cafe/tea":             false,
+		"registry.example.com:5000/cafe-evil/tea":    false,
+		"attacker.example.net/cafe/tea":              false,
 	} {
 		if err := CheckCredentialScope("ns/registry", registry, ref, true); (err == nil) != ok {
 			t.Errorf("registry %s: %v, want allowed=%v", ref, err, ok)
