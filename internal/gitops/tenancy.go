@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -208,6 +209,10 @@ func forbiddenStalled(err error) error {
 	return err
 }
 
+// applyTimeout bounds each API request made as an Application's
+// ServiceAccount.
+const applyTimeout = time.Minute
+
 // Impersonator gives clients that act as a ServiceAccount, sharing the
 // server's connection pool and RESTMapper.
 type Impersonator struct {
@@ -238,7 +243,8 @@ func (im *Impersonator) ServiceAccount(namespace, name string) (client.Client, e
 	if c, ok := im.clients[user]; ok {
 		return c, nil
 	}
-	hc := &http.Client{Transport: transport.NewImpersonatingRoundTripper(transport.ImpersonationConfig{UserName: user}, im.base)}
+	// These clients never watch: every request can have a deadline.
+	hc := &http.Client{Timeout: applyTimeout, Transport: transport.NewImpersonatingRoundTripper(transport.ImpersonationConfig{UserName: user}, im.base)}
 	c, err := client.New(im.config, client.Options{HTTPClient: hc, Scheme: im.scheme, Mapper: im.mapper})
 	if err != nil {
 		return nil, fmt.Errorf("creating a client acting as %s: %w", user, err)
