@@ -3,6 +3,8 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/slipway
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# config/rbac_test.go runs the same generator to find a stale config/rbac/slipway-server.yaml.
+RBAC_GEN := rbac:roleName=slipway-server,fileName=slipway-server.yaml,headerFile=hack/rbac-header.yaml.txt
 LDFLAGS := -X slipway.dev/slipway/internal/version.Version=$(VERSION)
 
 .PHONY: all build demo test test-short deps upstream generate verify bench fuzz lint clean
@@ -33,10 +35,11 @@ deps:
 upstream: build
 	$(BIN) lab build
 
-## generate: regenerate deepcopy code and CRD manifests from api/
+## generate: regenerate deepcopy code and CRD manifests from api/, and the server's RBAC from the +kubebuilder:rbac markers
 generate:
 	$(GO) tool controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/... \
 		crd:crdVersions=v1 output:crd:artifacts:config=config/crd
+	$(GO) tool controller-gen $(RBAC_GEN) paths=./internal/... output:rbac:artifacts:config=config/rbac
 
 ## bench: scale and speed scenarios (see docs/benchmarks.md)
 bench: deps upstream

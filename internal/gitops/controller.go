@@ -109,9 +109,17 @@ func (r *ApplicationReconciler) allApplications(ctx context.Context, _ client.Ob
 	return out
 }
 
-// +kubebuilder:rbac:groups=slipway.dev,resources=applications,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=slipway.dev,resources=applications/status;applications/finalizers,verbs=get;update;patch
-// +kubebuilder:rbac:groups=slipway.dev,resources=policyprofiles;policywaivers;tenants,verbs=get;list;watch
+// What the Application controller does with its own identity (config/rbac
+// is generated from these lines by `make generate`). Everything it applies,
+// prunes and reads back, it does as the Application's ServiceAccount, so
+// its only right over workloads is to impersonate that ServiceAccount.
+// Secrets are read one by one, by the name an Application gives (git
+// credentials in the Application's namespace), and never listed.
+//
+// +kubebuilder:rbac:groups=slipway.dev,resources=applications,verbs=list;watch;patch
+// +kubebuilder:rbac:groups=slipway.dev,resources=applications/status,verbs=patch
+// +kubebuilder:rbac:groups=slipway.dev,resources=tenants;policyprofiles;policywaivers,verbs=list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=impersonate
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch

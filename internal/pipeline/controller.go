@@ -55,6 +55,17 @@ func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
+// What the PipelineRun controller does with its own identity (config/rbac
+// is generated from these lines by `make generate`): it reads Pipelines
+// and the Secrets they name (git and registry credentials, the signing
+// key), writes run status, and watches Applications to see a promotion
+// running.
+//
+// +kubebuilder:rbac:groups=slipway.dev,resources=pipelines;pipelineruns;applications,verbs=list;watch
+// +kubebuilder:rbac:groups=slipway.dev,resources=pipelineruns/status,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+
 // Reconcile starts, cancels or closes one run.
 func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &slipwayv1.PipelineRun{}

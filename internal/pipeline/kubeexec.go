@@ -113,6 +113,13 @@ type KubeExecutor struct {
 	RunAsUser int64
 }
 
+// The rights above, in the namespace `slipway install` makes for test
+// Pods (config/rbac is generated from these lines by `make generate`).
+//
+// +kubebuilder:rbac:groups="",namespace=slipway-runs,resources=pods,verbs=create;get;patch;delete
+// +kubebuilder:rbac:groups="",namespace=slipway-runs,resources=pods/log,verbs=get
+// +kubebuilder:rbac:groups="",namespace=slipway-runs,resources=secrets,verbs=create;delete
+
 // NewKubeExecutor returns an executor that runs commands as Pods in
 // namespace, with image as the default image ("" for DefaultKubeImage).
 // c should be an uncached client; cfg, when not nil, gives the client

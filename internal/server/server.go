@@ -124,6 +124,12 @@ func sandboxDir(opts Options) string {
 	return filepath.Join(opts.RunDir, ".sandbox")
 }
 
+// Leader election keeps its Lease in slipway-system, the namespace `slipway
+// install` creates (config/rbac is generated from these lines by `make
+// generate`).
+//
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=slipway-system,resources=leases,verbs=get;create;update
+
 // Run serves until ctx is cancelled.
 func Run(ctx context.Context, opts Options) error {
 	log := ctrl.Log.WithName("server")

@@ -214,6 +214,14 @@ func NormalizeURL(raw string) string {
 	return strings.ToLower(u.Hostname()) + p
 }
 
+// A push annotates the Applications that follow the repository and
+// creates PipelineRuns for the Pipelines that build it (config/rbac is
+// generated from these lines by `make generate`).
+//
+// +kubebuilder:rbac:groups=slipway.dev,resources=applications;pipelines,verbs=list;watch
+// +kubebuilder:rbac:groups=slipway.dev,resources=applications,verbs=patch
+// +kubebuilder:rbac:groups=slipway.dev,resources=pipelineruns,verbs=create
+
 // SecretKey is the key of a Pipeline's webhook Secret that holds the
 // secret (spec.source.webhookSecretRef).
 const SecretKey = "webhook-secret"
