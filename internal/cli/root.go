@@ -19,6 +19,7 @@ func NewRootCommand() *cobra.Command {
 		newLabCommand(),
 		newServerCommand(),
 		newInstallCommand(),
+		newUninstallCommand(),
 		newAppCommand(),
 		newPolicyCommand(),
 		newRunCommand(),

@@ -98,35 +98,3 @@ func webhookSecret(file string) ([]byte, error) {
 	}
 	return []byte(strings.TrimSpace(string(b))), nil
 }
-
-func newInstallCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "install",
-		Short: "Apply Slipway's CRDs, the slipway-tenant ClusterRole and namespace to the cluster (idempotent)",
-		Args:  cobra.NoArgs,
-	}
-	kube := withKube(cmd, false)
-	out := addOutputFlag(cmd)
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, err := kube.client()
-		if err != nil {
-			return err
-		}
-		res, err := install.Apply(cmd.Context(), c, 2*kube.timeout)
-		if err != nil {
-			return err
-		}
-		if done, err := printStructured(cmd.OutOrStdout(), *out, res); done {
-			return err
-		}
-		for _, crd := range res.CRDs {
-			fmt.Fprintf(cmd.OutOrStdout(), "customresourcedefinition/%s applied\n", crd)
-		}
-		for _, role := range res.ClusterRoles {
-			fmt.Fprintf(cmd.OutOrStdout(), "clusterrole/%s applied\n", role)
-		}
-		fmt.Fprintf(cmd.OutOrStdout(), "namespace/%s applied\n", res.Namespace)
-		return nil
-	}
-	return cmd
-}

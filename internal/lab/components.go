@@ -102,7 +102,7 @@ func (l *Lab) components(st *State) []component {
 				if err != nil {
 					return err
 				}
-				if _, err := install.Apply(ctx, c, time.Minute); err != nil {
+				if _, err := install.Apply(ctx, c, install.ApplyOptions{Timeout: time.Minute}); err != nil {
 					return fmt.Errorf("installing Slipway's CRDs: %w", err)
 				}
 				l.progress("Slipway CRDs installed")

@@ -7,9 +7,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -53,18 +55,51 @@ type Env struct {
 	Client client.Client
 	Scheme *runtime.Scheme
 	env    *envtest.Environment
+	// auditDir holds the audit policy and log, when there are any.
+	auditDir string
+}
+
+// Options change how the API server runs.
+type Options struct {
+	// AuditPolicy, when set, is an audit.k8s.io/v1 Policy: the API server
+	// writes the events it selects, one JSON object a line, to AuditLog.
+	AuditPolicy string
 }
 
 // Start runs etcd and kube-apiserver and installs Slipway's CRDs.
-func Start() (*Env, error) {
+func Start() (*Env, error) { return StartWith(Options{}) }
+
+// StartWith is Start with options.
+func StartWith(o Options) (*Env, error) {
 	dir := BinDir()
 	if err := upstream.Require(dir, "etcd", "kube-apiserver"); err != nil {
 		return nil, err
 	}
 	scheme := Scheme()
 	env := &envtest.Environment{BinaryAssetsDirectory: dir, Scheme: scheme}
+	var auditDir string
+	if o.AuditPolicy != "" {
+		var err error
+		if auditDir, err = os.MkdirTemp("", "slipway-audit-"); err != nil {
+			return nil, err
+		}
+		policy := filepath.Join(auditDir, "policy.yaml")
+		if err := os.WriteFile(policy, []byte(o.AuditPolicy), 0o600); err != nil {
+			os.RemoveAll(auditDir)
+			return nil, err
+		}
+		// Blocking mode: an event is in the file once its request is answered.
+		env.ControlPlane.GetAPIServer().Configure().
+			Set("audit-policy-file", policy).
+			Set("audit-log-path", filepath.Join(auditDir, "audit.log")).
+			Set("audit-log-mode", "blocking").
+			Set("audit-log-format", "json")
+	}
 	cfg, err := env.Start()
 	if err != nil {
+		if auditDir != "" {
+			os.RemoveAll(auditDir)
+		}
 		return nil, fmt.Errorf("starting etcd and kube-apiserver from %s: %w", dir, err)
 	}
 	// Tests hammer the API server; the client-side default limit (5 QPS) would
@@ -76,15 +111,46 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	// Installing through `slipway install`'s code tests it on every run.
-	if _, err := install.Apply(context.Background(), c, time.Minute); err != nil {
+	if _, err := install.Apply(context.Background(), c, install.ApplyOptions{Timeout: time.Minute}); err != nil {
 		_ = env.Stop()
 		return nil, err
 	}
-	return &Env{Config: cfg, Client: c, Scheme: scheme, env: env}, nil
+	return &Env{Config: cfg, Client: c, Scheme: scheme, env: env, auditDir: auditDir}, nil
+}
+
+// AuditLog is the API server's audit log; empty without an audit policy.
+func (e *Env) AuditLog() string {
+	if e.auditDir == "" {
+		return ""
+	}
+	return filepath.Join(e.auditDir, "audit.log")
 }
 
 // Stop shuts the API server and etcd down.
-func (e *Env) Stop() error { return e.env.Stop() }
+func (e *Env) Stop() error {
+	err := e.env.Stop()
+	if e.auditDir != "" {
+		os.RemoveAll(e.auditDir)
+	}
+	return err
+}
+
+// ServiceAccountConfig returns a config that authenticates as the
+// ServiceAccount namespace/name, with a token the API server issues for
+// it (TokenRequest), as a Pod running as it would: its requests get that
+// ServiceAccount's RBAC, not the tests' administrator rights.
+func (e *Env) ServiceAccountConfig(ctx context.Context, namespace, name string, ttl time.Duration) (*rest.Config, error) {
+	seconds := int64(ttl.Seconds())
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &seconds}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+	if err := e.Client.SubResource("token").Create(ctx, sa, req); err != nil {
+		return nil, fmt.Errorf("requesting a token for ServiceAccount %s/%s: %w", namespace, name, err)
+	}
+	cfg := rest.AnonymousClientConfig(e.Config)
+	cfg.BearerToken = req.Status.Token
+	cfg.QPS, cfg.Burst = e.Config.QPS, e.Config.Burst
+	return cfg, nil
+}
 
 // Namespace creates a fresh namespace for one test and deletes it afterwards.
 func (e *Env) Namespace(t testing.TB) string {
