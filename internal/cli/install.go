@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/webhook"
 )
 
 func newInstallCommand() *cobra.Command {
@@ -90,7 +91,7 @@ with the fin-kr profile.`,
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		stderr := cmd.ErrOrStderr()
 		if secretFile != "" {
-			secret, err := webhookSecret(secretFile)
+			secret, err := webhook.ReadSecretFile(secretFile)
 			if err != nil {
 				return usageError(err)
 			}

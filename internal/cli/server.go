@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -31,8 +30,9 @@ func newServerCommand() *cobra.Command {
   /metrics     Prometheus metrics
   /hooks/git   git push webhooks (GitHub/Gitea payloads, HMAC-SHA256 signed)
 
-The server's webhook secret is read from --webhook-secret-file or
-SLIPWAY_WEBHOOK_SECRET. It triggers Applications and starts runs of the
+The server's webhook secret is read from --webhook-secret-file at each
+delivery (so a mounted Secret can be created or rotated while the server
+runs), else from SLIPWAY_WEBHOOK_SECRET. It triggers Applications and starts runs of the
 Pipelines without a secret of their own (spec.source.webhookSecretRef, one
 per repository, as GitHub and Gitea keep them); a Pipeline with one starts
 runs only for deliveries its own secret verifies. A delivery no secret
@@ -44,7 +44,9 @@ unprivileged user, mount, PID and network namespaces, no view of the
 server's files, environment or processes, limits, and every process killed
 at the end. Where this host cannot isolate (no runc, not root), runs with a
 test command fail, unless --allow-unisolated-tests accepts running them as
-the server's own user; every such run's status says so.`,
+the server's own user; every such run's status says so.
+
+Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 		Args: cobra.NoArgs,
 	}
 	kube := withKube(cmd, false)
@@ -58,7 +60,7 @@ the server's own user; every such run's status says so.`,
 	cmd.Flags().StringVar(&opts.Executor, "executor", "local", "where pipeline test commands run: local (a runc container per command on this host) or kubernetes (a Pod per command)")
 	cmd.Flags().BoolVar(&opts.AllowUnisolatedTests, "allow-unisolated-tests", false, "where this host cannot isolate test commands (no runc, not root), run them as the server's own user anyway: they can then read what the server can. Every run's status says so")
 	cmd.Flags().StringArrayVar(&opts.SandboxPaths, "sandbox-path", nil, "extra host directory the local executor's containers see read-only, e.g. a toolchain outside /usr (repeatable)")
-	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.Namespace, "namespace of the kubernetes executor's Pods and Secrets")
+	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.RunNamespace, "namespace of the kubernetes executor's Pods and Secrets")
 	cmd.Flags().StringVar(&opts.TestImage, "test-image", pipeline.DefaultKubeImage, "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest)")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
 	cmd.Flags().StringVar(&opts.DefaultServiceAccount, "default-service-account", "",
@@ -70,11 +72,12 @@ the server's own user; every such run's status says so.`,
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctrl.SetLogger(zap.New(zap.UseDevMode(development)))
-		secret, err := webhookSecret(secretFile)
-		if err != nil {
-			return usageError(err)
+		var err error
+		if secretFile != "" {
+			opts.WebhookSecretFile = secretFile
+		} else {
+			opts.WebhookSecret = []byte(os.Getenv("SLIPWAY_WEBHOOK_SECRET"))
 		}
-		opts.WebhookSecret = secret
 		if opts.Config, err = kube.restConfig(); err != nil {
 			return err
 		}
@@ -86,15 +89,4 @@ the server's own user; every such run's status says so.`,
 		return server.Run(cmd.Context(), opts)
 	}
 	return cmd
-}
-
-func webhookSecret(file string) ([]byte, error) {
-	if file == "" {
-		return []byte(os.Getenv("SLIPWAY_WEBHOOK_SECRET")), nil
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("reading the webhook secret: %w", err)
-	}
-	return []byte(strings.TrimSpace(string(b))), nil
 }

@@ -42,6 +42,9 @@ type Options struct {
 	// and the Pipelines without a secret of their own; when empty, only
 	// deliveries a Pipeline's own secret verifies are accepted.
 	WebhookSecret []byte
+	// WebhookSecretFile, when set, holds the secret instead; it is read at
+	// each delivery, so a mounted Secret can appear or rotate later.
+	WebhookSecretFile string
 	// LeaderElection makes only one replica reconcile at a time.
 	LeaderElection          bool
 	LeaderElectionNamespace string
@@ -196,8 +199,15 @@ func Run(ctx context.Context, opts Options) error {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
-	mux.Handle("/hooks/git", &webhook.Handler{Secret: opts.WebhookSecret, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook")})
-	if len(opts.WebhookSecret) == 0 {
+	mux.Handle("/hooks/git", &webhook.Handler{
+		Secret: opts.WebhookSecret, SecretFile: opts.WebhookSecretFile, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook"),
+	})
+	switch {
+	case opts.WebhookSecretFile != "":
+		if s, err := webhook.ReadSecretFile(opts.WebhookSecretFile); err != nil || len(s) == 0 {
+			log.Info("the webhook secret file is missing or empty: /hooks/git refuses deliveries until it is written", "file", opts.WebhookSecretFile)
+		}
+	case len(opts.WebhookSecret) == 0:
 		log.Info("no webhook secret configured: /hooks/git accepts only deliveries a Pipeline's own webhook secret verifies")
 	}
 

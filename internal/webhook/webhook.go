@@ -16,8 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -234,8 +236,46 @@ type Handler struct {
 	// Secret is the server's webhook secret: it starts runs of the
 	// Pipelines without a secret of their own. Empty for none.
 	Secret []byte
-	Client client.Client
-	Log    logr.Logger
+	// SecretFile, when set, holds the server's secret instead and is read
+	// at each delivery, so that a Secret mounted into the Pod can be
+	// created or rotated without a restart.
+	SecretFile string
+	Client     client.Client
+	Log        logr.Logger
+}
+
+// secret returns the secret deliveries are verified with.
+func (h *Handler) secret() ([]byte, error) {
+	if h.SecretFile == "" {
+		return h.Secret, nil
+	}
+	b, err := ReadSecretFile(h.SecretFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// maxSecretBytes bounds what is read of a secret file.
+const maxSecretBytes = 64 << 10
+
+// ReadSecretFile reads a webhook secret, without the surrounding
+// whitespace editors and `echo` add. Its errors name the file, never the
+// content.
+func ReadSecretFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("reading the webhook secret: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the webhook secret from %s: %w", name, err)
+	}
+	if len(b) > maxSecretBytes {
+		return nil, fmt.Errorf("the webhook secret in %s is over %d bytes", name, maxSecretBytes)
+	}
+	return bytes.TrimSpace(b), nil
 }
 
 type response struct {
@@ -337,8 +377,12 @@ func (v *verified) starts(p *slipwayv1.Pipeline) bool {
 // of the Pipelines of the repository the payload names.
 func (h *Handler) verify(ctx context.Context, body []byte, header http.Header, log logr.Logger) (*verified, error) {
 	v := &verified{own: map[types.NamespacedName]bool{}, reason: "no secret verifies it"}
-	if len(h.Secret) > 0 {
-		err := Verify(h.Secret, body, header)
+	secret, err := h.secret()
+	if err != nil {
+		log.Info("the server's webhook secret cannot be read", "reason", err.Error())
+	}
+	if len(secret) > 0 {
+		err := Verify(secret, body, header)
 		v.server = err == nil
 		if err != nil {
 			v.reason = err.Error()
