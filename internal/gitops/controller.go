@@ -188,7 +188,11 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	if r.healthOnly(app, syncRequested) {
 		// Only the objects still rolling out are read again; the next full
 		// pass, within the interval, reads everything.
-		return r.checkHealth(ctx, app, cluster, healthyResources(app.Status.Resources))
+		reader, err := r.healthReader(ctx, app, cluster)
+		if err != nil {
+			return r.fail(ctx, app, err)
+		}
+		return r.checkHealth(ctx, app, reader, healthyResources(app.Status.Resources))
 	}
 	// Echo the requests as handled whatever happens, so waiting clients see an answer.
 	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
@@ -276,7 +280,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
-	return r.checkHealth(ctx, app, cluster, nil)
+	return r.checkHealth(ctx, app, applier, nil)
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing
@@ -325,11 +329,25 @@ func (r *ApplicationReconciler) compare(ctx context.Context, app *slipwayv1.Appl
 			fmt.Sprintf("revision %s is not applied: automated sync is off; run `slipway app sync %s`", short(desired.Revision), app.Name))
 		return ctrl.Result{RequeueAfter: interval(app)}, nil
 	}
-	return r.checkHealth(ctx, app, cluster, nil)
+	return r.checkHealth(ctx, app, applier, nil)
 }
 
-func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application, cluster *Cluster, known map[string]slipwayv1.ResourceStatus) (ctrl.Result, error) {
-	resources, health, err := assessHealth(ctx, cluster.Reader, app.Status.Inventory, known)
+// healthReader is who reads an Application's objects for a rollout poll:
+// the identity that applies them. In this cluster the server's own has no
+// right to a tenant's objects.
+func (r *ApplicationReconciler) healthReader(ctx context.Context, app *slipwayv1.Application, cluster *Cluster) (client.Reader, error) {
+	tenancy, err := TenancyFor(ctx, r.Client, app, r.DefaultServiceAccount)
+	if err != nil {
+		return nil, err
+	}
+	reader, _, err := r.applier(app, tenancy, cluster)
+	return reader, err
+}
+
+// checkHealth reads the inventoried objects with reader, the identity that
+// applies them.
+func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.Application, reader client.Reader, known map[string]slipwayv1.ResourceStatus) (ctrl.Result, error) {
+	resources, health, err := assessHealth(ctx, reader, app.Status.Inventory, known)
 	if err != nil {
 		return r.fail(ctx, app, err)
 	}
