@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -54,9 +55,26 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
+// serverUser is who the server under test is: the ServiceAccount `slipway
+// install` creates, with the RBAC generated from the markers, as in a
+// cluster. A right the controllers need and the markers lack fails the
+// tests with Forbidden.
+var serverUser = "system:serviceaccount:" + install.Namespace + ":" + install.ServerName
+
+// auditPolicy records every request the server makes, and nothing else;
+// TestServerRBACMatchesItsCalls reads the log.
+var auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["` + serverUser + `"]
+- level: None
+`
+
 func run(m *testing.M) int {
 	var err error
-	if env, err = testenv.Start(); err != nil {
+	if env, err = testenv.StartWith(testenv.Options{AuditPolicy: auditPolicy}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -66,13 +84,25 @@ func run(m *testing.M) int {
 	defer cancel()
 	cacheDir, _ := os.MkdirTemp("", "slipway-server-test-")
 	defer os.RemoveAll(cacheDir)
+	// As in the cluster: the secret in a file the server reads per delivery.
+	secretFile := filepath.Join(cacheDir, "webhook-secret")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cfg, err := env.ServiceAccountConfig(ctx, install.Namespace, install.ServerName, 2*time.Hour)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	started := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
 		done <- server.Run(ctx, server.Options{
-			Config: env.Config, Addr: "127.0.0.1:0", WebhookSecret: secret,
+			Config: cfg, Addr: "127.0.0.1:0", WebhookSecretFile: secretFile,
 			LeaderElection: true, LeaderElectionNamespace: install.Namespace,
-			GitCacheDir: cacheDir, Concurrency: 2,
+			GitCacheDir: filepath.Join(cacheDir, "git"), RunDir: filepath.Join(cacheDir, "runs"), Concurrency: 2,
+			Executor: "kubernetes", RunNamespace: install.RunNamespace, TestImage: "registry.example/ci/go:1",
 			Started: func(addr string) { started <- addr },
 		})
 	}()
