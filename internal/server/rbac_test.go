@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -62,11 +63,10 @@ type auditEvent struct {
 
 // readCalls reads the server's calls from the audit log, and those the API
 // server refused.
-func readCalls(t *testing.T) (calls map[call]bool, refused []string) {
-	t.Helper()
+func readCalls() (calls map[call]bool, refused []string, err error) {
 	f, err := os.Open(env.AuditLog())
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer f.Close()
 	calls = map[call]bool{}
@@ -75,7 +75,7 @@ func readCalls(t *testing.T) (calls map[call]bool, refused []string) {
 	for sc.Scan() {
 		var e auditEvent
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("audit log line: %v", err)
+			return nil, nil, fmt.Errorf("audit log line: %w", err)
 		}
 		if e.User.Username != serverUser {
 			continue
@@ -86,8 +86,7 @@ func readCalls(t *testing.T) (calls map[call]bool, refused []string) {
 			// impersonate it.
 			ns, _, ok := strings.Cut(strings.TrimPrefix(e.ImpersonatedUser.Username, "system:serviceaccount:"), ":")
 			if !ok {
-				t.Errorf("the server impersonated %q, which is no ServiceAccount", e.ImpersonatedUser.Username)
-				continue
+				return nil, nil, fmt.Errorf("the server impersonated %q, which is no ServiceAccount", e.ImpersonatedUser.Username)
 			}
 			calls[call{"impersonate", "", "serviceaccounts", ns}] = true
 			continue
@@ -100,14 +99,13 @@ func readCalls(t *testing.T) (calls map[call]bool, refused []string) {
 			c.resource += "/" + e.ObjectRef.Subresource
 		}
 		if e.Annotations["authorization.k8s.io/decision"] != "allow" {
-			refused = append(refused, fmt.Sprintf("%s (%s)", c, e.RequestURI))
+			if r := fmt.Sprintf("%s (%s)", c, e.RequestURI); !slices.Contains(refused, r) {
+				refused = append(refused, r)
+			}
 		}
 		calls[c] = true
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return calls, refused
+	return calls, refused, sc.Err()
 }
 
 // grant is one verb on one resource that a generated role gives, where.
@@ -118,11 +116,10 @@ type grant struct {
 
 // generatedGrants expands the server's generated ClusterRole and Roles,
 // as `slipway install` applies them, into single grants.
-func generatedGrants(t *testing.T) []grant {
-	t.Helper()
+func generatedGrants() ([]grant, error) {
 	objs, err := install.Manifests(install.Options{})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var out []grant
 	for _, o := range objs {
@@ -132,7 +129,7 @@ func generatedGrants(t *testing.T) []grant {
 		// A Role's rules have the same shape as a ClusterRole's.
 		var rules rbacv1.ClusterRole
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &rules); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		role := o.GetKind() + " " + o.GetName()
 		if o.GetNamespace() != "" {
@@ -140,13 +137,13 @@ func generatedGrants(t *testing.T) []grant {
 		}
 		for _, r := range rules.Rules {
 			if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
-				t.Errorf("%s: rules with resourceNames or nonResourceURLs are not checked here: %+v", role, r)
+				return nil, fmt.Errorf("%s: rules with resourceNames or nonResourceURLs are not checked here: %+v", role, r)
 			}
 			for _, g := range r.APIGroups {
 				for _, res := range r.Resources {
 					for _, v := range r.Verbs {
 						if g == "*" || res == "*" || v == "*" {
-							t.Errorf("%s grants a wildcard: %+v", role, r)
+							return nil, fmt.Errorf("%s grants a wildcard: %+v", role, r)
 						}
 						out = append(out, grant{call{v, g, res, o.GetNamespace()}, role})
 					}
@@ -155,9 +152,42 @@ func generatedGrants(t *testing.T) []grant {
 		}
 	}
 	if len(out) == 0 {
-		t.Fatal("the generated RBAC grants nothing")
+		return nil, errors.New("the generated RBAC grants nothing")
 	}
+	return out, nil
+}
+
+// ungranted lists the calls no grant covers.
+func ungranted(calls map[call]bool, grants []grant) []string {
+	var out []string
+	for c := range calls {
+		if !slices.ContainsFunc(grants, func(g grant) bool { return g.allows(c) }) {
+			out = append(out, c.String())
+		}
+	}
+	sort.Strings(out)
 	return out
+}
+
+// checkSuiteCalls runs after every test of the package: whatever the
+// tests made the server do, the API server granted it, and the generated
+// RBAC is what granted it.
+func checkSuiteCalls() error {
+	calls, refused, err := readCalls()
+	if err != nil {
+		return err
+	}
+	if len(refused) > 0 {
+		return fmt.Errorf("the API server refused the server's calls during the tests (the markers lack these rights):\n  %s", strings.Join(refused, "\n  "))
+	}
+	grants, err := generatedGrants()
+	if err != nil {
+		return err
+	}
+	if missing := ungranted(calls, grants); len(missing) > 0 {
+		return fmt.Errorf("during the tests the server made calls the generated RBAC does not grant:\n  %s", strings.Join(missing, "\n  "))
+	}
+	return nil
 }
 
 // allows reports whether g covers c: a ClusterRole's grant anywhere, a
@@ -173,19 +203,25 @@ func (g grant) allows(c call) bool {
 // Application applied as a tenant's ServiceAccount with credentials and a
 // policy profile that reads NetworkPolicies, a PipelineRun whose test step
 // runs as a Pod). Every call must be granted by the generated rules, and
-// every granted right must have been used.
+// every granted right must have been used. TestMain checks the first half
+// again once every test of the package has run.
 func TestServerRBACMatchesItsCalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	driveEveryPath(t, ctx)
 
-	grants := generatedGrants(t)
+	grants, err := generatedGrants()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var unused []grant
 	var calls map[call]bool
 	// Events are written by a background broadcaster: wait for them.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		var refused []string
-		calls, refused = readCalls(t)
+		if calls, refused, err = readCalls(); err != nil {
+			t.Fatal(err)
+		}
 		if len(refused) > 0 {
 			t.Fatalf("the API server refused the server's calls (the markers lack these rights):\n  %s", strings.Join(refused, "\n  "))
 		}
@@ -203,15 +239,8 @@ func TestServerRBACMatchesItsCalls(t *testing.T) {
 			break
 		}
 	}
-	var ungranted []string
-	for c := range calls {
-		if !slices.ContainsFunc(grants, func(g grant) bool { return g.allows(c) }) {
-			ungranted = append(ungranted, c.String())
-		}
-	}
-	sort.Strings(ungranted)
-	if len(ungranted) > 0 {
-		t.Errorf("the server made calls the generated RBAC does not grant (another binding allowed them):\n  %s", strings.Join(ungranted, "\n  "))
+	if missing := ungranted(calls, grants); len(missing) > 0 {
+		t.Errorf("the server made calls the generated RBAC does not grant (another binding allowed them):\n  %s", strings.Join(missing, "\n  "))
 	}
 	for _, g := range unused {
 		t.Errorf("%s grants %s, which the server never used: remove it from the markers", g.role, g.call)
@@ -399,7 +428,9 @@ func eventually(t *testing.T, ctx context.Context, what string, cond func() (boo
 		if ok {
 			return
 		}
-		if _, refused := readCalls(t); len(refused) > 0 {
+		if _, refused, err := readCalls(); err != nil {
+			t.Fatal(err)
+		} else if len(refused) > 0 {
 			t.Fatalf("%s: not yet, and the API server refused the server's calls (the markers lack these rights):\n  %s\nlast: %s",
 				what, strings.Join(refused, "\n  "), state)
 		}

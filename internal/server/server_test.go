@@ -116,7 +116,14 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "server did not start listening within 60s")
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if code == 0 {
+		if err := checkSuiteCalls(); err != nil {
+			fmt.Fprintln(os.Stderr, "FAIL: server RBAC:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 func get(t *testing.T, path string) (int, string) {
