@@ -112,6 +112,13 @@ func Uninstall(ctx context.Context, c client.Client, opts UninstallOptions) (*Re
 		return res, err
 	}
 	for _, o := range crds {
+		if o.GetKind() == "CustomResourceDefinition" {
+			if err := listInstances(ctx, c, o); err != nil {
+				return res, err
+			}
+		}
+	}
+	for _, o := range crds {
 		if err := remove(o); err != nil {
 			return res, err
 		}
@@ -120,17 +127,48 @@ func Uninstall(ctx context.Context, c client.Client, opts UninstallOptions) (*Re
 		if o.GetKind() != "CustomResourceDefinition" {
 			continue
 		}
+		var state string
 		err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 			live := &unstructured.Unstructured{}
 			live.SetGroupVersionKind(o.GroupVersionKind())
 			err := c.Get(ctx, client.ObjectKeyFromObject(o), live)
+			state = conditions(live)
 			return apierrors.IsNotFound(err), nil
 		})
 		if err != nil {
-			return res, fmt.Errorf("waiting for CRD %s to be deleted: %w", o.GetName(), err)
+			return res, fmt.Errorf("waiting for CRD %s to be deleted (%s): %w", o.GetName(), state, err)
 		}
 	}
 	return res, nil
+}
+
+// listInstances reads the CRD's resources once through the API server
+// before the CRD is deleted. The API server deletes a CRD's resources
+// itself, listing them from its watch cache; a cache that no request has
+// started yet answers "storage is (re)initializing", and the deletion
+// then backs off for minutes. A list first makes it ready.
+func listInstances(ctx context.Context, c client.Client, crd *unstructured.Unstructured) error {
+	group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+	kind, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "kind")
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	version := ""
+	for _, raw := range versions {
+		if v, _ := raw.(map[string]any); v["storage"] == true {
+			version, _ = v["name"].(string)
+		}
+	}
+	list := &unstructured.UnstructuredList{}
+	list.SetAPIVersion(group + "/" + version)
+	list.SetKind(kind + "List")
+	var last error
+	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		last = c.List(ctx, list, client.Limit(1))
+		return last == nil || apimeta.IsNoMatchError(last) || apierrors.IsNotFound(last), nil
+	})
+	if err != nil {
+		return fmt.Errorf("listing %s before deleting its CRD: %w (last: %v)", kind, err, last)
+	}
+	return nil
 }
 
 // finalizer is the one the Application controller adds.
@@ -159,4 +197,15 @@ func releaseApplications(ctx context.Context, c client.Client) error {
 		}
 	}
 	return nil
+}
+
+// conditions summarises an object's status conditions, for messages.
+func conditions(o *unstructured.Unstructured) string {
+	conds, _, _ := unstructured.NestedSlice(o.Object, "status", "conditions")
+	var out []string
+	for _, raw := range conds {
+		c, _ := raw.(map[string]any)
+		out = append(out, fmt.Sprintf("%v=%v %v", c["type"], c["status"], c["message"]))
+	}
+	return strings.Join(out, "; ")
 }
