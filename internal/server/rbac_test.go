@@ -51,7 +51,7 @@ func (c call) String() string {
 
 // auditEvent is the part of an audit.k8s.io/v1 Event the test reads.
 type auditEvent struct {
-	Verb             string            `json:"verb"`
+	Verb             string `json:"verb"`
 	User             struct{ Username string }
 	ImpersonatedUser *struct{ Username string } `json:"impersonatedUser"`
 	ObjectRef        *struct {
