@@ -34,7 +34,7 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 		}}
 	}
 	cmd.AddCommand(newLabBuildCommand(), newLabUpCommand(newLab), newLabDownCommand(newLab), newLabStatusCommand(newLab),
-		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab))
+		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab), newLabImageCommand(newLab))
 	return cmd
 }
 

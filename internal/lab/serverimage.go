@@ -1,0 +1,244 @@
+package lab
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"slipway.dev/slipway/internal/imagebuild"
+	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/signing"
+	"slipway.dev/slipway/internal/webhook"
+)
+
+// ServerImageRepository is the repository of Slipway's server image in
+// the lab's registry.
+const ServerImageRepository = "slipway/server"
+
+// slipwayModule is the module a server image is built from.
+const slipwayModule = "slipway.dev/slipway"
+
+// ServerImageOptions describe a build of Slipway's server image.
+type ServerImageOptions struct {
+	// Source is a checkout of Slipway: its module root or a directory in
+	// it; the current directory when empty.
+	Source string
+	// Repository is where the image is pushed: registry host and path,
+	// without a tag. The tag is the version.
+	Repository string
+	// Key signs the image and its SBOM.
+	Key *ecdsa.PrivateKey
+	// Remote carries the registry's credentials.
+	Remote []remote.Option
+	// Progress receives one line per step; may be nil.
+	Progress func(format string, args ...any)
+}
+
+// PushServerImage builds ./cmd/slipway of a checkout of Slipway with
+// Slipway's own daemonless builder, onto the Go toolchain (the server
+// runs go build for the Go images its pipelines build), pushes it, signs
+// it and its SPDX SBOM with the key, checks the signature as `cosign
+// verify` would, and returns the image reference pinned by digest, what
+// `slipway install --image` takes. The version (git describe) is stamped
+// into the binary and is the tag; the commit time is SOURCE_DATE_EPOCH,
+// so a rebuild of the same commit gives the same digest.
+func PushServerImage(ctx context.Context, o ServerImageOptions) (string, error) {
+	progress := func(format string, args ...any) {
+		if o.Progress != nil {
+			o.Progress(format, args...)
+		}
+	}
+	if o.Key == nil || o.Repository == "" {
+		return "", errors.New("server image: a repository and a signing key are required")
+	}
+	src, err := checkout(ctx, o.Source)
+	if err != nil {
+		return "", err
+	}
+	platform := imagebuild.DefaultPlatform()
+	start := time.Now()
+	base, err := imagebuild.ToolchainBase(ctx, platform, src.commitTime)
+	if err != nil {
+		return "", err
+	}
+	progress("Go toolchain layered in %.1fs", time.Since(start).Seconds())
+	start = time.Now()
+	labels := map[string]string{
+		"org.opencontainers.image.title":   "slipway",
+		"org.opencontainers.image.source":  slipwayModule,
+		"org.opencontainers.image.version": src.version,
+	}
+	if src.commit != "" {
+		labels["org.opencontainers.image.revision"] = src.commit
+	}
+	built, err := imagebuild.BuildGo(ctx, imagebuild.GoOptions{
+		Dir:             src.root,
+		Package:         "./cmd/slipway",
+		Base:            base,
+		Platform:        platform,
+		SourceDateEpoch: src.commitTime,
+		Ldflags:         "-X " + slipwayModule + "/internal/version.Version=" + src.version,
+		Labels:          labels,
+	})
+	if err != nil {
+		return "", err
+	}
+	progress("slipway %s built in %.1fs", src.version, time.Since(start).Seconds())
+	start = time.Now()
+	ref, err := imagebuild.Push(ctx, built.Image, o.Repository+":"+imageTag(src.version), o.Remote...)
+	if err != nil {
+		return "", err
+	}
+	if err := signing.SignImage(ctx, ref, o.Key, o.Remote...); err != nil {
+		return "", err
+	}
+	digest, err := v1.NewHash(ref.DigestStr())
+	if err != nil {
+		return "", err
+	}
+	sbom, err := imagebuild.SPDX(built.BuildInfo, digest, src.commitTime, "slipway")
+	if err != nil {
+		return "", err
+	}
+	stmt, err := imagebuild.Statement(ref.Context().Name(), digest, imagebuild.PredicateSPDX, sbom)
+	if err != nil {
+		return "", err
+	}
+	if err := signing.Attest(ctx, ref, o.Key, stmt, o.Remote...); err != nil {
+		return "", err
+	}
+	if _, err := signing.Verify(ctx, ref, &o.Key.PublicKey, []string{imagebuild.PredicateSPDX}, o.Remote...); err != nil {
+		return "", err
+	}
+	progress("pushed and signed %s in %.1fs", ref, time.Since(start).Seconds())
+	return ref.String(), nil
+}
+
+// source is the checkout an image is built from.
+type source struct {
+	root, version, commit string
+	commitTime            time.Time
+}
+
+// checkout finds the module root of Slipway at or above dir and what git
+// says of it. Outside git the version is "dev" and the time the epoch.
+func checkout(ctx context.Context, dir string) (*source, error) {
+	if dir == "" {
+		dir = "."
+	}
+	run := func(name string, args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, name, args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
+		out, err := cmd.Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+			}
+			return "", fmt.Errorf("%s %s in %s: %w", name, strings.Join(args, " "), dir, err)
+		}
+		return strings.TrimSpace(string(out)), nil
+	}
+	mod, err := run("go", "list", "-m", "-f", "{{.Path}} {{.Dir}}")
+	if err != nil {
+		return nil, fmt.Errorf("server image: finding Slipway's source: %w", err)
+	}
+	path, root, _ := strings.Cut(mod, " ")
+	if path != slipwayModule {
+		return nil, fmt.Errorf("server image: %s is in module %s, not %s: build from a checkout of Slipway", dir, path, slipwayModule)
+	}
+	src := &source{root: root, version: "dev", commitTime: time.Unix(0, 0)}
+	dir = root
+	if v, err := run("git", "describe", "--tags", "--always", "--dirty"); err == nil && v != "" {
+		src.version = v
+	}
+	if out, err := run("git", "log", "-1", "--format=%H %ct"); err == nil {
+		commit, ts, _ := strings.Cut(out, " ")
+		if secs, err := strconv.ParseInt(ts, 10, 64); err == nil {
+			src.commit, src.commitTime = commit, time.Unix(secs, 0)
+		}
+	}
+	return src, nil
+}
+
+var tagUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]`)
+
+// imageTag turns a version into a valid image tag.
+func imageTag(version string) string {
+	t := tagUnsafe.ReplaceAllString(version, "-")
+	if t == "" || t[0] == '.' || t[0] == '-' {
+		t = "v" + t
+	}
+	return t[:min(len(t), 128)]
+}
+
+// BuildServerImage builds Slipway's server image from the checkout at
+// source (the current directory when empty), pushes it to the lab's
+// registry under ServerImageRepository, signs it with the lab's key (the
+// one `cosign verify --key PublicKeyFile()` checks) and returns it pinned
+// by digest. The lab must be up.
+func (l *Lab) BuildServerImage(ctx context.Context, source string) (string, error) {
+	st, err := loadState(l.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", ErrNotUp
+	}
+	if err != nil {
+		return "", err
+	}
+	keyPEM, err := l.signingKey()
+	if err != nil {
+		return "", err
+	}
+	key, err := signing.DecodePrivateKey(keyPEM)
+	if err != nil {
+		return "", fmt.Errorf("the lab's signing key %s: %w", l.SigningKeyFile(), err)
+	}
+	return PushServerImage(ctx, ServerImageOptions{
+		Source:     source,
+		Repository: l.registryHost(st) + "/" + ServerImageRepository,
+		Key:        key,
+		Remote:     []remote.Option{remote.WithAuth(&authn.Basic{Username: st.Registry.Username, Password: st.Registry.Password})},
+		Progress:   l.Progress,
+	})
+}
+
+func (l *Lab) registryHost(st *State) string { return "127.0.0.1:" + strconv.Itoa(st.Ports.Registry) }
+
+// ServerInstallOptions are what install.Apply needs to run image in the
+// lab's cluster: the image, the credentials the kubelet pulls it from the
+// lab's registry with, and the secret the lab's git server signs webhooks
+// with. The caller adds what depends on its nodes (APIServerCIDRs).
+func (l *Lab) ServerInstallOptions(image string) (install.ApplyOptions, error) {
+	st, err := loadState(l.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return install.ApplyOptions{}, ErrNotUp
+	}
+	if err != nil {
+		return install.ApplyOptions{}, err
+	}
+	secret, err := webhook.ReadSecretFile(l.WebhookSecretFile())
+	if err != nil {
+		return install.ApplyOptions{}, err
+	}
+	return install.ApplyOptions{
+		Options:       install.Options{Image: image},
+		WebhookSecret: secret,
+		RegistryCredentials: &install.RegistryCredentials{
+			Server: l.registryHost(st), Username: st.Registry.Username, Password: st.Registry.Password,
+		},
+	}, nil
+}

@@ -1,0 +1,212 @@
+package lab
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"slipway.dev/slipway/internal/imagebuild"
+	"slipway.dev/slipway/internal/install"
+	"slipway.dev/slipway/internal/signing"
+)
+
+// TestServerImage builds Slipway's server image from this repository as
+// `slipway lab image` does, into a lab registry (a real one, on the port
+// the lab's state names), then checks what a cluster would rely on: the
+// lab's key verifies it, its config runs the binary as a non-root user,
+// the binary in its layer is this version of slipway, and the Go
+// toolchain in it builds a program. No container runtime is involved.
+func TestServerImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds slipway and layers the Go toolchain")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+	l := &Lab{Dir: t.TempDir(), Progress: t.Logf}
+	st, err := newState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.save(l.Dir); err != nil {
+		t.Fatal(err)
+	}
+	serving := make(chan error, 1)
+	regCtx, stopRegistry := context.WithCancel(ctx)
+	go func() { serving <- l.ServeRegistry(regCtx, logr.Discard()) }()
+	t.Cleanup(func() { stopRegistry(); <-serving })
+	waitRegistry(t, ctx, st)
+
+	ref, err := l.BuildServerImage(ctx, "../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, err := name.NewDigest(ref)
+	if err != nil {
+		t.Fatalf("%s is not pinned by digest: %v", ref, err)
+	}
+	if _, err := install.Manifests(install.Options{Image: ref, APIServerCIDRs: []string{"10.0.0.1"}}); err != nil {
+		t.Fatalf("install refuses the image: %v", err)
+	}
+	auth := remote.WithAuth(&authn.Basic{Username: st.Registry.Username, Password: st.Registry.Password})
+
+	// Signed by the lab's key, the one `cosign verify --key` is given.
+	pubPEM, err := os.ReadFile(l.PublicKeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := signing.DecodePublicKey(pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := signing.Verify(ctx, digest, pub, []string{imagebuild.PredicateSPDX}, auth); err != nil {
+		t.Fatalf("the lab's key does not verify the image: %v", err)
+	}
+	other, _ := signing.GenerateKey()
+	if _, err := signing.Verify(ctx, digest, &other.PublicKey, nil, auth); !errors.Is(err, signing.ErrNotSigned) {
+		t.Fatalf("another key verifies the image: %v", err)
+	}
+
+	img, err := remote.Image(digest, auth, remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep := cf.Config.Entrypoint; len(ep) != 1 || ep[0] != "/app/slipway" || cf.Config.User != imagebuild.NonRootUser {
+		t.Fatalf("entrypoint %v, user %q", ep, cf.Config.User)
+	}
+	if !contains(cf.Config.Env, "PATH="+imagebuild.GoToolchainDir+"/bin") {
+		t.Fatalf("env %v does not put the Go toolchain on PATH", cf.Config.Env)
+	}
+
+	// Unpack the layers as a container runtime would, minus the runtime.
+	root := t.TempDir()
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 2 {
+		t.Fatalf("%d layers (%v), want the Go toolchain and slipway", len(layers), err)
+	}
+	for _, layer := range layers {
+		size, _ := layer.Size()
+		t.Logf("layer of %.1f MB compressed", float64(size)/1e6)
+		unpack(t, layer, root)
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(root, "app", "slipway"), "version", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("slipway version from the image: %v", err)
+	}
+	src, err := checkout(ctx, "../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"version": "`+src.version+`"`) {
+		t.Fatalf("the image's slipway says %s, the checkout is %s", out, src.version)
+	}
+
+	// The toolchain in the image builds a Go service, as the server's
+	// pipelines do: the pruned GOROOT holds all go build needs.
+	goBin := filepath.Join(root, filepath.FromSlash(imagebuild.GoToolchainDir), "bin")
+	t.Setenv("PATH", goBin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("GOROOT", "") // the go command finds its GOROOT beside itself
+	svc := t.TempDir()
+	for file, content := range map[string]string{
+		"go.mod":  "module example.com/hello\n\ngo 1.26\n",
+		"main.go": "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n)\n\nfunc main() { fmt.Println(\"hello\", http.StatusOK) }\n",
+	} {
+		if err := os.WriteFile(filepath.Join(svc, file), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	built, err := imagebuild.BuildGo(ctx, imagebuild.GoOptions{Dir: svc, Env: []string{"GOPROXY=off", "GOTOOLCHAIN=local"}})
+	if err != nil {
+		t.Fatalf("go build with the image's toolchain: %v", err)
+	}
+	if want, err := exec.CommandContext(ctx, "go", "env", "GOROOT").Output(); err != nil || !strings.HasPrefix(string(want), root) {
+		t.Fatalf("the test did not use the image's toolchain: GOROOT %s (%v)", want, err)
+	}
+	if built.BuildInfo.Main.Path != "example.com/hello" {
+		t.Fatalf("built %q", built.BuildInfo.Main.Path)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func waitRegistry(t *testing.T, ctx context.Context, st *State) {
+	t.Helper()
+	url := "http://127.0.0.1:" + strconv.Itoa(st.Ports.Registry) + "/v2/"
+	for {
+		err := httpOK(ctx, http.DefaultClient, url, func(r *http.Request) { r.SetBasicAuth(st.Registry.Username, st.Registry.Password) })
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the lab registry does not answer: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// unpack writes a layer's regular files and directories under root.
+func unpack(t *testing.T, layer v1.Layer, root string) {
+	t.Helper()
+	rc, err := layer.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(root, filepath.FromSlash(path.Clean("/"+hdr.Name)))
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		case tar.TypeReg:
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(f, tr); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("unexpected entry %s of type %c", hdr.Name, hdr.Typeflag)
+		}
+	}
+}
