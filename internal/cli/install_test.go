@@ -83,10 +83,11 @@ func TestInstallManifestsPassFinKR(t *testing.T) {
 			if code != ExitOK || s.Summary.Failed != 0 || s.Summary.Waived != 0 || s.Summary.Errors != 0 {
 				t.Fatalf("exit %d, summary %+v", code, s.Summary)
 			}
-			// CRDs, 2 namespaces, 4 roles, ServiceAccount, 3 bindings,
+			// 8 CRDs, 2 namespaces, 4 ClusterRoles and 2 Roles, the
+			// admission policy and its binding, ServiceAccount, 3 bindings,
 			// 4 NetworkPolicies, Service, PodDisruptionBudget, Deployment.
-			if s.Summary.Objects != 23 || s.Summary.Checks == 0 {
-				t.Fatalf("checked %d objects with %d checks, want the 23 installed", s.Summary.Objects, s.Summary.Checks)
+			if s.Summary.Objects != 29 || s.Summary.Checks == 0 {
+				t.Fatalf("checked %d objects with %d checks, want the 29 installed", s.Summary.Objects, s.Summary.Checks)
 			}
 			for _, r := range s.Results {
 				if len(r.Findings) > 0 {

@@ -72,8 +72,9 @@ func TestManifestsWithoutImageAreTheDefinitions(t *testing.T) {
 	for _, o := range objs {
 		kinds[o.GetKind()]++
 	}
-	if kinds["CustomResourceDefinition"] != 6 || kinds["Namespace"] != 2 || kinds["ServiceAccount"] != 1 || kinds["ClusterRole"] != 2 ||
-		kinds["Role"] != 2 || kinds["ClusterRoleBinding"] != 1 || kinds["RoleBinding"] != 2 || kinds["Deployment"] != 0 || kinds["Secret"] != 0 {
+	if kinds["CustomResourceDefinition"] != 8 || kinds["Namespace"] != 2 || kinds["ServiceAccount"] != 1 || kinds["ClusterRole"] != 4 ||
+		kinds["Role"] != 2 || kinds["ClusterRoleBinding"] != 1 || kinds["RoleBinding"] != 2 ||
+		kinds["ValidatingAdmissionPolicy"] != 1 || kinds["ValidatingAdmissionPolicyBinding"] != 1 || kinds["Deployment"] != 0 || kinds["Secret"] != 0 {
 		t.Fatalf("kinds %v", kinds)
 	}
 }

@@ -137,8 +137,20 @@ func Manifests(opts Options) ([]*unstructured.Unstructured, error) {
 		return nil, err
 	}
 	for _, role := range roles {
-		setLabels(role, labels(componentOf(role.GetName())))
+		setLabels(role, labels(""))
+		if role.GetName() == ServerName {
+			setLabels(role, labels("server"))
+		}
 		objs = append(objs, role)
+	}
+	// The API server itself enforces separation of duties on promotions.
+	admission, err := embedded(config.Admission, "admission")
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range admission {
+		setLabels(o, labels("promotions"))
+		objs = append(objs, o)
 	}
 	typed = typed[:0]
 	add(&corev1.ServiceAccount{
@@ -169,13 +181,6 @@ func convert(into *[]*unstructured.Unstructured, typed []runtime.Object) error {
 		*into = append(*into, u)
 	}
 	return nil
-}
-
-func componentOf(role string) string {
-	if role == TenantRole {
-		return "tenancy"
-	}
-	return "server"
 }
 
 func (o Options) validate() error {
@@ -370,6 +375,7 @@ func serverArgs(opts Options) []string {
 		"--leader-election-namespace=" + Namespace,
 		"--git-cache-dir=" + path.Join(cacheDir, "git"),
 		"--run-dir=" + path.Join(stateDir, "runs"),
+		"--cache-dir=" + path.Join(cacheDir, "pipelines"),
 		"--executor=kubernetes",
 		"--run-namespace=" + RunNamespace,
 	}

@@ -57,11 +57,12 @@ func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // What the PipelineRun controller does with its own identity (config/rbac
 // is generated from these lines by `make generate`): it reads Pipelines
-// and the Secrets they name (git and registry credentials, the signing
-// key), writes run status, and watches Applications to see a promotion
-// running.
+// (by name, uncached, when the cache does not hold one yet) and the
+// Secrets they name (git and registry credentials, the signing key),
+// writes run status, and watches Applications to see a promotion running.
 //
 // +kubebuilder:rbac:groups=slipway.dev,resources=pipelines;pipelineruns;applications,verbs=list;watch
+// +kubebuilder:rbac:groups=slipway.dev,resources=pipelines,verbs=get
 // +kubebuilder:rbac:groups=slipway.dev,resources=pipelineruns/status,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch

@@ -70,11 +70,16 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).For(&slipwayv1.Promotion{}).Complete(r)
 }
 
-// +kubebuilder:rbac:groups=slipway.dev,resources=promotions,verbs=get;list;watch
-// +kubebuilder:rbac:groups=slipway.dev,resources=promotions/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=slipway.dev,resources=deliveries;applications;pipelines;pipelineruns,verbs=get;list;watch
+// What the Promotion controller does with its own identity (config/rbac is
+// generated from these lines by `make generate`). Slipway's resources are
+// read from the manager's cache (list, watch); the identities ConfigMap and
+// git credentials are read by name, uncached.
+//
+// +kubebuilder:rbac:groups=slipway.dev,resources=promotions;deliveries;applications;pipelines;pipelineruns,verbs=list;watch
+// +kubebuilder:rbac:groups=slipway.dev,resources=promotions/status,verbs=patch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
 // Reconcile moves one promotion forward.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

@@ -19,6 +19,8 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
@@ -26,6 +28,7 @@ import (
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/pipeline"
+	"slipway.dev/slipway/internal/promotion"
 	"slipway.dev/slipway/internal/signing"
 	"slipway.dev/slipway/internal/testenv"
 	"slipway.dev/slipway/internal/webhook"
@@ -202,7 +205,8 @@ func (g grant) allows(c call) bool {
 // and during the paths this test drives (a webhook delivery, an
 // Application applied as a tenant's ServiceAccount with credentials and a
 // policy profile that reads NetworkPolicies, a PipelineRun whose test step
-// runs as a Pod). Every call must be granted by the generated rules, and
+// runs as a Pod, a run of a missing Pipeline, a Promotion waiting for its
+// approval). Every call must be granted by the generated rules, and
 // every granted right must have been used. TestMain checks the first half
 // again once every test of the package has run.
 func TestServerRBACMatchesItsCalls(t *testing.T) {
@@ -300,14 +304,16 @@ func driveEveryPath(t *testing.T, ctx context.Context) {
 
 	// An Application applied as the tenant's ServiceAccount, gated by a
 	// profile with rules about the namespace's NetworkPolicies.
-	opsURL, _ := repo("rbac-ops.git", map[string]string{"deploy.yaml": `apiVersion: apps/v1
+	opsURL, _ := repo("rbac-ops.git", map[string]string{
+		"staging/kustomization.yaml": "resources: [deploy.yaml]\nimages:\n- name: web\n  newName: registry.example/web\n  digest: " + webDigest + "\n",
+		"staging/deploy.yaml": `apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
 spec:
   selector: {matchLabels: {app: web}}
   template:
     metadata: {labels: {app: web}}
-    spec: {containers: [{name: web, image: registry.example/web:1}]}
+    spec: {containers: [{name: web, image: web}]}
 `})
 	create(
 		&slipwayv1.PolicyProfile{ObjectMeta: metav1.ObjectMeta{Name: ns}, Spec: slipwayv1.PolicyProfileSpec{Packs: []string{"fin-kr"}, Mode: slipwayv1.PolicyModeAudit}},
@@ -317,7 +323,7 @@ spec:
 		&slipwayv1.Application{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"},
 			Spec: slipwayv1.ApplicationSpec{
-				Source:      slipwayv1.ApplicationSource{URL: opsURL, SecretRef: &slipwayv1.LocalObjectReference{Name: creds.Name}},
+				Source:      slipwayv1.ApplicationSource{URL: opsURL, Path: "staging", SecretRef: &slipwayv1.LocalObjectReference{Name: creds.Name}},
 				Destination: slipwayv1.ApplicationDestination{Namespace: ns},
 				SyncPolicy:  slipwayv1.SyncPolicy{Automated: true, Prune: true},
 				Interval:    &metav1.Duration{Duration: time.Hour},
@@ -374,6 +380,12 @@ spec:
 		r := runs.Items[0]
 		return r.Status.Phase == slipwayv1.RunFailed, fmt.Sprintf("phase %q %+v", r.Status.Phase, r.Status.Conditions)
 	})
+	// A run of a Pipeline that does not exist: the controller looks for it
+	// past its cache, by name.
+	gone := &slipwayv1.PipelineRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "gone"},
+		Spec: slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: "gone"}, Commit: srcSHA, Branch: "main"}}
+	create(gone)
+	waitRunPhase(t, ctx, gone, slipwayv1.RunFailed)
 	eventually(t, ctx, "the Application is synced as the tenant's ServiceAccount", func() (bool, string) {
 		app := &slipwayv1.Application{}
 		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "web"}, app); err != nil {
@@ -396,6 +408,85 @@ spec:
 		}
 		token := app.Annotations[slipwayv1.ReconcileRequestAnnotation]
 		return token != "" && app.Status.LastHandledReconcileAt == token, fmt.Sprintf("request %q handled %q", token, app.Status.LastHandledReconcileAt)
+	})
+
+	drivePromotion(t, ctx, ns, srcSHA, create)
+}
+
+// webDigest is the digest of the image the Application's stage runs.
+var webDigest = "sha256:" + strings.Repeat("ab", 32)
+
+// drivePromotion requests a promotion of what the Application "web" runs
+// into a stage that needs an approval: the controller resolves the image,
+// the run that built it and its commits' authors (mapped to users by the
+// identities ConfigMap), and waits for the approval.
+func drivePromotion(t *testing.T, ctx context.Context, ns, commit string, create func(...client.Object)) {
+	t.Helper()
+	identities := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: install.Namespace, Name: promotion.IdentitiesConfigMap},
+		Data:       map[string]string{"identities": "dev: [dev@example.com]\n"},
+	}
+	create(identities)
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), identities) })
+	// The run that built the image the stage runs. Its branch is not one
+	// the Pipeline builds, so the controller ends it at once; then it is
+	// given the outcome of a build of that image, which a real build would
+	// take minutes and a registry to produce.
+	built := &slipwayv1.PipelineRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "built"},
+		Spec: slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: "svc"}, Commit: commit, Branch: "release"}}
+	create(built)
+	waitRunPhase(t, ctx, built, slipwayv1.RunFailed)
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(built), built); err != nil {
+			return err
+		}
+		built.Status.Phase, built.Status.Image = slipwayv1.RunSucceeded, "registry.example/web@"+webDigest
+		return env.Client.Status().Update(ctx, built)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	create(&slipwayv1.Delivery{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"}, Spec: slipwayv1.DeliverySpec{
+		Image: "web",
+		Stages: []slipwayv1.DeliveryStage{
+			{Name: "staging", Application: "web"},
+			{Name: "prod", Application: "web-prod", Approvals: &slipwayv1.ApprovalRule{Count: 1, Groups: []string{"release-approvers"}}},
+		},
+	}})
+	// The requester is a person, as the admission policy demands.
+	create(&rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "dev-requests"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "slipway-promotion-requester"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "dev"}},
+	})
+	devCfg := rest.CopyConfig(env.Config)
+	devCfg.Impersonate = rest.ImpersonationConfig{UserName: "dev", Groups: []string{"system:authenticated", "developers"}}
+	dev, err := client.New(devCfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &slipwayv1.Promotion{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-to-prod"},
+		Spec: slipwayv1.PromotionSpec{Delivery: "web", Stage: "prod", RequestedBy: "dev"}}
+	if err := dev.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, ctx, "the promotion waits for its approval", func() (bool, string) {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+			return false, err.Error()
+		}
+		f := p.Status.Freight
+		return p.Status.Phase == slipwayv1.PromotionPending && f != nil && slices.Equal(f.AuthorUsers, []string{"dev"}),
+			fmt.Sprintf("phase %q, freight %+v, conditions %+v", p.Status.Phase, f, p.Status.Conditions)
+	})
+}
+
+func waitRunPhase(t *testing.T, ctx context.Context, run *slipwayv1.PipelineRun, phase string) {
+	t.Helper()
+	eventually(t, ctx, "PipelineRun "+run.Name+" "+phase, func() (bool, string) {
+		got := &slipwayv1.PipelineRun{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(run), got); err != nil {
+			return false, err.Error()
+		}
+		return got.Status.Phase == phase, fmt.Sprintf("phase %q %+v", got.Status.Phase, got.Status.Conditions)
 	})
 }
 

@@ -145,9 +145,10 @@ func Run(ctx context.Context, opts Options) error {
 		LeaderElectionNamespace:       opts.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
 		Client: client.Options{Cache: &client.CacheOptions{
-			// Read Secrets and Namespaces on demand: caching them would need
-			// cluster-wide list/watch on every Secret.
-			DisableFor: []client.Object{&corev1.Secret{}, &corev1.Namespace{}},
+			// Read Secrets, ConfigMaps and Namespaces on demand, by name:
+			// caching them would need cluster-wide list and watch of every
+			// one, for the few the controllers name.
+			DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}, &corev1.Namespace{}},
 		}},
 	})
 	if err != nil {
