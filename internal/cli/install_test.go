@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -65,21 +66,31 @@ func policyCheck(t *testing.T, manifests string, flags ...string) (checkSummary,
 	return s, code
 }
 
+// platformParameters declare Slipway's installation the platform's own to
+// fin-kr (its server impersonates ServiceAccounts and reads Secrets by
+// name; its admission policy enforces separation of duties).
+const platformParameters = "../../config/policy/platform-parameters.yaml"
+
 // TestInstallManifestsPassFinKR: everything `slipway install` applies
-// passes Slipway's own fin-kr profile with zero findings.
+// passes Slipway's own fin-kr profile with zero findings, once the
+// organisation declares Slipway its platform.
 func TestInstallManifestsPassFinKR(t *testing.T) {
-	// Slipway's namespace counted as production too: digest pinning, two
+	declared, err := os.ReadFile(platformParameters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Slipway's namespaces counted as production too: digest pinning, two
 	// replicas spread across nodes.
-	params := filepath.Join(t.TempDir(), "params.yaml")
-	if err := os.WriteFile(params, []byte("apiVersion: slipway.dev/v1alpha1\nkind: PolicyParameters\nparameters:\n  productionNamespaces: [slipway-system, slipway-runs]\n"), 0o644); err != nil {
+	production := filepath.Join(t.TempDir(), "params.yaml")
+	if err := os.WriteFile(production, append(declared, "  productionNamespaces: [slipway-system, slipway-runs]\n"...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for name, c := range map[string]struct {
 		format string
-		flags  []string
-	}{"yaml": {"yaml", nil}, "json": {"json", nil}, "as production": {"yaml", []string{"--params", params}}} {
+		params string
+	}{"yaml": {"yaml", platformParameters}, "json": {"json", platformParameters}, "as production": {"yaml", production}} {
 		t.Run(name, func(t *testing.T) {
-			s, code := policyCheck(t, dryRun(t, c.format), c.flags...)
+			s, code := policyCheck(t, dryRun(t, c.format), "--params", c.params)
 			if code != ExitOK || s.Summary.Failed != 0 || s.Summary.Waived != 0 || s.Summary.Errors != 0 {
 				t.Fatalf("exit %d, summary %+v", code, s.Summary)
 			}
@@ -95,6 +106,19 @@ func TestInstallManifestsPassFinKR(t *testing.T) {
 				}
 			}
 		})
+	}
+	// Undeclared, the server's rights and the admission policy are exactly
+	// what fin-kr reports.
+	s, code := policyCheck(t, dryRun(t, "yaml"))
+	var got []string
+	for _, r := range s.Results {
+		for _, f := range r.Findings {
+			got = append(got, f.Rule)
+		}
+	}
+	slices.Sort(got)
+	if want := []string{"FIN-ADM-002", "FIN-ADM-002", "FIN-IAM-009", "FIN-IAM-010"}; code != ExitFailure || !slices.Equal(got, want) {
+		t.Fatalf("undeclared: exit %d, findings %v, want %v", code, got, want)
 	}
 }
 

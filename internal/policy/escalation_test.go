@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -105,6 +106,77 @@ func TestEscalationsRefused(t *testing.T) {
 		slices.Sort(got)
 		if !slices.Equal(got, c.want) {
 			t.Errorf("%s: findings\n got %q\nwant %q", c.name, got, c.want)
+		}
+	}
+}
+
+// TestPlatformControllersDeclared: an organisation can declare its
+// platform's own controllers (controllerRoles) and admission policies
+// (platformAdmissionPolicies); only those, by name and kind, get the rights
+// such a controller needs, nothing more, and nothing is declared by default.
+func TestPlatformControllersDeclared(t *testing.T) {
+	declared, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}, Parameters: map[string]json.RawMessage{
+		"controllerRoles":           json.RawMessage(`["slipway-server"]`),
+		"platformAdmissionPolicies": json.RawMessage(`["slipway-promotion-approvals"]`),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDefault, err := mustCatalog(t).Compile(Profile{Packs: []string{"fin-kr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := func(kind, name, rest string) string {
+		group := "rbac.authorization.k8s.io/v1"
+		if strings.HasPrefix(kind, "Validating") {
+			group = "admissionregistration.k8s.io/v1"
+		}
+		ns := ""
+		if kind == "Role" {
+			ns = ", namespace: slipway-system"
+		}
+		return "{apiVersion: " + group + ", kind: " + kind + ", metadata: {name: " + name + ns + "}" + rest + "}"
+	}
+	controller := ", rules: [{apiGroups: [''], resources: [secrets], verbs: [get]}, {apiGroups: [''], resources: [serviceaccounts], verbs: [impersonate]}]"
+	cases := []struct {
+		name, obj        string
+		declared, byDflt []string
+	}{
+		{"the declared controller", obj("ClusterRole", "slipway-server", controller),
+			nil, []string{"FIN-IAM-009 rules[0].resources[0]", "FIN-IAM-010 rules[1].verbs[0]"}},
+		{"another ClusterRole", obj("ClusterRole", "ci-bot", controller),
+			[]string{"FIN-IAM-009 rules[0].resources[0]", "FIN-IAM-010 rules[1].verbs[0]"}, []string{"FIN-IAM-009 rules[0].resources[0]", "FIN-IAM-010 rules[1].verbs[0]"}},
+		{"a Role of the declared name", obj("Role", "slipway-server", controller),
+			[]string{"FIN-IAM-010 rules[1].verbs[0]"}, []string{"FIN-IAM-010 rules[1].verbs[0]"}},
+		{"the declared controller listing Secrets and impersonating users", obj("ClusterRole", "slipway-server",
+			", rules: [{apiGroups: [''], resources: [secrets], verbs: [list]}, {apiGroups: [''], resources: [users, serviceaccounts], verbs: [impersonate]}]"),
+			[]string{"FIN-IAM-009 rules[0].resources[0]", "FIN-IAM-010 rules[1].verbs[0]"}, []string{"FIN-IAM-009 rules[0].resources[0]", "FIN-IAM-010 rules[1].verbs[0]"}},
+		{"the declared controller binding roles", obj("ClusterRole", "slipway-server", ", rules: [{apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [bind]}]"),
+			[]string{"FIN-IAM-010 rules[0].verbs[0]"}, []string{"FIN-IAM-010 rules[0].verbs[0]"}},
+		{"the declared admission policy", obj("ValidatingAdmissionPolicy", "slipway-promotion-approvals", ""), nil, []string{"FIN-ADM-002 kind"}},
+		{"the declared admission policy's binding", obj("ValidatingAdmissionPolicyBinding", "slipway-promotion-approvals", ""), nil, []string{"FIN-ADM-002 kind"}},
+		{"another admission policy", obj("ValidatingAdmissionPolicy", "deny-all", ""), []string{"FIN-ADM-002 kind"}, []string{"FIN-ADM-002 kind"}},
+	}
+	findings := func(pol *Policy, o string) []string {
+		decoded, err := decodeYAML([]byte(o))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range pol.EvaluateObject(context.Background(), decoded, ObjectRef{}, time.Now()).Findings {
+			if strings.HasPrefix(f.Rule, "FIN-IAM-") || strings.HasPrefix(f.Rule, "FIN-ADM-") {
+				got = append(got, f.Rule+" "+f.Path)
+			}
+		}
+		slices.Sort(got)
+		return got
+	}
+	for _, c := range cases {
+		if got := findings(declared, c.obj); !slices.Equal(got, c.declared) {
+			t.Errorf("%s, declared: findings\n got %q\nwant %q", c.name, got, c.declared)
+		}
+		if got := findings(byDefault, c.obj); !slices.Equal(got, c.byDflt) {
+			t.Errorf("%s, by default: findings\n got %q\nwant %q", c.name, got, c.byDflt)
 		}
 	}
 }
