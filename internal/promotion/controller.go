@@ -72,12 +72,13 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // What the Promotion controller does with its own identity (config/rbac is
 // generated from these lines by `make generate`). Slipway's resources are
-// read from the manager's cache (list, watch); the identities ConfigMap and
-// git credentials are read by name, uncached.
+// read from the manager's cache (list, watch); the identities ConfigMap (in
+// slipway-system, where `slipway install` runs the server) and git
+// credentials are read by name, uncached.
 //
 // +kubebuilder:rbac:groups=slipway.dev,resources=promotions;deliveries;applications;pipelines;pipelineruns,verbs=list;watch
 // +kubebuilder:rbac:groups=slipway.dev,resources=promotions/status,verbs=patch
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
+// +kubebuilder:rbac:groups="",namespace=slipway-system,resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
