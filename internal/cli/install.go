@@ -30,7 +30,9 @@ func newInstallCommand() *cobra.Command {
 apply (field manager slipway-install). Running it again changes only what differs.
 
 Always installed:
-  - the CRDs (Application, Pipeline, PipelineRun, Tenant, PolicyProfile, PolicyWaiver)
+  - the CRDs (Application, Pipeline, PipelineRun, Tenant, PolicyProfile,
+    PolicyWaiver, Delivery, Promotion) and the admission policy that enforces
+    separation of duties on promotions
   - namespaces slipway-system (the server) and slipway-runs (pipeline test Pods),
     both enforcing the restricted Pod Security Standard
   - ServiceAccount slipway-system/slipway-server and its RBAC, generated from the
@@ -38,7 +40,7 @@ Always installed:
     a Role for the leader-election Lease in slipway-system and one for test Pods
     in slipway-runs, and their bindings
   - ClusterRole slipway-tenant, which teams bind to the ServiceAccounts their
-    Applications apply as
+    Applications apply as, and the promotion requester and approver roles
 
 With --image, the server itself:
   - Deployment slipway-server: two replicas with leader election, spread across
@@ -60,7 +62,13 @@ rotated later.
 --dry-run prints every object instead of applying it (YAML by default), exactly
 what install applies, for a GitOps repository. Secrets are not printed: create
 them with your secret store. Everything printed passes 'slipway policy check'
-with the fin-kr profile.`,
+with the fin-kr profile and zero findings once Slipway is declared the
+platform's (config/policy/platform-parameters.yaml: its server impersonates
+ServiceAccounts and reads Secrets by name, its admission policy enforces
+separation of duties):
+
+  slipway install --image IMAGE --dry-run | \
+    slipway policy --params config/policy/platform-parameters.yaml check -`,
 		Example: `  # the server, with the image Slipway's builder pushed
   slipway install --image registry.example.com/slipway/server@sha256:<digest> \
     --webhook-secret-file ./webhook-secret

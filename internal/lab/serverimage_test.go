@@ -60,7 +60,20 @@ func TestServerImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s is not pinned by digest: %v", ref, err)
 	}
-	if _, err := install.Manifests(install.Options{Image: ref, APIServerCIDRs: []string{"10.0.0.1"}}); err != nil {
+	// What the lab hands install.Apply to run this image in its cluster.
+	if err := os.WriteFile(l.WebhookSecretFile(), []byte("lab-hook-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := l.ServerInstallOptions(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := opts.RegistryCredentials; opts.Image != ref || string(opts.WebhookSecret) != "lab-hook-secret" ||
+		rc == nil || rc.Server != digest.RegistryStr() || rc.Username != st.Registry.Username || rc.Password != st.Registry.Password {
+		t.Fatalf("install options for the lab: image %s, registry credentials for %v", opts.Image, rc != nil && rc.Server == digest.RegistryStr())
+	}
+	opts.APIServerCIDRs = []string{"10.0.0.1"}
+	if _, err := install.Manifests(opts.Options); err != nil {
 		t.Fatalf("install refuses the image: %v", err)
 	}
 	auth := remote.WithAuth(&authn.Basic{Username: st.Registry.Username, Password: st.Registry.Password})
