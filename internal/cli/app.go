@@ -40,17 +40,9 @@ func newAppListCommand() *cobra.Command {
 	kube := withKube(cmd, true)
 	out := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, err := kube.client()
-		if err != nil {
-			return err
-		}
-		opts, err := kube.listOptions()
-		if err != nil {
-			return err
-		}
 		var list slipwayv1.ApplicationList
-		if err := c.List(cmd.Context(), &list, opts...); err != nil {
-			return fmt.Errorf("listing Applications: %w", err)
+		if err := kube.list(cmd.Context(), &list, "Applications"); err != nil {
+			return err
 		}
 		if done, err := printStructured(cmd.OutOrStdout(), *out, list.Items); done {
 			return err

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -73,6 +74,23 @@ func (k *kubeFlags) ns() (string, error) {
 		return "", fmt.Errorf("reading the namespace from kubeconfig: %w", err)
 	}
 	return ns, nil
+}
+
+// list fills list with the objects of the namespace, or of all with -A;
+// what names them in errors.
+func (k *kubeFlags) list(ctx context.Context, list client.ObjectList, what string) error {
+	c, err := k.client()
+	if err != nil {
+		return err
+	}
+	opts, err := k.listOptions()
+	if err != nil {
+		return err
+	}
+	if err := c.List(ctx, list, opts...); err != nil {
+		return fmt.Errorf("listing %s: %w", what, err)
+	}
+	return nil
 }
 
 // listOptions scope a list to the namespace, or to none with -A.

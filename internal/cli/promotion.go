@@ -140,17 +140,9 @@ func newPromotionListCommand() *cobra.Command {
 	kube := withKube(cmd, true)
 	out := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, err := kube.client()
-		if err != nil {
-			return err
-		}
-		opts, err := kube.listOptions()
-		if err != nil {
-			return err
-		}
 		var list slipwayv1.PromotionList
-		if err := c.List(cmd.Context(), &list, opts...); err != nil {
-			return fmt.Errorf("listing promotions: %w", err)
+		if err := kube.list(cmd.Context(), &list, "promotions"); err != nil {
+			return err
 		}
 		items := list.Items
 		sort.SliceStable(items, func(i, j int) bool { return items[j].CreationTimestamp.Before(&items[i].CreationTimestamp) })

@@ -31,17 +31,9 @@ func newRunListCommand() *cobra.Command {
 	kube := withKube(cmd, true)
 	out := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, err := kube.client()
-		if err != nil {
-			return err
-		}
-		opts, err := kube.listOptions()
-		if err != nil {
-			return err
-		}
 		var list slipwayv1.PipelineRunList
-		if err := c.List(cmd.Context(), &list, opts...); err != nil {
-			return fmt.Errorf("listing PipelineRuns: %w", err)
+		if err := kube.list(cmd.Context(), &list, "PipelineRuns"); err != nil {
+			return err
 		}
 		items := list.Items
 		sort.SliceStable(items, func(i, j int) bool {
