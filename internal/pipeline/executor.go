@@ -124,21 +124,9 @@ type Limits struct {
 	Disk int64
 }
 
-// ExitError is a command that ran and exited non-zero.
-type ExitError struct {
-	Code int
-	// OutOfMemory reports that the kernel killed a process of the command
-	// for using more than Limits.Memory.
-	OutOfMemory bool
-}
-
-func (e *ExitError) Error() string {
-	msg := "exited with status " + strconv.Itoa(e.Code)
-	if e.OutOfMemory {
-		msg += " after a process was killed for using more than the step's memory limit"
-	}
-	return msg
-}
+// ExitError is a command that ran and exited non-zero, whichever executor
+// ran it.
+type ExitError = sandbox.ExitError
 
 // waitDelay bounds how long Exec waits for output pipes after the process
 // group is killed, for a process that escaped the group.
@@ -294,7 +282,7 @@ func (e *LocalExecutor) execIsolated(ctx context.Context, c Command, rel string)
 	var limit *sandbox.LimitError
 	switch {
 	case errors.As(err, &exit):
-		return &ExitError{Code: exit.Code, OutOfMemory: exit.OutOfMemory}
+		return exit
 	case errors.As(err, &limit):
 		return fmt.Errorf("was %w", limit)
 	case err != nil && ctx.Err() != nil:
