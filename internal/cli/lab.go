@@ -41,10 +41,12 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 func newLabBuildCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "build",
-		Short: "Build and cache the pinned upstream binaries (etcd, Kubernetes, KWOK)",
-		Long: `Build the pinned upstream binaries from the Go module proxy and cache them.
+		Short: "Build and cache the pinned upstream binaries (etcd, Kubernetes, KWOK; kubelet, kube-proxy, CoreDNS, Traefik, MetalLB)",
+		Long: `Build the pinned upstream binaries from the Go module proxy and cache them:
+the control plane's and KWOK, and what real nodes run (kubelet, kube-proxy,
+CoreDNS, Traefik, MetalLB), in a directory of their own.
 The first build takes several minutes; later runs return at once.
-The directory is printed on success (tests read it from SLIPWAY_BIN_DIR).`,
+The control plane's directory is printed on success (tests read it from SLIPWAY_BIN_DIR).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			start := time.Now()
@@ -56,6 +58,9 @@ The directory is printed on success (tests read it from SLIPWAY_BIN_DIR).`,
 				binDir = upstream.DefaultBinDir()
 			}
 			if err := upstream.Ensure(cmd.Context(), binDir, progress); err != nil {
+				return err
+			}
+			if err := upstream.EnsureNodes(cmd.Context(), upstream.NodeBinDir(), progress); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), binDir)

@@ -37,7 +37,13 @@ const (
 	ControllerManager      = "controller-manager"
 	Scheduler              = "scheduler"
 	KWOK                   = "kwok"
+	KubeProxy              = "kube-proxy"
 )
+
+// NodeClient is the name of the kubelet client certificate of node, which
+// EnsureAll maintains for every node in Options.Nodes: the Node authorizer
+// and the NodeRestriction admission plugin know a kubelet by this subject.
+func NodeClient(node string) string { return "node-" + node }
 
 // File names of the service-account signing key pair, for the apiserver's
 // --service-account-signing-key-file and --service-account-key-file and
@@ -77,6 +83,9 @@ type Options struct {
 	// PersonCert(name): the API server authenticates them by the common
 	// name and their groups by the organizations.
 	People []Person
+	// Nodes are the real nodes whose kubelets need client certificates
+	// (see NodeClient).
+	Nodes []string
 }
 
 // Person is a user of the lab with a client certificate.
@@ -147,12 +156,17 @@ func specs(opts Options) ([]spec, error) {
 		{name: ControllerManager, issuer: CA, subject: pkix.Name{CommonName: "system:kube-controller-manager"}, usages: client},
 		{name: Scheduler, issuer: CA, subject: pkix.Name{CommonName: "system:kube-scheduler"}, usages: client},
 		{name: KWOK, issuer: CA, subject: pkix.Name{CommonName: "kwok", Organization: masters}, usages: client},
+		{name: KubeProxy, issuer: CA, subject: pkix.Name{CommonName: "system:kube-proxy"}, usages: client},
 	}
 	for _, p := range opts.People {
 		if p.Name == "" || slices.Contains(p.Groups, "system:masters") {
 			return nil, fmt.Errorf("pki: person %q must have a name and must not be in system:masters", p.Name)
 		}
 		out = append(out, spec{name: PersonCert(p.Name), issuer: CA, subject: pkix.Name{CommonName: p.Name, Organization: p.Groups}, usages: client})
+	}
+	for _, node := range opts.Nodes {
+		out = append(out, spec{name: NodeClient(node), issuer: CA,
+			subject: pkix.Name{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}}, usages: client})
 	}
 	return out, nil
 }

@@ -17,7 +17,7 @@ import (
 	"k8s.io/client-go/util/keyutil"
 )
 
-var certNames = []string{CA, APIServer, APIServerKubeletClient, FrontProxyCA, FrontProxyClient, Admin, ControllerManager, Scheduler, KWOK}
+var certNames = []string{CA, APIServer, APIServerKubeletClient, FrontProxyCA, FrontProxyClient, Admin, ControllerManager, Scheduler, KWOK, KubeProxy}
 
 func readCert(t *testing.T, dir, name string) *x509.Certificate {
 	t.Helper()
@@ -88,7 +88,7 @@ func ensureAll(t *testing.T, dir string, opts Options) map[string]string {
 
 func TestEnsureAllIssuesAVerifiableSet(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pki")
-	ensureAll(t, dir, Options{ExtraSANs: []string{"192.168.10.5", "lab.example.com", "127.0.0.1"}})
+	ensureAll(t, dir, Options{ExtraSANs: []string{"192.168.10.5", "lab.example.com", "127.0.0.1"}, Nodes: []string{"worker-01"}})
 
 	ca, frontProxyCA := readCert(t, dir, CA), readCert(t, dir, FrontProxyCA)
 	for name, c := range map[string]*x509.Certificate{CA: ca, FrontProxyCA: frontProxyCA} {
@@ -111,6 +111,9 @@ func TestEnsureAllIssuesAVerifiableSet(t *testing.T) {
 		{ControllerManager, ca, x509.ExtKeyUsageClientAuth, "system:kube-controller-manager", nil},
 		{Scheduler, ca, x509.ExtKeyUsageClientAuth, "system:kube-scheduler", nil},
 		{KWOK, ca, x509.ExtKeyUsageClientAuth, "kwok", []string{"system:masters"}},
+		{KubeProxy, ca, x509.ExtKeyUsageClientAuth, "system:kube-proxy", nil},
+		// The Node authorizer knows a kubelet only by this exact subject.
+		{NodeClient("worker-01"), ca, x509.ExtKeyUsageClientAuth, "system:node:worker-01", []string{"system:nodes"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cert := readCert(t, dir, tc.name)
@@ -183,8 +186,9 @@ func TestEnsureAllIssuesAVerifiableSet(t *testing.T) {
 	}
 	assertMode(t, filepath.Join(dir, ServiceAccountKey), 0o600)
 	assertMode(t, filepath.Join(dir, ServiceAccountPublicKey), 0o644)
-	if n := len(snapshot(t, dir)); n != 2*len(certNames)+2 {
-		t.Errorf("directory holds %d files, want %d", n, 2*len(certNames)+2)
+	// Every name, the node's client certificate and the service-account pair.
+	if n := len(snapshot(t, dir)); n != 2*len(certNames)+2+2 {
+		t.Errorf("directory holds %d files, want %d", n, 2*len(certNames)+2+2)
 	}
 }
 
@@ -215,7 +219,7 @@ func TestEnsureAllReplacesOnlyWhatIsNoLongerValid(t *testing.T) {
 		return []string{filepath.Base(CertPath("", name)), filepath.Base(KeyPath("", name))}
 	}
 	leavesOfCA := slices.Concat(keyAndCert(CA), keyAndCert(APIServer), keyAndCert(APIServerKubeletClient),
-		keyAndCert(Admin), keyAndCert(ControllerManager), keyAndCert(Scheduler), keyAndCert(KWOK))
+		keyAndCert(Admin), keyAndCert(ControllerManager), keyAndCert(Scheduler), keyAndCert(KWOK), keyAndCert(KubeProxy))
 	slices.Sort(leavesOfCA)
 
 	for _, tc := range []struct {

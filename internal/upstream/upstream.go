@@ -1,7 +1,8 @@
 // Package upstream provides the pinned upstream binaries the lab and the
 // tests run: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-// and KWOK. They come from a directory of release binaries when the user has
-// one, or are built once from the Go module proxy and cached.
+// and KWOK, and for the lab's real nodes kubelet, kube-proxy, CoreDNS,
+// Traefik and MetalLB. They come from a directory of release binaries when
+// the user has one, or are built once from the Go module proxy and cached.
 package upstream
 
 import (
@@ -24,8 +25,16 @@ var (
 	All          = append(append([]string{}, ControlPlane...), "kwok")
 )
 
+// NodeBinaries are what the lab's real nodes run, by file name: the node
+// agents, and the cluster add-ons the lab packs into images of their own.
+var NodeBinaries = []string{"kubelet", "kube-proxy", "coredns", "traefik", "metallb-controller", "metallb-speaker"}
+
 // KWOKStages is the file, next to the binaries, holding KWOK's stage configs.
 const KWOKStages = "kwok-stages.yaml"
+
+// MetalLBCRDs is the file, next to the node binaries, holding MetalLB's
+// CustomResourceDefinitions from the same module version.
+const MetalLBCRDs = "metallb-crds.yaml"
 
 // CacheDirEnv names the environment variable that moves Slipway's whole
 // cache (upstream binaries, their build modules, clones, run workspaces)
@@ -51,6 +60,19 @@ func DefaultBinDir() string {
 	return filepath.Join(CacheDir(), "bin", fmt.Sprintf("kubernetes-%s_etcd-%s_kwok-%s", version.Kubernetes, version.Etcd, version.KWOK))
 }
 
+// NodeBinDir is where the real nodes' binaries are cached, one directory
+// per pinned set, apart from the control plane's so that a version change
+// of either rebuilds only its own.
+func NodeBinDir() string {
+	return filepath.Join(CacheDir(), "bin", fmt.Sprintf("nodes_kubernetes-%s_coredns-%s_traefik-%s_metallb-%s",
+		version.Kubernetes, version.CoreDNS, version.Traefik, version.MetalLB))
+}
+
+// NodeFiles are the files NodeBinDir holds once EnsureNodes has run.
+func NodeFiles() []string {
+	return append(append([]string{}, NodeBinaries...), MetalLBCRDs)
+}
+
 // Missing lists which of names (by default every binary and the KWOK
 // stages file) are absent from dir.
 func Missing(dir string, names ...string) []string {
@@ -69,10 +91,51 @@ func Missing(dir string, names ...string) []string {
 // Progress receives one line per step of a long build.
 type Progress func(format string, args ...any)
 
-// Ensure makes every binary present in dir, building what is missing.
-// A build needs only Go and the module proxy; a cold one takes minutes.
+// Ensure makes every control-plane binary present in dir, building what
+// is missing. A build needs only Go and the module proxy; a cold one takes
+// minutes.
 func Ensure(ctx context.Context, dir string, progress Progress) error {
-	missing := Missing(dir)
+	return ensure(ctx, dir, controlPlaneSet(), progress)
+}
+
+// EnsureNodes makes every binary of the real nodes (and MetalLB's CRDs)
+// present in dir, building what is missing.
+func EnsureNodes(ctx context.Context, dir string, progress Progress) error {
+	return ensure(ctx, dir, nodeSet(), progress)
+}
+
+// A fileSet is what one cache directory holds: the builds that make its
+// binaries and the data files read from upstream modules beside them.
+type fileSet struct {
+	builds []build
+	data   map[string]func(context.Context) ([]byte, error)
+}
+
+func (fs fileSet) names() []string {
+	var names []string
+	for _, b := range fs.builds {
+		for _, bin := range b.binaries {
+			names = append(names, bin.name)
+		}
+	}
+	for name := range fs.data {
+		names = append(names, name)
+	}
+	return names
+}
+
+func controlPlaneSet() fileSet {
+	return fileSet{builds: []build{kubernetesBuild(), etcdBuild(), kwokBuild()},
+		data: map[string]func(context.Context) ([]byte, error){KWOKStages: kwokStages}}
+}
+
+func nodeSet() fileSet {
+	return fileSet{builds: []build{kubernetesNodeBuild(), corednsBuild(), traefikBuild(), metallbBuild()},
+		data: map[string]func(context.Context) ([]byte, error){MetalLBCRDs: metallbCRDs}}
+}
+
+func ensure(ctx context.Context, dir string, set fileSet, progress Progress) error {
+	missing := Missing(dir, set.names()...)
 	if len(missing) == 0 {
 		return nil
 	}
@@ -84,7 +147,7 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 		want[m] = true
 	}
 	workRoot := filepath.Join(CacheDir(), "build")
-	for _, b := range builds() {
+	for _, b := range set.builds {
 		var bins []binary
 		for _, bin := range b.binaries {
 			if want[bin.name] {
@@ -98,12 +161,19 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 			return err
 		}
 	}
-	if want[KWOKStages] || want["kwok"] {
-		if err := WriteKWOKStages(ctx, filepath.Join(dir, KWOKStages)); err != nil {
+	for name, read := range set.data {
+		if !want[name] {
+			continue
+		}
+		content, err := read(ctx)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
 			return err
 		}
 	}
-	if still := Missing(dir); len(still) > 0 {
+	if still := Missing(dir, set.names()...); len(still) > 0 {
 		return fmt.Errorf("after building, %s still missing from %s", strings.Join(still, ", "), dir)
 	}
 	return nil
@@ -115,13 +185,19 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 // from. A wrong module path or version fails here in seconds rather than
 // after minutes of compiling. work holds the wrapper modules.
 func DryRun(ctx context.Context, work string) error {
-	for _, b := range builds() {
-		if err := b.dryRun(ctx, filepath.Join(work, b.name)); err != nil {
-			return err
+	for _, set := range []fileSet{controlPlaneSet(), nodeSet()} {
+		for _, b := range set.builds {
+			if err := b.dryRun(ctx, filepath.Join(work, b.name)); err != nil {
+				return err
+			}
+		}
+		for name, read := range set.data {
+			if _, err := read(ctx); err != nil {
+				return fmt.Errorf("reading %s: %w", name, err)
+			}
 		}
 	}
-	_, err := kwokStages(ctx)
-	return err
+	return nil
 }
 
 // A build makes some of the binaries from one module: a wrapper module of
@@ -151,16 +227,20 @@ var kubernetesStaging = []string{
 	"sample-apiserver", "sample-cli-plugin", "sample-controller",
 }
 
-// builds lists the pinned upstream builds, in the order Ensure runs them.
-func builds() []build {
-	return []build{kubernetesBuild(), etcdBuild(), kwokBuild()}
+func kubernetesBuild() build {
+	return kubernetesComponents("kubernetes", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 }
 
-func kubernetesBuild() build {
-	components := []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+// kubernetesNodeBuild builds the node agents in a wrapper of their own, so
+// that adding them never rewrites (and re-resolves) the control plane's.
+func kubernetesNodeBuild() build {
+	return kubernetesComponents("kubernetes-node", "kubelet", "kube-proxy")
+}
+
+func kubernetesComponents(name string, components ...string) build {
 	staging := "v0" + strings.TrimPrefix(version.Kubernetes, "v1")
 	var gomod strings.Builder
-	fmt.Fprintf(&gomod, "module slipway.dev/upstream/kubernetes\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", version.Kubernetes)
+	fmt.Fprintf(&gomod, "module slipway.dev/upstream/%s\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", name, version.Kubernetes)
 	for _, m := range kubernetesStaging {
 		fmt.Fprintf(&gomod, "\tk8s.io/%s => k8s.io/%[1]s %s\n", m, staging)
 	}
@@ -176,7 +256,7 @@ func kubernetesBuild() build {
 	v := "k8s.io/component-base/version"
 	ldflags := fmt.Sprintf("-s -w -X %s.gitVersion=%s -X %[1]s.gitMajor=1 -X %[1]s.gitMinor=%s -X %[1]s.gitTreeState=clean -X %[1]s.buildDate=2026-01-01T00:00:00Z",
 		v, version.Kubernetes, minor)
-	return build{name: "kubernetes", gomod: gomod.String(), binaries: bins, ldflags: ldflags}
+	return build{name: name, gomod: gomod.String(), binaries: bins, ldflags: ldflags}
 }
 
 func etcdBuild() build {
@@ -200,6 +280,51 @@ tool go.etcd.io/etcd/server/v3
 
 func kwokBuild() build {
 	return build{name: "kwok", version: version.KWOK, binaries: []binary{{"kwok", "sigs.k8s.io/kwok/cmd/kwok"}}, ldflags: "-s -w"}
+}
+
+func corednsBuild() build {
+	return build{name: "coredns", version: version.CoreDNS, binaries: []binary{{"coredns", "github.com/coredns/coredns"}}, ldflags: "-s -w"}
+}
+
+// traefikBuild wraps Traefik: its go.mod replaces three modules with forks,
+// which `go install` refuses, so the wrapper repeats those replaces.
+func traefikBuild() build {
+	gomod := fmt.Sprintf(`module slipway.dev/upstream/traefik
+
+go 1.25.0
+
+require github.com/traefik/traefik/v3 %s
+
+replace (
+	github.com/abbot/go-http-auth => github.com/containous/go-http-auth v0.4.1-0.20200324110947-a37a7636d23e
+	github.com/gorilla/mux => github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59
+	github.com/mailgun/minheap => github.com/containous/minheap v0.0.0-20190809180810-6e71eb837595
+)
+
+tool github.com/traefik/traefik/v3/cmd/traefik
+`, version.Traefik)
+	return build{name: "traefik", gomod: gomod, binaries: []binary{{"traefik", "github.com/traefik/traefik/v3/cmd/traefik"}},
+		ldflags: "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=" + version.Traefik}
+}
+
+// metallbBuild builds MetalLB's controller (address allocation) and
+// speaker (layer 2 announcements) under names that say whose they are.
+func metallbBuild() build {
+	gomod := fmt.Sprintf(`module slipway.dev/upstream/metallb
+
+go 1.24.0
+
+require go.universe.tf/metallb %s
+
+tool (
+	go.universe.tf/metallb/controller
+	go.universe.tf/metallb/speaker
+)
+`, version.MetalLB)
+	return build{name: "metallb", gomod: gomod, ldflags: "-s -w", binaries: []binary{
+		{"metallb-controller", "go.universe.tf/metallb/controller"},
+		{"metallb-speaker", "go.universe.tf/metallb/speaker"},
+	}}
 }
 
 // run builds bins into out, in work for a wrapper module.
@@ -277,7 +402,30 @@ func WriteKWOKStages(ctx context.Context, path string) error {
 
 // kwokStages reads the stage configs from the KWOK module's source.
 func kwokStages(ctx context.Context) ([]byte, error) {
-	module := "sigs.k8s.io/kwok@" + version.KWOK
+	return moduleFiles(ctx, "sigs.k8s.io/kwok@"+version.KWOK, kwokStageFiles)
+}
+
+// metallbCRDFiles are the CRDs MetalLB's controller and speaker watch; both
+// wait for every one of them, whichever mode is configured.
+var metallbCRDFiles = []string{
+	"config/crd/bases/metallb.io_bfdprofiles.yaml",
+	"config/crd/bases/metallb.io_bgpadvertisements.yaml",
+	"config/crd/bases/metallb.io_bgppeers.yaml",
+	"config/crd/bases/metallb.io_communities.yaml",
+	"config/crd/bases/metallb.io_ipaddresspools.yaml",
+	"config/crd/bases/metallb.io_l2advertisements.yaml",
+	"config/crd/bases/metallb.io_servicebgpstatuses.yaml",
+	"config/crd/bases/metallb.io_servicel2statuses.yaml",
+}
+
+// metallbCRDs reads MetalLB's CRDs from the module the binaries come from.
+func metallbCRDs(ctx context.Context) ([]byte, error) {
+	return moduleFiles(ctx, "go.universe.tf/metallb@"+version.MetalLB, metallbCRDFiles)
+}
+
+// moduleFiles downloads module (path@version) and joins the named files of
+// its source into one multi-document YAML stream.
+func moduleFiles(ctx context.Context, module string, files []string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", module)
@@ -290,16 +438,16 @@ func kwokStages(ctx context.Context) ([]byte, error) {
 	if err := json.Unmarshal(b, &info); err != nil || info.Dir == "" {
 		return nil, fmt.Errorf("go mod download %s gave no source directory: %v %s", module, err, info.Error)
 	}
-	var stages []byte
-	for _, f := range kwokStageFiles {
+	var out []byte
+	for _, f := range files {
 		content, err := os.ReadFile(filepath.Join(info.Dir, f))
 		if err != nil {
-			return nil, fmt.Errorf("reading KWOK stage config from %s: %w", module, err)
+			return nil, fmt.Errorf("reading %s from %s: %w", f, module, err)
 		}
-		stages = append(stages, "---\n"...)
-		stages = append(stages, content...)
+		out = append(out, "---\n"...)
+		out = append(out, content...)
 	}
-	return stages, nil
+	return out, nil
 }
 
 func exitDetail(err error) string {

@@ -10,3 +10,11 @@ const (
 	Etcd       = "v3.6.5"
 	KWOK       = "v0.8.0"
 )
+
+// Upstream versions of what the lab's real nodes run besides Kubernetes:
+// cluster DNS, the ingress controller and the load-balancer implementation.
+const (
+	CoreDNS = "v1.15.0"
+	Traefik = "v3.6.12"
+	MetalLB = "v0.15.2"
+)
