@@ -32,9 +32,10 @@ var NodeBinaries = []string{"kubelet", "kube-proxy", "coredns", "traefik", "meta
 // KWOKStages is the file, next to the binaries, holding KWOK's stage configs.
 const KWOKStages = "kwok-stages.yaml"
 
-// MetalLBCRDs is the file, next to the node binaries, holding MetalLB's
-// CustomResourceDefinitions from the same module version.
-const MetalLBCRDs = "metallb-crds.yaml"
+// MetalLBManifests is the file, next to the node binaries, holding
+// MetalLB's own installation manifests (CRDs, RBAC, controller and speaker)
+// from the same module version as the binaries.
+const MetalLBManifests = "metallb-native.yaml"
 
 // CacheDirEnv names the environment variable that moves Slipway's whole
 // cache (upstream binaries, their build modules, clones, run workspaces)
@@ -70,7 +71,7 @@ func NodeBinDir() string {
 
 // NodeFiles are the files NodeBinDir holds once EnsureNodes has run.
 func NodeFiles() []string {
-	return append(append([]string{}, NodeBinaries...), MetalLBCRDs)
+	return append(append([]string{}, NodeBinaries...), MetalLBManifests)
 }
 
 // Missing lists which of names (by default every binary and the KWOK
@@ -98,7 +99,7 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 	return ensure(ctx, dir, controlPlaneSet(), progress)
 }
 
-// EnsureNodes makes every binary of the real nodes (and MetalLB's CRDs)
+// EnsureNodes makes every binary of the real nodes (and MetalLB's manifests)
 // present in dir, building what is missing.
 func EnsureNodes(ctx context.Context, dir string, progress Progress) error {
 	return ensure(ctx, dir, nodeSet(), progress)
@@ -131,7 +132,7 @@ func controlPlaneSet() fileSet {
 
 func nodeSet() fileSet {
 	return fileSet{builds: []build{kubernetesNodeBuild(), corednsBuild(), traefikBuild(), metallbBuild()},
-		data: map[string]func(context.Context) ([]byte, error){MetalLBCRDs: metallbCRDs}}
+		data: map[string]func(context.Context) ([]byte, error){MetalLBManifests: metallbManifests}}
 }
 
 func ensure(ctx context.Context, dir string, set fileSet, progress Progress) error {
@@ -405,22 +406,10 @@ func kwokStages(ctx context.Context) ([]byte, error) {
 	return moduleFiles(ctx, "sigs.k8s.io/kwok@"+version.KWOK, kwokStageFiles)
 }
 
-// metallbCRDFiles are the CRDs MetalLB's controller and speaker watch; both
-// wait for every one of them, whichever mode is configured.
-var metallbCRDFiles = []string{
-	"config/crd/bases/metallb.io_bfdprofiles.yaml",
-	"config/crd/bases/metallb.io_bgpadvertisements.yaml",
-	"config/crd/bases/metallb.io_bgppeers.yaml",
-	"config/crd/bases/metallb.io_communities.yaml",
-	"config/crd/bases/metallb.io_ipaddresspools.yaml",
-	"config/crd/bases/metallb.io_l2advertisements.yaml",
-	"config/crd/bases/metallb.io_servicebgpstatuses.yaml",
-	"config/crd/bases/metallb.io_servicel2statuses.yaml",
-}
-
-// metallbCRDs reads MetalLB's CRDs from the module the binaries come from.
-func metallbCRDs(ctx context.Context) ([]byte, error) {
-	return moduleFiles(ctx, "go.universe.tf/metallb@"+version.MetalLB, metallbCRDFiles)
+// metallbManifests reads MetalLB's native-mode manifests from the module
+// the binaries come from.
+func metallbManifests(ctx context.Context) ([]byte, error) {
+	return moduleFiles(ctx, "go.universe.tf/metallb@"+version.MetalLB, []string{"config/manifests/metallb-native.yaml"})
 }
 
 // moduleFiles downloads module (path@version) and joins the named files of
