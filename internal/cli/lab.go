@@ -24,17 +24,30 @@ from pinned upstream versions, KWOK nodes named master, worker-01 and worker-02,
 and a git server holding an ops repository. No cloud account, no Docker.`,
 	}
 	var dir, binDir string
-	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir(), "lab directory (state, certificates, logs, repositories)")
+	var realNodes bool
+	cmd.PersistentFlags().StringVar(&dir, "dir", "", "lab directory (state, certificates, logs, repositories; default "+lab.DefaultDir()+
+		", with --real-nodes "+lab.DefaultRealNodesDir()+")")
 	cmd.PersistentFlags().StringVar(&binDir, "bin-dir", "", "directory of upstream release binaries (default: build once from the Go module proxy and cache)")
+	cmd.PersistentFlags().BoolVar(&realNodes, "real-nodes", false, "the lab with real nodes: worker-01 and worker-02 run kubelet, containerd and kube-proxy "+
+		"in network namespaces of their own, with CoreDNS, Traefik, MetalLB and an edge load balancer (needs root; installs containerd, runc, "+
+		"CNI plugins, iptables and conntrack with apt-get when missing)")
 	newLab := func(cmd *cobra.Command) *lab.Lab {
 		exe, _ := os.Executable()
 		start := time.Now()
-		return &lab.Lab{Dir: dir, BinDir: binDir, Slipway: exe, Progress: func(format string, args ...any) {
+		d := dir
+		if d == "" {
+			d = lab.DefaultDir()
+			if realNodes {
+				d = lab.DefaultRealNodesDir()
+			}
+		}
+		return &lab.Lab{Dir: d, BinDir: binDir, Slipway: exe, RealNodes: realNodes, Progress: func(format string, args ...any) {
 			fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		}}
 	}
 	cmd.AddCommand(newLabBuildCommand(), newLabUpCommand(newLab), newLabDownCommand(newLab), newLabStatusCommand(newLab),
-		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab), newLabImageCommand(newLab))
+		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab), newLabImageCommand(newLab),
+		newLabEdgeCommand(newLab))
 	return cmd
 }
 
@@ -108,6 +121,13 @@ func printLabInfo(cmd *cobra.Command, info *lab.Info) {
 	fmt.Fprintf(w, "Slipway server: %s\n", info.Server.URL)
 	fmt.Fprintf(w, "Metrics:        %s\n", info.Server.Metrics)
 	fmt.Fprintf(w, "Git webhook:    %s\n", info.Server.Webhook)
+	for _, n := range info.Nodes {
+		fmt.Fprintf(w, "Node %-10s %s (pods %s; `ip netns exec %s ...`)\n", n.Name+":", n.IP, n.PodCIDR, n.Netns)
+	}
+	if info.Edge != nil {
+		fmt.Fprintf(w, "Edge:           %s (the load balancer in front of every worker's ingress; status %s)\n", info.Edge.URL, info.Edge.Status)
+		fmt.Fprintf(w, "LoadBalancers:  %s (MetalLB's pool)\n", info.Edge.LoadBalancerPool)
+	}
 }
 
 func newLabDownCommand(newLab labFactory) *cobra.Command {
@@ -241,6 +261,19 @@ func newLabGitServerCommand(newLab labFactory) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctrl.SetLogger(zap.New())
 			return newLab(cmd).ServeGit(cmd.Context(), ctrl.Log.WithName("git-server"))
+		},
+	}
+}
+
+func newLabEdgeCommand(newLab labFactory) *cobra.Command {
+	return &cobra.Command{
+		Use:    "edge",
+		Short:  "Run the real-node lab's edge load balancer (started by `lab up --real-nodes`)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctrl.SetLogger(zap.New())
+			return newLab(cmd).ServeEdge(cmd.Context(), ctrl.Log.WithName("edge"))
 		},
 	}
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -23,7 +24,11 @@ type component struct {
 	// the shell that started the lab holds.
 	ownEnv  bool
 	timeout time.Duration
-	ready   func(ctx context.Context) error
+	// where places the process in a node's network namespace and cgroup.
+	where placement
+	ready func(ctx context.Context) error
+	// before runs before the component is started (not when it runs already).
+	before func(ctx context.Context) error
 	// after runs once the component is ready (e.g. create nodes).
 	after func(ctx context.Context) error
 }
@@ -38,10 +43,18 @@ const (
 	compGit               = "git-server"
 	compRegistry          = "registry"
 	compServer            = "slipway-server"
+	compEdge              = "edge"
 )
 
-func componentOrder() []string {
-	return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
+// componentOrder lists the lab's processes in start order: the real-node
+// lab has no KWOK but a containerd, kubelet and kube-proxy per node, and
+// the edge load balancer.
+func (s *State) componentOrder() []string {
+	if s.Network == nil {
+		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
+	}
+	order := []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer}
+	return append(append(order, s.Network.componentNames()...), compEdge)
 }
 
 const (
@@ -57,8 +70,19 @@ func (l *Lab) components(st *State) []component {
 	kubeconfig := func(name string) string { return l.path("kubeconfigs", name+".kubeconfig") }
 	p := st.Ports
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(p.Etcd)
+	host := st.serviceHost()
+	// The kubernetes Service's endpoints cannot point at loopback: the KWOK
+	// lab has none, the real-node lab's point at the host's bridge address.
+	apiserverAddress := []string{"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"}
+	nodeMonitor := []string{}
+	if st.RealNodes() {
+		apiserverAddress = []string{"--bind-address=" + host, "--advertise-address=" + host}
+		// A stopped kubelet (leases renewed every 3 s) is NotReady after 20 s
+		// instead of 50, so traffic leaves its node sooner.
+		nodeMonitor = []string{"--node-monitor-grace-period=20s", "--node-monitor-period=2s"}
+	}
 
-	return []component{
+	all := []component{
 		{
 			name: compEtcd, exe: bin("etcd"), timeout: 30 * time.Second,
 			args: []string{
@@ -75,11 +99,8 @@ func (l *Lab) components(st *State) []component {
 		},
 		{
 			name: compAPIServer, exe: bin("kube-apiserver"), timeout: 60 * time.Second,
-			args: []string{
-				"--etcd-servers=" + etcdURL,
-				"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(p.APIServer), "--advertise-address=127.0.0.1",
-				// The kubernetes Service's endpoints cannot point at loopback.
-				"--endpoint-reconciler-type=none",
+			args: append([]string{
+				"--etcd-servers=" + etcdURL, "--secure-port=" + strconv.Itoa(p.APIServer),
 				"--tls-cert-file=" + crt(pki.APIServer), "--tls-private-key-file=" + key(pki.APIServer),
 				"--client-ca-file=" + crt(pki.CA),
 				"--kubelet-client-certificate=" + crt(pki.APIServerKubeletClient), "--kubelet-client-key=" + key(pki.APIServerKubeletClient),
@@ -95,7 +116,7 @@ func (l *Lab) components(st *State) []component {
 				"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 				"--proxy-client-cert-file=" + crt(pki.FrontProxyClient), "--proxy-client-key-file=" + key(pki.FrontProxyClient),
 				"--profiling=false",
-			},
+			}, apiserverAddress...),
 			ready: func(ctx context.Context) error { return l.apiReady(ctx) },
 			after: func(ctx context.Context) error {
 				c, _, err := l.Client()
@@ -111,7 +132,7 @@ func (l *Lab) components(st *State) []component {
 		},
 		{
 			name: compControllerManager, exe: bin("kube-controller-manager"), timeout: 60 * time.Second,
-			args: []string{
+			args: append([]string{
 				"--kubeconfig=" + kubeconfig(pki.ControllerManager),
 				"--authentication-kubeconfig=" + kubeconfig(pki.ControllerManager),
 				"--authorization-kubeconfig=" + kubeconfig(pki.ControllerManager),
@@ -125,7 +146,7 @@ func (l *Lab) components(st *State) []component {
 				"--flex-volume-plugin-dir=" + l.path("kcm-flexvolume"),
 				// The default client rate (20 QPS) makes hundreds of pods take half a minute.
 				"--kube-api-qps=100", "--kube-api-burst=200",
-			},
+			}, nodeMonitor...),
 			ready: func(ctx context.Context) error {
 				return httpOK(ctx, insecureLocalHTTP, "https://127.0.0.1:"+strconv.Itoa(p.ControllerManager)+"/healthz", nil)
 			},
@@ -164,7 +185,7 @@ func (l *Lab) components(st *State) []component {
 			name: compGit, exe: l.Slipway, timeout: 30 * time.Second,
 			args: []string{"lab", "git-server", "--dir", l.Dir},
 			ready: func(ctx context.Context) error {
-				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Git)+"/"+OpsRepo+"/info/refs?service=git-upload-pack",
+				return httpOK(ctx, http.DefaultClient, "http://"+net.JoinHostPort(host, strconv.Itoa(p.Git))+"/"+OpsRepo+"/info/refs?service=git-upload-pack",
 					func(r *http.Request) { r.SetBasicAuth(st.Git.Username, st.Git.Password) })
 			},
 		},
@@ -172,7 +193,7 @@ func (l *Lab) components(st *State) []component {
 			name: compRegistry, exe: l.Slipway, timeout: 30 * time.Second,
 			args: []string{"lab", "registry", "--dir", l.Dir},
 			ready: func(ctx context.Context) error {
-				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Registry)+"/v2/",
+				return httpOK(ctx, http.DefaultClient, "http://"+net.JoinHostPort(host, strconv.Itoa(p.Registry))+"/v2/",
 					func(r *http.Request) { r.SetBasicAuth(st.Registry.Username, st.Registry.Password) })
 			},
 		},
@@ -189,6 +210,48 @@ func (l *Lab) components(st *State) []component {
 			},
 		},
 	}
+	if !st.RealNodes() {
+		return all
+	}
+	var comps []component
+	for _, c := range all {
+		switch c.name {
+		case compKWOK:
+			continue
+		case compRegistry:
+			c.after = func(ctx context.Context) error { return l.ensureImages(ctx, st) }
+		}
+		comps = append(comps, c)
+	}
+	for i, node := range st.Network.Nodes {
+		nodeComps := l.nodeComponents(st, node)
+		if i == len(st.Network.Nodes)-1 {
+			last := &nodeComps[len(nodeComps)-1]
+			last.after = func(ctx context.Context) error {
+				if err := l.waitNodesReady(ctx, st); err != nil {
+					return err
+				}
+				return l.ensureAddons(ctx, st)
+			}
+		}
+		comps = append(comps, nodeComps...)
+	}
+	edgeListen := net.JoinHostPort(st.Network.EdgeIP, strconv.Itoa(EdgePort))
+	return append(comps, component{
+		name: compEdge, exe: l.Slipway, timeout: 30 * time.Second,
+		args: []string{"lab", "edge", "--dir", l.Dir},
+		ready: func(ctx context.Context) error {
+			if err := httpOK(ctx, http.DefaultClient, "http://"+edgeStatusAddr(st)+"/status", nil); err != nil {
+				return err
+			}
+			d := net.Dialer{Timeout: time.Second}
+			conn, err := d.DialContext(ctx, "tcp", edgeListen)
+			if err != nil {
+				return err
+			}
+			return conn.Close()
+		},
+	})
 }
 
 // serverEnvironment keeps of env what `slipway server` runs on: where it

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -47,10 +48,10 @@ func (l *Lab) ServeGit(ctx context.Context, log logr.Logger) error {
 	n := &notifier{
 		root: root, secret: bytes.TrimSpace(secret), log: log,
 		webhook: "http://127.0.0.1:" + strconv.Itoa(st.Ports.Server) + "/hooks/git",
-		baseURL: "http://127.0.0.1:" + strconv.Itoa(st.Ports.Git),
+		baseURL: "http://" + net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Git)),
 		next:    srv.Handler(),
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(st.Ports.Git)
+	addr := net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Git))
 	httpSrv := &http.Server{Addr: addr, Handler: n, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -40,18 +41,28 @@ type Lab struct {
 	Slipway string
 	// Progress receives one line per step.
 	Progress func(format string, args ...any)
+	// RealNodes makes a new lab with real nodes (kubelet, containerd and
+	// kube-proxy in a network namespace each) instead of KWOK's. A lab
+	// keeps the kind it was made with.
+	RealNodes bool
 }
 
 // DefaultDir is ${XDG_STATE_HOME:-$HOME/.local/state}/slipway/lab.
-func DefaultDir() string {
+func DefaultDir() string { return stateDir("lab") }
+
+// DefaultRealNodesDir is the default directory of the real-node lab, beside
+// the KWOK lab's so that both kinds can be kept.
+func DefaultRealNodesDir() string { return stateDir("lab-real") }
+
+func stateDir(name string) string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "slipway", "lab")
+		return filepath.Join(d, "slipway", name)
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return filepath.Join(os.TempDir(), "slipway-lab")
+		return filepath.Join(os.TempDir(), "slipway-"+name)
 	}
-	return filepath.Join(home, ".local", "state", "slipway", "lab")
+	return filepath.Join(home, ".local", "state", "slipway", name)
 }
 
 func (l *Lab) path(parts ...string) string {
@@ -93,6 +104,21 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	if err := os.MkdirAll(l.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating lab directory %s: %w", l.Dir, err)
 	}
+	st, err := loadState(l.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		st, err = newState()
+		if err == nil && l.RealNodes {
+			st.Network = defaultNetwork()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if l.RealNodes && !st.RealNodes() {
+		return nil, fmt.Errorf("the lab in %s runs KWOK nodes; real nodes need a lab of their own (`slipway lab up --real-nodes` uses %s, or `lab down --purge` this one first)",
+			l.Dir, DefaultRealNodesDir())
+	}
+
 	if l.BinDir != "" {
 		if err := upstream.Require(l.BinDir, upstream.All...); err != nil {
 			return nil, err
@@ -100,16 +126,11 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	} else if err := upstream.Ensure(ctx, l.binDir(), l.Progress); err != nil {
 		return nil, fmt.Errorf("preparing upstream binaries: %w", err)
 	}
-
-	if err := l.ensureKWOKStages(ctx); err != nil {
-		return nil, err
-	}
-
-	st, err := loadState(l.Dir)
-	if errors.Is(err, os.ErrNotExist) {
-		st, err = newState()
-	}
-	if err != nil {
+	if st.RealNodes() {
+		if err := l.prepareRealNodes(ctx); err != nil {
+			return nil, err
+		}
+	} else if err := l.ensureKWOKStages(ctx); err != nil {
 		return nil, err
 	}
 	if upgraded, err := st.upgrade(); err != nil {
@@ -122,6 +143,11 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	}
 	if err := l.writeCredentials(st); err != nil {
 		return nil, err
+	}
+	if st.RealNodes() {
+		if err := l.ensureHostNetwork(st); err != nil {
+			return nil, err
+		}
 	}
 
 	for _, c := range l.components(st) {
@@ -149,13 +175,18 @@ func (l *Lab) ensureComponent(ctx context.Context, st *State, c component) error
 		// Running but not answering: replace it.
 		_ = p.stop(10 * time.Second)
 	}
+	if c.before != nil {
+		if err := c.before(ctx); err != nil {
+			return fmt.Errorf("preparing %s: %w", c.name, err)
+		}
+	}
 	start := time.Now()
 	base := os.Environ()
 	if c.ownEnv {
 		base = serverEnvironment(base)
 	}
 	env := append(base, c.env...)
-	p, err := startProcess(c.name, c.exe, c.args, env, l.path("logs"))
+	p, err := startProcess(c.name, c.exe, c.args, env, l.path("logs"), c.where)
 	if err != nil {
 		return err
 	}
@@ -192,11 +223,11 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-func startProcess(name, exe string, args, env []string, logDir string) (*Process, error) {
+func startProcess(name, exe string, args, env []string, logDir string, where placement) (*Process, error) {
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		return nil, err
 	}
-	return start(name, exe, args, env, logDir)
+	return start(name, exe, args, env, logDir, where)
 }
 
 // waitReady polls the component's check until it passes, the process dies,
@@ -234,7 +265,7 @@ func (l *Lab) Down(purge bool) error {
 		return err
 	}
 	var errs []error
-	order := componentOrder()
+	order := st.componentOrder()
 	for i := len(order) - 1; i >= 0; i-- {
 		p := st.Components[order[i]]
 		if p == nil {
@@ -250,6 +281,11 @@ func (l *Lab) Down(purge bool) error {
 		delete(st.Components, order[i])
 	}
 	if err := st.save(l.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	// Host changes are undone even when a process would not stop: what
+	// can be undone should be.
+	if err := l.undoHost(st); err != nil {
 		errs = append(errs, err)
 	}
 	if purge && len(errs) == 0 {
@@ -269,6 +305,31 @@ type Info struct {
 	Registry   RegistryInfo    `json:"registry"`
 	Server     ServerInfo      `json:"server"`
 	Components []ComponentInfo `json:"components"`
+	// Nodes and Edge describe the real-node lab; both are absent with KWOK.
+	Nodes []NodeInfo  `json:"nodes,omitempty"`
+	Edge  *EdgeInfo   `json:"edge,omitempty"`
+	// expected is how many components the lab has.
+	expected int
+}
+
+// NodeInfo is one real node.
+type NodeInfo struct {
+	Name    string `json:"name"`
+	IP      string `json:"ip"`
+	PodCIDR string `json:"podCIDR"`
+	// Netns is the node's network namespace (`ip netns exec NETNS ...`).
+	Netns string `json:"netns"`
+}
+
+// EdgeInfo locates the edge load balancer and the addresses MetalLB gives.
+type EdgeInfo struct {
+	// URL is the one address clients use, standing in for a cloud load
+	// balancer's; it forwards to the ingress NodePort on every worker.
+	URL string `json:"url"`
+	// Status reports the edge's backends and their health (JSON).
+	Status string `json:"status"`
+	// LoadBalancerPool is the range LoadBalancer Services get addresses from.
+	LoadBalancerPool string `json:"loadBalancerPool"`
 }
 
 // GitInfo locates the git server.
@@ -307,7 +368,7 @@ type ComponentInfo struct {
 
 // AllRunning reports whether every component of the lab runs.
 func (i *Info) AllRunning() bool {
-	if len(i.Components) != len(componentOrder()) {
+	if len(i.Components) != i.expected {
 		return false
 	}
 	for _, c := range i.Components {
@@ -331,20 +392,28 @@ func (l *Lab) Status() (*Info, error) {
 }
 
 func (l *Lab) info(st *State) *Info {
-	gitURL := "http://127.0.0.1:" + strconv.Itoa(st.Ports.Git)
+	gitURL := "http://" + net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Git))
 	srvURL := "http://127.0.0.1:" + strconv.Itoa(st.Ports.Server)
 	info := &Info{
 		Dir:        l.Dir,
 		Kubeconfig: l.Kubeconfig(),
-		APIServer:  "https://127.0.0.1:" + strconv.Itoa(st.Ports.APIServer),
+		APIServer:  st.apiURL(),
 		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo, SourceRepos: map[string]string{}},
-		Registry:   RegistryInfo{Host: "127.0.0.1:" + strconv.Itoa(st.Ports.Registry), Username: st.Registry.Username, Password: st.Registry.Password},
+		Registry:   RegistryInfo{Host: net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry)), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
+		expected:   len(st.componentOrder()),
+	}
+	if n := st.Network; n != nil {
+		for _, node := range n.Nodes {
+			info.Nodes = append(info.Nodes, NodeInfo{Name: node.Name, IP: node.IP, PodCIDR: node.PodCIDR, Netns: netnsName(node.Name)})
+		}
+		info.Edge = &EdgeInfo{URL: "http://" + net.JoinHostPort(n.EdgeIP, strconv.Itoa(EdgePort)), Status: "http://" + edgeStatusAddr(st) + "/status",
+			LoadBalancerPool: n.LoadBalancerPool}
 	}
 	for _, app := range DemoApps {
 		info.Git.SourceRepos[app] = gitURL + "/" + SourceRepo(app)
 	}
-	for _, name := range componentOrder() {
+	for _, name := range st.componentOrder() {
 		if p := st.Components[name]; p != nil {
 			info.Components = append(info.Components, ComponentInfo{Name: name, PID: p.PID, Running: p.Running(), Log: p.Log})
 		}
@@ -367,14 +436,22 @@ func (l *Lab) Client() (client.Client, *rest.Config, error) {
 // writeCredentials generates the PKI, the kubeconfigs and the webhook secret.
 func (l *Lab) writeCredentials(st *State) error {
 	dir := l.path("pki")
-	if err := pki.EnsureAll(dir, pki.Options{People: People}); err != nil {
+	opts := pki.Options{People: People}
+	if n := st.Network; n != nil {
+		// Nodes and pods reach the API server at the host's bridge address.
+		opts.ExtraSANs = []string{n.HostIP}
+		for _, node := range n.Nodes {
+			opts.Nodes = append(opts.Nodes, node.Name)
+		}
+	}
+	if err := pki.EnsureAll(dir, opts); err != nil {
 		return fmt.Errorf("generating certificates in %s: %w", dir, err)
 	}
 	ca, err := os.ReadFile(pki.CertPath(dir, pki.CA))
 	if err != nil {
 		return err
 	}
-	apiURL := "https://127.0.0.1:" + strconv.Itoa(st.Ports.APIServer)
+	apiURL := st.apiURL()
 	for name, user := range map[string]string{
 		pki.Admin: "admin", pki.ControllerManager: "kube-controller-manager", pki.Scheduler: "kube-scheduler", pki.KWOK: "kwok",
 	} {

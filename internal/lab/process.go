@@ -22,9 +22,18 @@ type Process struct {
 	Log string `json:"log"`
 }
 
+// placement puts a started process somewhere other than where the lab runs.
+type placement struct {
+	// netns is the path of the network namespace to start it in.
+	netns string
+	// cgroup is the cgroup (in every hierarchy) it is moved into at once,
+	// so that its children are found and ended with it.
+	cgroup string
+}
+
 // start runs exe detached (own session, no terminal) with output appended to
 // logDir/name.log.
-func start(name, exe string, args, env []string, logDir string) (*Process, error) {
+func start(name, exe string, args, env []string, logDir string, where placement) (*Process, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -36,13 +45,24 @@ func start(name, exe string, args, env []string, logDir string) (*Process, error
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	if where.netns != "" {
+		err = inNetns(where.netns, cmd.Start)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("starting %s (%s): %w", name, exe, err)
 	}
 	p := &Process{Name: name, PID: cmd.Process.Pid, Exe: exe, Log: logPath}
 	// Reap the child if it exits while this process lives, so it never
 	// lingers as a zombie that still looks alive.
 	go func() { _ = cmd.Wait() }()
+	if where.cgroup != "" {
+		if err := joinCgroup(where.cgroup, p.PID); err != nil {
+			_ = p.stop(5 * time.Second)
+			return nil, fmt.Errorf("starting %s: %w", name, err)
+		}
+	}
 	return p, nil
 }
 

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
 
 	"github.com/go-logr/logr"
@@ -21,7 +22,7 @@ func (l *Lab) ServeRegistry(ctx context.Context, log logr.Logger) error {
 		return fmt.Errorf("lab state in %s predates the registry: run `slipway lab down --purge` and `lab up` again", l.Dir)
 	}
 	srv, err := registry.New(registry.Config{
-		Dir: l.path("registry"), Addr: "127.0.0.1:" + strconv.Itoa(st.Ports.Registry),
+		Dir: l.path("registry"), Addr: net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry)),
 		Username: st.Registry.Username, Password: st.Registry.Password,
 	})
 	if err != nil {

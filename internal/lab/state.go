@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 )
 
 // State is what `lab up` records in DIR/lab.json for later commands.
@@ -17,11 +18,47 @@ type State struct {
 	Git        GitCredentials      `json:"git"`
 	Registry   GitCredentials      `json:"registry"`
 	Components map[string]*Process `json:"components"`
+	// Network is the real-node lab's network; nil when KWOK simulates the nodes.
+	Network *Network `json:"network,omitempty"`
+	// Host is the journal of changes to the machine outside the lab
+	// directory, in the order they were made; `lab down` undoes them.
+	Host []HostChange `json:"host,omitempty"`
+	// Images are the lab's own images in its registry, pinned by digest.
+	Images map[string]string `json:"images,omitempty"`
 }
 
 // Ports are chosen free once, then kept so addresses stay stable across restarts.
 type Ports struct {
 	Etcd, EtcdPeer, APIServer, ControllerManager, Scheduler, KWOK, Git, Registry, Server int
+	// Edge is the edge load balancer's status port (on 127.0.0.1).
+	Edge int `json:",omitempty"`
+}
+
+// RealNodes reports whether the lab runs real nodes rather than KWOK's.
+func (s *State) RealNodes() bool { return s.Network != nil }
+
+// serviceHost is the address the API server, the git server and the
+// registry listen on: loopback, or the host's address on the lab bridge,
+// which the real nodes and their pods reach.
+func (s *State) serviceHost() string {
+	if s.Network != nil {
+		return s.Network.HostIP
+	}
+	return "127.0.0.1"
+}
+
+func (s *State) apiURL() string {
+	return "https://" + net.JoinHostPort(s.serviceHost(), strconv.Itoa(s.Ports.APIServer))
+}
+
+// recorded reports whether the journal holds change.
+func (s *State) recorded(change HostChange) bool {
+	for _, c := range s.Host {
+		if c.same(change) {
+			return true
+		}
+	}
+	return false
 }
 
 // GitCredentials protect the lab's git server (and, same shape, its registry).
@@ -66,7 +103,7 @@ func newState() (*State, error) {
 		Git:      GitCredentials{Username: "slipway", Password: randomHex(16)},
 		Registry: GitCredentials{Username: "slipway", Password: randomHex(16)}}
 	ports := []*int{&s.Ports.Etcd, &s.Ports.EtcdPeer, &s.Ports.APIServer, &s.Ports.ControllerManager,
-		&s.Ports.Scheduler, &s.Ports.KWOK, &s.Ports.Git, &s.Ports.Registry, &s.Ports.Server}
+		&s.Ports.Scheduler, &s.Ports.KWOK, &s.Ports.Git, &s.Ports.Registry, &s.Ports.Server, &s.Ports.Edge}
 	// Hold every listener until all are chosen so no two ports collide.
 	var held []net.Listener
 	defer func() {
