@@ -306,8 +306,8 @@ type Info struct {
 	Server     ServerInfo      `json:"server"`
 	Components []ComponentInfo `json:"components"`
 	// Nodes and Edge describe the real-node lab; both are absent with KWOK.
-	Nodes []NodeInfo  `json:"nodes,omitempty"`
-	Edge  *EdgeInfo   `json:"edge,omitempty"`
+	Nodes []NodeInfo `json:"nodes,omitempty"`
+	Edge  *EdgeInfo  `json:"edge,omitempty"`
 	// expected is how many components the lab has.
 	expected int
 }
