@@ -250,6 +250,16 @@ Try it (the git password is in `+"`%[5]s lab status -o json`"+`, key git.passwor
 Images are signed with %[7]s; the ops repo is http://%[3]s@%[4]s.
 `, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"), slipway,
 		strings.TrimPrefix(info.Git.SourceRepos["tea"], "http://"), l.PublicKeyFile())
+	if info.Edge != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), `
+The services run on the real workers and answer through one address, the
+edge load balancer (it stands in for a cloud load balancer in front of the
+ingress controller's NodePort on every worker):
+  curl %[1]s/tea
+  curl %[1]s/coffee
+Each answer names the pod and the node that served it.
+`, info.Edge.URL)
+	}
 }
 
 func newLabGitServerCommand(newLab labFactory) *cobra.Command {

@@ -96,6 +96,11 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 		if err := l.waitDelivered(ctx, c, app, heads[app]); err != nil {
 			return err
 		}
+		if info.Edge != nil {
+			if err := l.waitServedThroughEdge(ctx, c, info, app, "a cup of "+app); err != nil {
+				return err
+			}
+		}
 	}
 
 	// The change a developer makes: a new brew of tea.
@@ -109,6 +114,12 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 		return err
 	}
 	l.progress("tea's new build (%s) serves in the cluster %.1fs after the push", brew, time.Since(pushed).Seconds())
+	if info.Edge != nil {
+		if err := l.waitServedThroughEdge(ctx, c, info, "tea", brew); err != nil {
+			return err
+		}
+		l.progress("tea's new build answers through the edge (%s/tea) from every pod %.1fs after the push", info.Edge.URL, time.Since(pushed).Seconds())
+	}
 	return nil
 }
 

@@ -311,31 +311,43 @@ func unmountBelow(dir string) error {
 	return errors.Join(errs...)
 }
 
-// createCgroup creates name (e.g. /slipway-worker-01) in every cgroup
-// hierarchy. A new cpuset cgroup starts with no CPUs and no memory nodes,
-// so it gets its parent's: nothing could run in it otherwise.
+// createCgroup creates name (e.g. /slipway-worker-01/runtime) in every
+// cgroup hierarchy. A new cpuset cgroup starts with no CPUs and no memory
+// nodes, so each level gets its parent's: nothing could run in it otherwise.
 func createCgroup(name string) error {
 	roots, err := cgroupHierarchies()
 	if err != nil {
 		return err
 	}
+	levels := strings.Split(strings.Trim(name, "/"), "/")
 	for _, root := range roots {
-		dir := filepath.Join(root, name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("creating cgroup %s: %w", dir, err)
+		dir := root
+		for _, level := range levels {
+			parent := dir
+			dir = filepath.Join(dir, level)
+			if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("creating cgroup %s: %w", dir, err)
+			}
+			if err := inheritCpuset(parent, dir); err != nil {
+				return err
+			}
 		}
-		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-			cur, err := os.ReadFile(filepath.Join(dir, f))
-			if err != nil || len(bytes.TrimSpace(cur)) > 0 {
-				continue
-			}
-			parent, err := os.ReadFile(filepath.Join(filepath.Dir(dir), f))
-			if err != nil {
-				return fmt.Errorf("reading %s of the parent of cgroup %s: %w", f, dir, err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), parent, 0o644); err != nil {
-				return fmt.Errorf("setting %s of cgroup %s: %w", f, dir, err)
-			}
+	}
+	return nil
+}
+
+func inheritCpuset(parent, dir string) error {
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		cur, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil || len(bytes.TrimSpace(cur)) > 0 {
+			continue // not a cpuset hierarchy, or already set
+		}
+		value, err := os.ReadFile(filepath.Join(parent, f))
+		if err != nil {
+			return fmt.Errorf("reading %s of cgroup %s: %w", f, parent, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), value, 0o644); err != nil {
+			return fmt.Errorf("setting %s of cgroup %s: %w", f, dir, err)
 		}
 	}
 	return nil

@@ -197,6 +197,8 @@ func (l *Lab) nodeComponents(st *State, node NodeNetwork) []component {
 	ns := netnsPath(netnsName(node.Name))
 	dir := func(parts ...string) string { return l.nodeDir(node.Name, parts...) }
 	sock := dir("containerd", "containerd.sock")
+	// kubelet and kube-proxy run iptables, kube-proxy conntrack: all in sbin.
+	env := []string{"PATH=" + os.Getenv("PATH") + ":/usr/local/sbin:/usr/sbin:/sbin"}
 	healthz := func(port int) func(context.Context) error {
 		url := "http://" + net.JoinHostPort(node.IP, strconv.Itoa(port)) + "/healthz"
 		return func(ctx context.Context) error { return httpOK(ctx, http.DefaultClient, url, nil) }
@@ -204,8 +206,8 @@ func (l *Lab) nodeComponents(st *State, node NodeNetwork) []component {
 	return []component{
 		{
 			name: containerdComponent(node.Name), exe: "/usr/bin/containerd", timeout: 30 * time.Second,
-			where: placement{netns: ns, cgroup: runtimeCgroup(node.Name)},
-			args:  []string{"--config", dir("containerd", "config.toml")},
+			where: placement{netns: ns, cgroup: runtimeCgroup(node.Name)}, env: env,
+			args: []string{"--config", dir("containerd", "config.toml")},
 			before: func(ctx context.Context) error {
 				return l.prepareContainerd(st, node)
 			},
@@ -220,7 +222,7 @@ func (l *Lab) nodeComponents(st *State, node NodeNetwork) []component {
 		},
 		{
 			name: kubeletComponent(node.Name), exe: filepath.Join(upstream.NodeBinDir(), "kubelet"), timeout: 60 * time.Second,
-			where: placement{netns: ns},
+			where: placement{netns: ns}, env: env,
 			args: []string{
 				"--config=" + dir("kubelet", "config.yaml"),
 				"--kubeconfig=" + dir("kubelet", "kubeconfig"),
@@ -235,7 +237,7 @@ func (l *Lab) nodeComponents(st *State, node NodeNetwork) []component {
 		},
 		{
 			name: kubeProxyComponent(node.Name), exe: filepath.Join(upstream.NodeBinDir(), "kube-proxy"), timeout: 30 * time.Second,
-			where:  placement{netns: ns},
+			where: placement{netns: ns}, env: env,
 			args:   []string{"--config=" + dir("kube-proxy", "config.yaml"), "--hostname-override=" + node.Name},
 			before: func(ctx context.Context) error { return l.prepareKubeProxy(st, node) },
 			ready:  healthz(kubeProxyHealth),

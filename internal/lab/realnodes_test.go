@@ -1,0 +1,361 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/edge"
+	"slipway.dev/slipway/internal/gitserver"
+	"slipway.dev/slipway/internal/gittest"
+	"slipway.dev/slipway/internal/lab"
+	"slipway.dev/slipway/internal/testenv"
+	"slipway.dev/slipway/internal/upstream"
+	"slipway.dev/slipway/internal/version"
+)
+
+// killWindow is how long traffic may fail after a pod is killed: the
+// endpoint's removal reaching both ingress controllers (a watch event) and
+// kube-proxy (its 1 s minimum sync) is well inside it.
+const killWindow = 10 * time.Second
+
+// TestRealNodesEndToEnd brings the real-node lab up (kubelet, containerd and
+// kube-proxy on worker-01 and worker-02, CoreDNS, MetalLB, Traefik and the
+// edge load balancer), delivers tea and coffee from source, and drives
+// traffic through the one edge address while pods die, a rollout breaks and
+// a kubelet stops; then `lab down` must leave the host as it found it.
+func TestRealNodesEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole lab with real nodes")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: real nodes need root (network namespaces, interfaces, cgroups)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	if err := lab.EnsureHostPackages(ctx, t.Logf); err != nil {
+		t.Skipf("skipped: the Debian packages real nodes need cannot be installed here: %v", err)
+	}
+	if err := upstream.EnsureNodes(ctx, upstream.NodeBinDir(), t.Logf); err != nil {
+		t.Fatalf("building the real nodes' binaries: %v", err)
+	}
+	exe := buildSlipway(t)
+	dir := t.TempDir()
+	before := takeHostSnapshot(t, dir)
+
+	l := &lab.Lab{Dir: dir, BinDir: testenv.BinDir(), Slipway: exe, RealNodes: true, Progress: t.Logf}
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			_ = l.Down(false)
+		}
+	})
+	start := time.Now()
+	info, err := l.Up(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("real-node lab up in %.1fs", time.Since(start).Seconds())
+	if !info.AllRunning() || info.Edge == nil || len(info.Nodes) != 2 {
+		t.Fatalf("after up: components %+v, edge %+v, nodes %+v", info.Components, info.Edge, info.Nodes)
+	}
+	c, _, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRealNodes(t, c, info)
+
+	if err := l.Demo(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	edgeURL := info.Edge.URL
+	hc := lab.EdgeClient()
+
+	// 200 requests through the one address reach all four pods, on both workers.
+	answers := requests(t, hc, edgeURL, 200)
+	pods, nodes := map[string]bool{}, map[string]bool{}
+	for _, a := range answers {
+		pods[a.Pod], nodes[a.Node] = true, true
+	}
+	if len(pods) != 4 || len(nodes) != 2 || !nodes["worker-01"] || !nodes["worker-02"] {
+		t.Fatalf("200 requests through %s answered from pods %v on nodes %v, want 4 pods on worker-01 and worker-02", edgeURL, pods, nodes)
+	}
+
+	// The ingress controller's LoadBalancer address, from MetalLB's pool,
+	// routes to it too.
+	var ingress corev1.Service
+	if err := c.Get(ctx, client.ObjectKey{Namespace: lab.IngressNamespace, Name: lab.IngressService}, &ingress); err != nil {
+		t.Fatal(err)
+	}
+	if len(ingress.Status.LoadBalancer.Ingress) == 0 || !strings.HasPrefix(ingress.Status.LoadBalancer.Ingress[0].IP, "10.210.0.2") {
+		t.Fatalf("ingress Service status %+v, want an address from the pool %s", ingress.Status.LoadBalancer, info.Edge.LoadBalancerPool)
+	}
+	lbURL := "http://" + ingress.Status.LoadBalancer.Ingress[0].IP
+	if a, err := lab.Ask(ctx, hc, lbURL+"/coffee"); err != nil || !strings.Contains(a.Body, "coffee") {
+		t.Fatalf("GET %s/coffee: %+v, %v", lbURL, a, err)
+	}
+
+	t.Run("a killed pod is replaced and traffic continues", func(t *testing.T) {
+		var tea corev1.PodList
+		if err := c.List(ctx, &tea, client.InNamespace(lab.DemoNamespace), client.MatchingLabels{"app.kubernetes.io/name": "tea"}); err != nil {
+			t.Fatal(err)
+		}
+		victim := tea.Items[0]
+		killed := time.Now()
+		if err := c.Delete(ctx, &victim, client.GracePeriodSeconds(0)); err != nil {
+			t.Fatal(err)
+		}
+		var late []string
+		replacement := ""
+		deadline := time.Now().Add(3 * time.Minute)
+		for replacement == "" {
+			if time.Now().After(deadline) {
+				t.Fatalf("no new tea pod answered within 3m of killing %s", victim.Name)
+			}
+			a, err := lab.Ask(ctx, hc, edgeURL+"/tea")
+			switch {
+			case err != nil && time.Since(killed) > killWindow:
+				late = append(late, err.Error())
+			case err == nil && a.Pod == victim.Name && time.Since(killed) > killWindow:
+				late = append(late, "answered by the killed pod "+a.Pod)
+			case err == nil && !pods[a.Pod] && a.Pod != victim.Name:
+				replacement = a.Pod
+			}
+		}
+		if len(late) > 0 {
+			t.Fatalf("%d requests failed more than %s after the kill: %v", len(late), killWindow, late)
+		}
+		t.Logf("killed %s; %s answers through the edge %.1fs later", victim.Name, replacement, time.Since(killed).Seconds())
+	})
+
+	t.Run("a rollout to a broken image keeps the old pods serving and is Degraded", func(t *testing.T) {
+		app := &slipwayv1.Application{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: "tea"}, app); err != nil {
+			t.Fatal(err)
+		}
+		patch := client.MergeFrom(app.DeepCopy())
+		app.Spec.RolloutTimeout = &metav1.Duration{Duration: 20 * time.Second}
+		if err := c.Patch(ctx, app, patch); err != nil {
+			t.Fatal(err)
+		}
+		serving := readyTeaPods(t, c)
+		_, kustomization := gittest.Head(t, info.Git.OpsRepo, info.Git.Username, info.Git.Password, "apps/tea/kustomization.yaml")
+		digest := regexp.MustCompile(`sha256:[0-9a-f]{64}`)
+		if !digest.MatchString(kustomization) {
+			t.Fatalf("apps/tea/kustomization.yaml pins no digest:\n%s", kustomization)
+		}
+		broken := digest.ReplaceAllString(kustomization, "sha256:"+strings.Repeat("0", 64))
+		commitOps(t, ctx, info, "apps/tea/kustomization.yaml", broken, "Deploy an image that does not exist")
+
+		waitFor(t, 3*time.Minute, "tea reports Degraded", func() (bool, string) {
+			a := &slipwayv1.Application{}
+			if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: "tea"}, a); err != nil {
+				return false, err.Error()
+			}
+			// Meanwhile every request is answered, by the pods of before.
+			ans, err := lab.Ask(ctx, hc, edgeURL+"/tea")
+			if err != nil {
+				t.Fatalf("during the broken rollout: %v", err)
+			}
+			if !serving[ans.Pod] {
+				t.Fatalf("during the broken rollout %s answered; the old pods are %v", ans.Pod, serving)
+			}
+			return a.Status.Health.Status == slipwayv1.HealthDegraded, a.Status.Health.Status + ": " + a.Status.Health.Message
+		})
+		commitOps(t, ctx, info, "apps/tea/kustomization.yaml", kustomization, "Back to the working image")
+		waitFor(t, 3*time.Minute, "tea is Healthy again", func() (bool, string) {
+			a := &slipwayv1.Application{}
+			if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: "tea"}, a); err != nil {
+				return false, err.Error()
+			}
+			return apimeta.IsStatusConditionTrue(a.Status.Conditions, slipwayv1.ConditionReady) && a.Status.Health.Status == slipwayv1.HealthHealthy,
+				a.Status.Health.Status
+		})
+	})
+
+	t.Run("a stopped kubelet takes its worker out of the edge's rotation", func(t *testing.T) {
+		status, err := l.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		node := info.Nodes[1]
+		var kubelet lab.ComponentInfo
+		for _, comp := range status.Components {
+			if comp.Name == "kubelet-"+node.Name {
+				kubelet = comp
+			}
+		}
+		if !kubelet.Running {
+			t.Fatalf("kubelet of %s not running: %+v", node.Name, status.Components)
+		}
+		if err := syscall.Kill(kubelet.PID, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		backend := fmt.Sprintf("%s:%d", node.IP, lab.IngressNodePort)
+		waitFor(t, 3*time.Minute, node.Name+" leaves the edge's rotation", func() (bool, string) {
+			healthy, err := edgeHealthy(ctx, info, backend)
+			if err != nil {
+				return false, err.Error()
+			}
+			return !healthy, "still healthy"
+		})
+		// Every request is answered, and by pods of the other worker only.
+		for _, a := range requests(t, hc, edgeURL, 40) {
+			if a.Node == node.Name {
+				t.Fatalf("%s answered from %s, whose kubelet is stopped", a.Pod, a.Node)
+			}
+		}
+		// lab up restarts the kubelet, and the worker comes back.
+		if _, err := l.Up(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 3*time.Minute, node.Name+" is back in the edge's rotation", func() (bool, string) {
+			healthy, err := edgeHealthy(ctx, info, backend)
+			if err != nil {
+				return false, err.Error()
+			}
+			return healthy, "not healthy yet"
+		})
+	})
+
+	downStart := time.Now()
+	if err := l.Down(false); err != nil {
+		t.Fatal(err)
+	}
+	downed = true
+	t.Logf("lab down in %.1fs", time.Since(downStart).Seconds())
+	if diff := before.diff(takeHostSnapshot(t, dir)); len(diff) > 0 {
+		t.Fatalf("the host differs after lab down:\n%s", strings.Join(diff, "\n"))
+	}
+}
+
+// checkRealNodes: both workers are real kubelets of the pinned version on
+// containerd, at their lab addresses, and CoreDNS answers in the cluster.
+func checkRealNodes(t *testing.T, c client.Client, info *lab.Info) {
+	t.Helper()
+	for _, want := range info.Nodes {
+		var n corev1.Node
+		if err := c.Get(context.Background(), client.ObjectKey{Name: want.Name}, &n); err != nil {
+			t.Fatal(err)
+		}
+		if n.Status.NodeInfo.KubeletVersion != version.Kubernetes || !strings.HasPrefix(n.Status.NodeInfo.ContainerRuntimeVersion, "containerd://") {
+			t.Errorf("node %s runs kubelet %q on %q", n.Name, n.Status.NodeInfo.KubeletVersion, n.Status.NodeInfo.ContainerRuntimeVersion)
+		}
+		internal := ""
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				internal = a.Address
+			}
+		}
+		if internal != want.IP || n.Spec.PodCIDR != want.PodCIDR {
+			t.Errorf("node %s at %q with pods %q, want %s and %s", n.Name, internal, n.Spec.PodCIDR, want.IP, want.PodCIDR)
+		}
+	}
+	var dns appsv1.Deployment
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "kube-system", Name: "coredns"}, &dns); err != nil || dns.Status.AvailableReplicas < 1 {
+		t.Fatalf("CoreDNS Deployment: %v, available %d", err, dns.Status.AvailableReplicas)
+	}
+}
+
+// requests sends n requests alternately for tea and coffee through url;
+// every one must be answered.
+func requests(t *testing.T, hc *http.Client, url string, n int) []lab.Answer {
+	t.Helper()
+	var out []lab.Answer
+	for i := 0; i < n; i++ {
+		app := lab.DemoApps[i%len(lab.DemoApps)]
+		a, err := lab.Ask(context.Background(), hc, url+"/"+app)
+		if err != nil {
+			t.Fatalf("request %d of %d: %v", i+1, n, err)
+		}
+		if !strings.Contains(a.Body, "a cup of "+app) {
+			t.Fatalf("request %d for %s answered %q", i+1, app, a.Body)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func readyTeaPods(t *testing.T, c client.Client) map[string]bool {
+	t.Helper()
+	var pods corev1.PodList
+	if err := c.List(context.Background(), &pods, client.InNamespace(lab.DemoNamespace), client.MatchingLabels{"app.kubernetes.io/name": "tea"}); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, p := range pods.Items {
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+				out[p.Name] = true
+			}
+		}
+	}
+	if len(out) != 2 {
+		t.Fatalf("%d tea pods ready, want 2", len(out))
+	}
+	return out
+}
+
+func commitOps(t *testing.T, ctx context.Context, info *lab.Info, path, content, message string) {
+	t.Helper()
+	auth := gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}
+	if _, err := gitserver.CommitFiles(ctx, info.Git.OpsRepo, auth, gitserver.Commit{
+		Files: map[string][]byte{path: []byte(content)}, Message: message,
+		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func edgeHealthy(ctx context.Context, info *lab.Info, backend string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, info.Edge.Status, nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	var s edge.Status
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return false, err
+	}
+	for _, b := range s.Backends {
+		if b.Address == backend {
+			return b.Healthy, nil
+		}
+	}
+	return false, fmt.Errorf("the edge has no backend %s: %+v", backend, s.Backends)
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (last: %s)", what, timeout, last)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
