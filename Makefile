@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 RBAC_GEN := rbac:roleName=slipway-server,fileName=slipway-server.yaml,headerFile=hack/rbac-header.yaml.txt
 LDFLAGS := -X slipway.dev/slipway/internal/version.Version=$(VERSION)
 
-.PHONY: all build demo test test-short deps upstream generate verify bench fuzz lint clean
+.PHONY: all build demo demo-real test test-short deps upstream generate verify bench fuzz lint clean
 
 all: build
 
@@ -17,6 +17,12 @@ build:
 ## demo: bring up the lab, deploy tea and coffee from the ops repo, keep running until Ctrl-C
 demo: deps build
 	$(BIN) lab demo
+
+## demo-real: the demo on real nodes (root): kubelet, containerd and kube-proxy on worker-01 and
+## worker-02, Traefik behind the edge load balancer; prints the edge address. The lab installs
+## containerd, runc, containernetworking-plugins, iptables and conntrack with apt-get when missing.
+demo-real: deps build
+	$(BIN) lab demo --real-nodes
 
 ## test: install what the tests need, build the pinned upstream binaries, run every test
 test: deps upstream
