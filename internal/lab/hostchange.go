@@ -140,6 +140,11 @@ func (l *Lab) undoHost(st *State) error {
 }
 
 func undo(c HostChange) error {
+	if (c.Kind == ChangePath || c.Kind == ChangeMounts || c.Kind == ChangeCgroup) &&
+		(!filepath.IsAbs(c.Name) || filepath.Clean(c.Name) == "/") {
+		// A damaged journal must never turn into "remove everything".
+		return fmt.Errorf("refusing to undo %s: not an absolute path below /", c)
+	}
 	switch c.Kind {
 	case ChangeLink:
 		if !linkExists(c.Name) {
