@@ -213,7 +213,7 @@ func newLabDemoCommand(newLab labFactory) *cobra.Command {
 			printLabInfo(cmd, info)
 			printDemoNextSteps(cmd, l, info)
 			if keep {
-				fmt.Fprintf(cmd.OutOrStdout(), "\nThe lab keeps running: `slipway lab down` stops it.\n")
+				fmt.Fprintf(cmd.OutOrStdout(), "\nThe lab keeps running: `%s lab down --dir %s` stops it.\n", os.Args[0], l.Dir)
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "\nPress Ctrl-C to stop the lab.\n")

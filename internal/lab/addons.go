@@ -220,20 +220,24 @@ func waitCRDsEstablished(ctx context.Context, c client.Client, objs []*unstructu
 		if o.GetKind() != "CustomResourceDefinition" {
 			continue
 		}
+		var last error
 		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			var crd apiextensionsv1.CustomResourceDefinition
-			if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, &crd); err != nil {
+			// Unstructured: the lab's client scheme does not know CRDs.
+			crd := &unstructured.Unstructured{}
+			crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+			if last = c.Get(ctx, client.ObjectKey{Name: o.GetName()}, crd); last != nil {
 				return false, nil
 			}
-			for _, cond := range crd.Status.Conditions {
-				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+			conditions, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+			for _, raw := range conditions {
+				if cond, ok := raw.(map[string]any); ok && cond["type"] == string(apiextensionsv1.Established) && cond["status"] == "True" {
 					return true, nil
 				}
 			}
 			return false, nil
 		})
 		if err != nil {
-			return fmt.Errorf("CRD %s not established within 1m: %w", o.GetName(), err)
+			return fmt.Errorf("CRD %s not established within 1m: %w (last error: %v)", o.GetName(), err, last)
 		}
 	}
 	return nil

@@ -11,7 +11,8 @@ import (
 	"slipway.dev/slipway/internal/edge"
 )
 
-// EdgePort is where the edge load balancer listens on its address.
+// EdgePort is where the edge load balancer listens on its address: HTTP's,
+// so that its URL is http://EDGE.
 const EdgePort = 80
 
 // ServeEdge runs the real-node lab's edge load balancer until ctx ends: it

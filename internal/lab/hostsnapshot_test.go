@@ -50,13 +50,13 @@ func takeHostSnapshot(t *testing.T, labDir string) hostSnapshot {
 		"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.netfilter.nf_conntrack_max",
 	})
 	s["cgroups"] = cgroupTops(t)
-	// Top-level entries of the shared directories, and everything below the
-	// paths that kubelet, containerd and CNI write whatever they are told.
-	for _, dir := range []string{"/run", "/var/lib", "/var/log", "/opt", "/etc", "/usr/libexec"} {
-		s["ls "+dir] = listDir(t, dir, false)
-	}
-	for _, dir := range []string{"/run/netns", "/run/containerd", "/var/lib/cni", "/var/lib/kubelet", "/var/log/containers",
-		"/var/log/pods", "/opt/cni", "/opt/containerd", "/etc/cni", "/usr/libexec/kubernetes"} {
+	// Everything in /run, and everything below the paths that kubelet,
+	// containerd and CNI write whatever they are told. (Other directories
+	// of /var, /opt and /etc change when packages are installed, which
+	// other work on the machine may do meanwhile.)
+	s["ls /run"] = listDir(t, "/run", false)
+	for _, dir := range []string{"/run/netns", "/run/containerd", "/run/mount", "/var/lib/cni", "/var/lib/kubelet", "/var/lib/containerd",
+		"/var/log/containers", "/var/log/pods", "/opt/cni", "/opt/containerd", "/etc/cni", "/usr/libexec/kubernetes"} {
 		s["tree "+dir] = listDir(t, dir, true)
 	}
 	return s

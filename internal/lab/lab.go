@@ -407,7 +407,7 @@ func (l *Lab) info(st *State) *Info {
 		for _, node := range n.Nodes {
 			info.Nodes = append(info.Nodes, NodeInfo{Name: node.Name, IP: node.IP, PodCIDR: node.PodCIDR, Netns: netnsName(node.Name)})
 		}
-		info.Edge = &EdgeInfo{URL: "http://" + net.JoinHostPort(n.EdgeIP, strconv.Itoa(EdgePort)), Status: "http://" + edgeStatusAddr(st) + "/status",
+		info.Edge = &EdgeInfo{URL: "http://" + n.EdgeIP, Status: "http://" + edgeStatusAddr(st) + "/status",
 			LoadBalancerPool: n.LoadBalancerPool}
 	}
 	for _, app := range DemoApps {

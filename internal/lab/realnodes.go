@@ -94,10 +94,11 @@ func (l *Lab) nodeDir(node string, parts ...string) string {
 }
 
 // hostPathsOfNodes are paths outside the lab directory that kubelet,
-// containerd, its shims or iptables create whatever they are told: the lab
-// records each that does not exist yet before starting them.
+// containerd, its shims, iptables or mount (libmount's /run/mount, when
+// kubelet mounts a volume) create whatever they are told: the lab records
+// each that does not exist yet before starting them.
 var hostPathsOfNodes = []string{
-	"/run/containerd", "/run/xtables.lock", "/var/lib/cni", "/var/lib/kubelet", "/var/log/containers",
+	"/run/containerd", "/run/xtables.lock", "/run/mount", "/var/lib/cni", "/var/lib/kubelet", "/var/log/containers",
 	"/var/log/pods", "/opt/containerd", "/opt/cni", "/etc/cni", "/usr/libexec/kubernetes",
 }
 
