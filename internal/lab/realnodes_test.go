@@ -110,11 +110,14 @@ func TestRealNodesEndToEnd(t *testing.T) {
 	}
 
 	t.Run("a killed pod is replaced and traffic continues", func(t *testing.T) {
-		var tea corev1.PodList
-		if err := c.List(ctx, &tea, client.InNamespace(lab.DemoNamespace), client.MatchingLabels{"app.kubernetes.io/name": "tea"}); err != nil {
-			t.Fatal(err)
+		ready := readyTeaPods(t, c)
+		var victim corev1.Pod
+		for name := range ready {
+			if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: name}, &victim); err != nil {
+				t.Fatal(err)
+			}
+			break
 		}
-		victim := tea.Items[0]
 		killed := time.Now()
 		if err := c.Delete(ctx, &victim, client.GracePeriodSeconds(0)); err != nil {
 			t.Fatal(err)
@@ -132,7 +135,7 @@ func TestRealNodesEndToEnd(t *testing.T) {
 				late = append(late, err.Error())
 			case err == nil && a.Pod == victim.Name && time.Since(killed) > killWindow:
 				late = append(late, "answered by the killed pod "+a.Pod)
-			case err == nil && !pods[a.Pod] && a.Pod != victim.Name:
+			case err == nil && !ready[a.Pod]:
 				replacement = a.Pod
 			}
 		}
@@ -290,6 +293,8 @@ func requests(t *testing.T, hc *http.Client, url string, n int) []lab.Answer {
 	return out
 }
 
+// readyTeaPods names the two ready tea pods that are not terminating
+// (a rollout's old pods drain for a few seconds).
 func readyTeaPods(t *testing.T, c client.Client) map[string]bool {
 	t.Helper()
 	var pods corev1.PodList
@@ -298,6 +303,9 @@ func readyTeaPods(t *testing.T, c client.Client) map[string]bool {
 	}
 	out := map[string]bool{}
 	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
 		for _, cond := range p.Status.Conditions {
 			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
 				out[p.Name] = true
