@@ -120,12 +120,16 @@ func (l *Lab) recordSysctl(st *State, key string) error {
 	return l.record(st, HostChange{Kind: ChangeSysctl, Name: key, Value: v})
 }
 
-// undoHost undoes the journal, last change first. Each undone change leaves
-// the journal at once, so an interrupted down resumes where it stopped.
-func (l *Lab) undoHost(st *State) error {
+// undoHost undoes the journal (only the changes of kind, unless it is
+// empty), last change first. Each undone change leaves the journal at once,
+// so an interrupted down resumes where it stopped.
+func (l *Lab) undoHost(st *State, kind ChangeKind) error {
 	var errs []error
 	for i := len(st.Host) - 1; i >= 0; i-- {
 		c := st.Host[i]
+		if kind != "" && c.Kind != kind {
+			continue
+		}
 		if err := undo(c); err != nil {
 			errs = append(errs, fmt.Errorf("undoing %s: %w", c, err))
 			continue

@@ -27,7 +27,7 @@ func TestUndoHostRestoresTheMachine(t *testing.T) {
 	// Whatever happens, leave nothing behind.
 	t.Cleanup(func() {
 		if st, err := loadState(l.Dir); err == nil && len(st.Host) > 0 {
-			_ = l.undoHost(st)
+			_ = l.undoHost(st, "")
 		}
 	})
 	do := func(c HostChange, make func() error) {
@@ -92,7 +92,7 @@ func TestUndoHostRestoresTheMachine(t *testing.T) {
 	if len(saved.Host) != len(st.Host) || len(st.Host) < 9 {
 		t.Fatalf("the saved journal holds %d changes, the lab recorded %d, want at least 9: %+v", len(saved.Host), len(st.Host), saved.Host)
 	}
-	if err := l.undoHost(saved); err != nil {
+	if err := l.undoHost(saved, ""); err != nil {
 		t.Fatal(err)
 	}
 

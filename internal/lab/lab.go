@@ -267,6 +267,13 @@ func (l *Lab) Down(purge bool) error {
 	var errs []error
 	order := st.componentOrder()
 	for i := len(order) - 1; i >= 0; i-- {
+		if order[i] == compServer && st.RealNodes() {
+			// The nodes' agents are stopped: end their pods too, before the
+			// API server, which would otherwise wait for their requests.
+			if err := l.undoHost(st, ChangeCgroup); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		p := st.Components[order[i]]
 		if p == nil {
 			continue
@@ -285,7 +292,7 @@ func (l *Lab) Down(purge bool) error {
 	}
 	// Host changes are undone even when a process would not stop: what
 	// can be undone should be.
-	if err := l.undoHost(st); err != nil {
+	if err := l.undoHost(st, ""); err != nil {
 		errs = append(errs, err)
 	}
 	if purge && len(errs) == 0 {

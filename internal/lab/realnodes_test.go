@@ -123,6 +123,7 @@ func TestRealNodesEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		var late []string
+		early := 0
 		replacement := ""
 		deadline := time.Now().Add(3 * time.Minute)
 		for replacement == "" {
@@ -133,6 +134,8 @@ func TestRealNodesEndToEnd(t *testing.T) {
 			switch {
 			case err != nil && time.Since(killed) > killWindow:
 				late = append(late, err.Error())
+			case err != nil:
+				early++
 			case err == nil && a.Pod == victim.Name && time.Since(killed) > killWindow:
 				late = append(late, "answered by the killed pod "+a.Pod)
 			case err == nil && !ready[a.Pod]:
@@ -142,7 +145,8 @@ func TestRealNodesEndToEnd(t *testing.T) {
 		if len(late) > 0 {
 			t.Fatalf("%d requests failed more than %s after the kill: %v", len(late), killWindow, late)
 		}
-		t.Logf("killed %s; %s answers through the edge %.1fs later", victim.Name, replacement, time.Since(killed).Seconds())
+		t.Logf("killed %s; %s answers through the edge %.1fs later; %d requests failed within %s of the kill",
+			victim.Name, replacement, time.Since(killed).Seconds(), early, killWindow)
 	})
 
 	t.Run("a rollout to a broken image keeps the old pods serving and is Degraded", func(t *testing.T) {
