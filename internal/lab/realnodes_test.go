@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -64,6 +65,23 @@ func TestRealNodesEndToEnd(t *testing.T) {
 			_ = l.Down(false)
 		}
 	})
+
+	// An up interrupted half way (here: 12 seconds in, while images are
+	// pushed or nodes start) is undone by down all the same.
+	interrupted, cancelUp := context.WithTimeout(ctx, 12*time.Second)
+	_, err := l.Up(interrupted)
+	cancelUp()
+	if err == nil {
+		t.Fatal("an up interrupted after 12s succeeded; interrupt it earlier")
+	}
+	t.Logf("interrupted up: %v", err)
+	if err := l.Down(false); err != nil {
+		t.Fatalf("down after an interrupted up: %v", err)
+	}
+	if diff := before.diff(takeHostSnapshot(t, dir)); len(diff) > 0 {
+		t.Fatalf("the host differs after an interrupted up and lab down:\n%s", strings.Join(diff, "\n"))
+	}
+
 	start := time.Now()
 	info, err := l.Up(ctx)
 	if err != nil {
@@ -275,6 +293,23 @@ func checkRealNodes(t *testing.T, c client.Client, info *lab.Info) {
 	var dns appsv1.Deployment
 	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "kube-system", Name: "coredns"}, &dns); err != nil || dns.Status.AvailableReplicas < 1 {
 		t.Fatalf("CoreDNS Deployment: %v, available %d", err, dns.Status.AvailableReplicas)
+	}
+	// Each CoreDNS pod answers for the cluster's names; pod addresses are
+	// routed from the host.
+	var pods corev1.PodList
+	if err := c.List(context.Background(), &pods, client.InNamespace("kube-system"), client.MatchingLabels{"k8s-app": "kube-dns"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, net.JoinHostPort(p.Status.PodIP, "1053"))
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		addrs, err := r.LookupHost(ctx, "kubernetes.default.svc.cluster.local")
+		cancel()
+		if err != nil || len(addrs) != 1 || addrs[0] != "10.96.0.1" {
+			t.Errorf("CoreDNS pod %s on %s resolves kubernetes.default.svc.cluster.local to %v (%v), want 10.96.0.1", p.Name, p.Spec.NodeName, addrs, err)
+		}
 	}
 }
 
