@@ -91,10 +91,8 @@ func (c HostChange) same(o HostChange) bool {
 // record appends change to the state's journal and saves the state, unless
 // the journal holds it already. Call it before making the change.
 func (l *Lab) record(st *State, change HostChange) error {
-	for _, c := range st.Host {
-		if c.same(change) {
-			return nil
-		}
+	if st.recorded(change) {
+		return nil
 	}
 	st.Host = append(st.Host, change)
 	return st.save(l.Dir)

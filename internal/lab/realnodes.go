@@ -250,7 +250,7 @@ func containerdComponent(node string) string { return "containerd-" + node }
 func kubeletComponent(node string) string    { return "kubelet-" + node }
 func kubeProxyComponent(node string) string  { return "kube-proxy-" + node }
 
-// realNodeComponentNames lists the node processes of every node, in start order.
+// componentNames lists the processes of every node, in start order.
 func (n *Network) componentNames() []string {
 	var names []string
 	for _, node := range n.Nodes {

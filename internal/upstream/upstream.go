@@ -25,10 +25,6 @@ var (
 	All          = append(append([]string{}, ControlPlane...), "kwok")
 )
 
-// NodeBinaries are what the lab's real nodes run, by file name: the node
-// agents, and the cluster add-ons the lab packs into images of their own.
-var NodeBinaries = []string{"kubelet", "kube-proxy", "coredns", "traefik", "metallb-controller", "metallb-speaker"}
-
 // KWOKStages is the file, next to the binaries, holding KWOK's stage configs.
 const KWOKStages = "kwok-stages.yaml"
 
@@ -69,11 +65,6 @@ func NodeBinDir() string {
 		version.Kubernetes, version.CoreDNS, version.Traefik, version.MetalLB))
 }
 
-// NodeFiles are the files NodeBinDir holds once EnsureNodes has run.
-func NodeFiles() []string {
-	return append(append([]string{}, NodeBinaries...), MetalLBManifests)
-}
-
 // Missing lists which of names (by default every binary and the KWOK
 // stages file) are absent from dir.
 func Missing(dir string, names ...string) []string {
@@ -99,8 +90,10 @@ func Ensure(ctx context.Context, dir string, progress Progress) error {
 	return ensure(ctx, dir, controlPlaneSet(), progress)
 }
 
-// EnsureNodes makes every binary of the real nodes (and MetalLB's manifests)
-// present in dir, building what is missing.
+// EnsureNodes makes every binary of the real nodes present in dir, building
+// what is missing: kubelet and kube-proxy, and the cluster add-ons the lab
+// packs into images of their own (coredns, traefik, metallb-controller,
+// metallb-speaker), with MetalLB's manifests.
 func EnsureNodes(ctx context.Context, dir string, progress Progress) error {
 	return ensure(ctx, dir, nodeSet(), progress)
 }

@@ -62,3 +62,18 @@ func TestCacheDirEnv(t *testing.T) {
 		t.Errorf("DefaultBinDir = %q, want it under /ci/cold/bin/", got)
 	}
 }
+
+// TestNodeSetHoldsWhatTheLabRuns: the real-node lab reads these files from
+// NodeBinDir by name; each must come from a build (or a module file) the
+// dry run checks.
+func TestNodeSetHoldsWhatTheLabRuns(t *testing.T) {
+	names := map[string]bool{}
+	for _, n := range nodeSet().names() {
+		names[n] = true
+	}
+	for _, want := range []string{"kubelet", "kube-proxy", "coredns", "traefik", "metallb-controller", "metallb-speaker", MetalLBManifests} {
+		if !names[want] {
+			t.Errorf("the nodes' set does not build %s (it has %v)", want, names)
+		}
+	}
+}
