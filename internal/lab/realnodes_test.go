@@ -66,13 +66,21 @@ func TestRealNodesEndToEnd(t *testing.T) {
 		}
 	})
 
-	// An up interrupted half way (here: 12 seconds in, while images are
-	// pushed or nodes start) is undone by down all the same.
-	interrupted, cancelUp := context.WithTimeout(ctx, 12*time.Second)
+	// An up interrupted half way (here: once worker-01's kubelet runs, with
+	// namespaces, cgroups, mounts and kernel settings changed) is undone by
+	// down all the same.
+	interrupted, interrupt := context.WithCancel(ctx)
+	l.Progress = func(format string, args ...any) {
+		t.Logf(format, args...)
+		if strings.HasPrefix(fmt.Sprintf(format, args...), "kubelet-worker-01 ready") {
+			interrupt()
+		}
+	}
 	_, err := l.Up(interrupted)
-	cancelUp()
+	interrupt()
+	l.Progress = t.Logf
 	if err == nil {
-		t.Fatal("an up interrupted after 12s succeeded; interrupt it earlier")
+		t.Fatal("an up interrupted once worker-01's kubelet ran succeeded")
 	}
 	t.Logf("interrupted up: %v", err)
 	if err := l.Down(false); err != nil {
