@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +25,7 @@ import (
 	"slipway.dev/slipway/internal/edge"
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gittest"
+	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/lab"
 	"slipway.dev/slipway/internal/testenv"
 	"slipway.dev/slipway/internal/upstream"
@@ -265,6 +268,10 @@ func TestRealNodesEndToEnd(t *testing.T) {
 		})
 	})
 
+	t.Run("Slipway in the cluster reconciles, and a new leader completes a sync", func(t *testing.T) {
+		inCluster(t, ctx, l, info, c)
+	})
+
 	downStart := time.Now()
 	if err := l.Down(false); err != nil {
 		t.Fatal(err)
@@ -365,15 +372,17 @@ func readyTeaPods(t *testing.T, c client.Client) map[string]bool {
 	return out
 }
 
-func commitOps(t *testing.T, ctx context.Context, info *lab.Info, path, content, message string) {
+func commitOps(t *testing.T, ctx context.Context, info *lab.Info, path, content, message string) string {
 	t.Helper()
 	auth := gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}
-	if _, err := gitserver.CommitFiles(ctx, info.Git.OpsRepo, auth, gitserver.Commit{
+	sha, err := gitserver.CommitFiles(ctx, info.Git.OpsRepo, auth, gitserver.Commit{
 		Files: map[string][]byte{path: []byte(content)}, Message: message,
 		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
-	}); err != nil {
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
+	return sha
 }
 
 func edgeHealthy(ctx context.Context, info *lab.Info, backend string) (bool, error) {
@@ -413,4 +422,132 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// inCluster replaces the host's slipway server with Slipway installed in
+// the cluster (its image built by Slipway's builder and pulled by the nodes
+// from the lab registry): the server pods reconcile a change pushed to the
+// ops repository, and when the leader is killed during a sync, the other
+// replica takes over and the sync completes.
+func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c client.Client) {
+	status, err := l.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, comp := range status.Components {
+		if comp.Name == "slipway-server" && comp.Running {
+			if err := syscall.Kill(comp.PID, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, time.Minute, "the host's slipway server stops", func() (bool, string) {
+				return syscall.Kill(comp.PID, 0) != nil, "still running"
+			})
+		}
+	}
+	start := time.Now()
+	image, err := l.BuildServerImage(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("server image %s built and pushed in %.1fs", image, time.Since(start).Seconds())
+	opts, err := l.ServerInstallOptions(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := url.Parse(info.APIServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.APIServerCIDRs = []string{api.Hostname() + "/32"}
+	opts.Timeout = 3 * time.Minute
+	if _, err := install.Apply(ctx, c, opts); err != nil {
+		t.Fatal(err)
+	}
+	serverPods := func() map[string]string {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods, client.InNamespace(install.Namespace), client.MatchingLabels{"app.kubernetes.io/component": "server"}); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, p := range pods.Items {
+			for _, cond := range p.Status.Conditions {
+				if p.DeletionTimestamp == nil && cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+					out[p.Name] = p.Spec.NodeName
+				}
+			}
+		}
+		return out
+	}
+	waitFor(t, 5*time.Minute, "two server pods ready, one on each worker", func() (bool, string) {
+		pods := serverPods()
+		nodes := map[string]bool{}
+		for _, n := range pods {
+			nodes[n] = true
+		}
+		return len(pods) == 2 && len(nodes) == 2, fmt.Sprintf("ready: %v", pods)
+	})
+	leader := func() string {
+		var lease coordinationv1.Lease
+		if err := c.Get(ctx, client.ObjectKey{Namespace: install.Namespace, Name: "slipway-controller"}, &lease); err != nil || lease.Spec.HolderIdentity == nil {
+			return ""
+		}
+		pod, _, _ := strings.Cut(*lease.Spec.HolderIdentity, "_")
+		return pod
+	}
+	waitFor(t, 2*time.Minute, "a server pod leads", func() (bool, string) {
+		_, ok := serverPods()[leader()]
+		return ok, "leader " + leader()
+	})
+
+	_, deployment := gittest.Head(t, info.Git.OpsRepo, info.Git.Username, info.Git.Password, "apps/coffee/deployment.yaml")
+	if !strings.Contains(deployment, "replicas: 2") {
+		t.Fatalf("apps/coffee/deployment.yaml has no replicas: 2:\n%s", deployment)
+	}
+	syncTo := func(content, message string) string {
+		sha := commitOps(t, ctx, info, "apps/coffee/deployment.yaml", content, message)
+		app := &slipwayv1.Application{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: "coffee"}, app); err != nil {
+			t.Fatal(err)
+		}
+		patch := client.MergeFrom(app.DeepCopy())
+		if app.Annotations == nil {
+			app.Annotations = map[string]string{}
+		}
+		app.Annotations[slipwayv1.SyncRequestAnnotation] = time.Now().Format(time.RFC3339Nano)
+		if err := c.Patch(ctx, app, patch); err != nil {
+			t.Fatal(err)
+		}
+		return sha
+	}
+	synced := func(sha string, replicas int32) func() (bool, string) {
+		return func() (bool, string) {
+			app := &slipwayv1.Application{}
+			var d appsv1.Deployment
+			if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: "coffee"}, app); err != nil {
+				return false, err.Error()
+			}
+			if err := c.Get(ctx, client.ObjectKey{Namespace: lab.DemoNamespace, Name: "coffee"}, &d); err != nil {
+				return false, err.Error()
+			}
+			return app.Status.Sync.Revision == sha && app.Status.Health.Status == slipwayv1.HealthHealthy &&
+					d.Status.ReadyReplicas == replicas && *d.Spec.Replicas == replicas,
+				fmt.Sprintf("revision %s, %s, %d of %d ready", app.Status.Sync.Revision, app.Status.Health.Status, d.Status.ReadyReplicas, replicas)
+		}
+	}
+	sha := syncTo(strings.Replace(deployment, "replicas: 2", "replicas: 3", 1), "Three coffee replicas")
+	waitFor(t, 3*time.Minute, "the server pods deploy three coffee replicas", synced(sha, 3))
+
+	first := leader()
+	sha = syncTo(deployment, "Back to two coffee replicas")
+	if err := c.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: install.Namespace, Name: first}}, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitFor(t, 3*time.Minute, "another server pod leads", func() (bool, string) {
+		now := leader()
+		_, ready := serverPods()[now]
+		return now != "" && now != first && ready, "leader " + now
+	})
+	t.Logf("killed the leader %s; %s leads %.1fs later", first, leader(), time.Since(killed).Seconds())
+	waitFor(t, 3*time.Minute, "the new leader completes the sync to two coffee replicas", synced(sha, 2))
 }

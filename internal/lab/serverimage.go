@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -216,7 +217,11 @@ func (l *Lab) BuildServerImage(ctx context.Context, source string) (string, erro
 	})
 }
 
-func (l *Lab) registryHost(st *State) string { return "127.0.0.1:" + strconv.Itoa(st.Ports.Registry) }
+// registryHost is the registry's host:port; with real nodes, the host's
+// bridge address, which the nodes pull from.
+func (l *Lab) registryHost(st *State) string {
+	return net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry))
+}
 
 // ServerInstallOptions are what install.Apply needs to run image in the
 // lab's cluster: the image, the credentials the kubelet pulls it from the
