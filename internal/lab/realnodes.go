@@ -117,6 +117,9 @@ func (l *Lab) ensureHostNetwork(st *State) error {
 	if linkExists(n.Bridge) && !st.recorded(bridge) {
 		return fmt.Errorf("interface %s exists and is not this lab's (another real-node lab on this machine?); this lab uses %s", n.Bridge, n.CIDR)
 	}
+	if err := checkSubnetFree(n); err != nil {
+		return err
+	}
 	if err := l.record(st, bridge); err != nil {
 		return err
 	}
@@ -136,6 +139,34 @@ func (l *Lab) ensureHostNetwork(st *State) error {
 		}
 	}
 	return ipCmd("link", "set", n.Bridge, "up")
+}
+
+// checkSubnetFree refuses a lab subnet that an interface of the host
+// other than the lab's bridge already has an address in.
+func checkSubnetFree(n *Network) error {
+	_, subnet, err := net.ParseCIDR(n.CIDR)
+	if err != nil {
+		return fmt.Errorf("lab subnet %q: %w", n.CIDR, err)
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	for _, iface := range ifaces {
+		if iface.Name == n.Bridge {
+			continue
+		}
+		addrs, err := iface.Addrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if ipnet, ok := a.(*net.IPNet); ok && (subnet.Contains(ipnet.IP) || ipnet.Contains(subnet.IP)) {
+				return fmt.Errorf("the lab's subnet %s overlaps %s on %s: real nodes need it to themselves", n.CIDR, ipnet, iface.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // ensureNodeNetwork gives node its namespace, its address on the bridge
