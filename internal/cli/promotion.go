@@ -52,7 +52,7 @@ See it with ` + "`slipway promotion get NAME`" + `.`,
 			return fmt.Errorf("reading Delivery %s/%s: %w", ns, args[0], err)
 		}
 		if !hasStage(&d, stage) {
-			return usageError(fmt.Errorf("Delivery %s has no stage %q: its stages are %s", d.Name, stage, stageNames(&d)))
+			return usageError(fmt.Errorf("no stage %q in Delivery %s: its stages are %s", stage, d.Name, stageNames(&d)))
 		}
 		p := &slipwayv1.Promotion{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: d.Name + "-to-" + stage + "-"},

@@ -78,7 +78,7 @@ func (cs *Clusters) For(secret *corev1.Secret) (*Cluster, error) {
 	}
 	raw := secret.Data[KubeconfigKey]
 	if len(raw) == 0 {
-		return nil, stalled(ReasonClusterUnreachable, fmt.Errorf("Secret %s has no %q key holding a kubeconfig", key, KubeconfigKey))
+		return nil, stalled(ReasonClusterUnreachable, fmt.Errorf("no %q key holding a kubeconfig in Secret %s", KubeconfigKey, key))
 	}
 	parsed, err := clientcmd.Load(raw)
 	if err != nil {

@@ -257,7 +257,7 @@ func TestCredentialsStayWithTheirHosts(t *testing.T) {
 		a.Name = "unscoped"
 		a.Spec.Source.SecretRef.Name = unscoped.Name
 	})
-	waitFor(t, other, syncTimeout, stalledWith(gitops.ReasonCredentialsInvalid, "does not say where its credentials may be sent"))
+	waitFor(t, other, syncTimeout, stalledWith(gitops.ReasonCredentialsInvalid, "do not say where they may be sent"))
 	if n := requests.Load(); n != 0 || sawPassword.Load() {
 		t.Fatalf("the attacker's server got %d requests (password seen: %v)", n, sawPassword.Load())
 	}

@@ -132,7 +132,7 @@ func CheckCredentialScope(secret string, annotations map[string]string, url stri
 	allowed, ok := annotations[AllowedURLsAnnotation]
 	if !ok {
 		if required {
-			return fmt.Errorf("Secret %s does not say where its credentials may be sent: annotate it %s with the URL prefixes of its repositories", secret, AllowedURLsAnnotation)
+			return fmt.Errorf("the credentials of Secret %s do not say where they may be sent: annotate it %s with the URL prefixes of its repositories", secret, AllowedURLsAnnotation)
 		}
 		return nil
 	}
@@ -158,7 +158,7 @@ func CheckCredentialScope(secret string, annotations map[string]string, url stri
 			return nil
 		}
 	}
-	return fmt.Errorf("Secret %s may not be sent to %s: its %s annotation allows only %s", secret, RedactURL(url), AllowedURLsAnnotation, strings.Join(strings.Fields(strings.ReplaceAll(allowed, ",", " ")), ", "))
+	return fmt.Errorf("the credentials of Secret %s may not be sent to %s: its %s annotation allows only %s", secret, RedactURL(url), AllowedURLsAnnotation, strings.Join(strings.Fields(strings.ReplaceAll(allowed, ",", " ")), ", "))
 }
 
 // anyScheme stands for the missing scheme of a host/path reference, such

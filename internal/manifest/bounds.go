@@ -155,7 +155,8 @@ func checkKustomizationRefs(files map[string][]byte, name string, content []byte
 	}
 	var refs []string
 	refs = append(refs, k.Resources...)
-	refs = append(refs, k.Bases...) //nolint:staticcheck // deprecated, still loaded by kustomize
+	//lint:ignore SA1019 deprecated, but kustomize still loads it
+	refs = append(refs, k.Bases...)
 	refs = append(refs, k.Components...)
 	refs = append(refs, k.Crds...)
 	refs = append(refs, k.Configurations...)
@@ -168,17 +169,19 @@ func checkKustomizationRefs(files map[string][]byte, name string, content []byte
 	for _, p := range k.Patches {
 		refs = append(refs, p.Path)
 	}
-	for _, p := range k.PatchesJson6902 { //nolint:staticcheck // deprecated, still loaded by kustomize
+	//lint:ignore SA1019 deprecated, but kustomize still loads it
+	for _, p := range k.PatchesJson6902 {
 		refs = append(refs, p.Path)
 	}
-	for _, p := range k.PatchesStrategicMerge { //nolint:staticcheck // deprecated, still loaded by kustomize
+	//lint:ignore SA1019 deprecated, but kustomize still loads it
+	for _, p := range k.PatchesStrategicMerge {
 		refs = append(refs, string(p))
 	}
 	for _, r := range k.Replacements {
 		refs = append(refs, r.Path)
 	}
 	for _, g := range append(k.ConfigMapGenerator, secretArgs(k.SecretGenerator)...) {
-		refs = append(append(refs, g.EnvSources...), g.EnvSource) //nolint:staticcheck // EnvSource is deprecated, still read
+		refs = append(append(refs, g.EnvSources...), g.EnvSource)
 		for _, f := range g.FileSources {
 			// "key=path" names the file under another key.
 			if _, file, ok := strings.Cut(f, "="); ok {

@@ -199,6 +199,7 @@ func FuzzKustomizationPrecheck(f *testing.F) {
 		if sigsyaml.Unmarshal([]byte(kustomization), &k) != nil {
 			return
 		}
+		//lint:ignore SA1019 deprecated, but kustomize still loads it
 		for _, ref := range append(append(append(k.Resources, k.Bases...), k.Components...), k.Crds...) {
 			if strings.Contains(ref, "://") && !inRevision(files, strings.TrimSpace(ref)) {
 				t.Fatalf("remote reference %q accepted in:\n%s", ref, kustomization)
