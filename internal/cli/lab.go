@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,9 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 	cmd.PersistentFlags().BoolVar(&realNodes, "real-nodes", false, "the lab with real nodes: worker-01 and worker-02 run kubelet, containerd and kube-proxy "+
 		"in network namespaces of their own, with CoreDNS, Traefik, MetalLB and an edge load balancer (needs root; installs containerd, runc, "+
 		"CNI plugins, iptables and conntrack with apt-get when missing)")
+	var clusters []string
+	cmd.PersistentFlags().StringSliceVar(&clusters, "clusters", nil, "further clusters besides the lab's own (dev), each a control plane of its own with its own CA, "+
+		"e.g. --clusters prod; `lab demo` always runs prod, where tea's prod stage deploys")
 	newLab := func(cmd *cobra.Command) *lab.Lab {
 		exe, _ := os.Executable()
 		start := time.Now()
@@ -41,7 +45,16 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 				d = lab.DefaultRealNodesDir()
 			}
 		}
-		return &lab.Lab{Dir: d, BinDir: binDir, Slipway: exe, RealNodes: realNodes, Progress: func(format string, args ...any) {
+		var extra []string
+		for _, c := range clusters {
+			if c != "dev" && !slices.Contains(extra, c) {
+				extra = append(extra, c)
+			}
+		}
+		if cmd.Name() == "demo" && !slices.Contains(extra, lab.ProdCluster) {
+			extra = append(extra, lab.ProdCluster)
+		}
+		return &lab.Lab{Dir: d, BinDir: binDir, Slipway: exe, RealNodes: realNodes, Clusters: extra, Progress: func(format string, args ...any) {
 			fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		}}
 	}
@@ -123,6 +136,9 @@ func printLabInfo(cmd *cobra.Command, info *lab.Info) {
 	fmt.Fprintf(w, "Git webhook:    %s\n", info.Server.Webhook)
 	for _, n := range info.Nodes {
 		fmt.Fprintf(w, "Node %-10s %s (pods %s; `ip netns exec %s ...`)\n", n.Name+":", n.IP, n.PodCIDR, n.Netns)
+	}
+	for _, c := range info.Clusters {
+		fmt.Fprintf(w, "Cluster %-8s %s (kubeconfig %s)\n", c.Name+":", c.APIServer, c.Kubeconfig)
 	}
 	if info.Edge != nil {
 		fmt.Fprintf(w, "Edge:           %s (the load balancer in front of every worker's ingress; status %s)\n", info.Edge.URL, info.Edge.Status)
@@ -250,6 +266,19 @@ Try it (the git password is in `+"`%[5]s lab status -o json`"+`, key git.passwor
 Images are signed with %[7]s; the ops repo is http://%[3]s@%[4]s.
 `, lab.DemoNamespace, info.Kubeconfig, info.Git.Username, strings.TrimPrefix(info.Git.OpsRepo, "http://"), slipway,
 		strings.TrimPrefix(info.Git.SourceRepos["tea"], "http://"), l.PublicKeyFile())
+	if prod := info.Cluster(lab.ProdCluster); prod != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), `
+Production is a cluster of its own (%[3]s). tea enters it only through a
+Promotion that a release approver, other than its requester and the authors
+of its code, approves. The lab's people have contexts of their own:
+  %[2]s promote tea --to prod -n %[1]s --context dev@slipway-lab
+  %[2]s promotion list -n %[1]s
+  %[2]s approve PROMOTION -n %[1]s --context dev@slipway-lab        # refused: the requester
+  %[2]s approve PROMOTION -n %[1]s --context reviewer@slipway-lab   # lands it
+  %[2]s app get %[4]s -n %[1]s                                     # prod runs what ran in dev
+  kubectl --kubeconfig %[5]s -n %[1]s get deployment tea -o wide
+`, lab.DemoNamespace, slipway, prod.APIServer, lab.ProdStageApp, prod.Kubeconfig)
+	}
 	if info.Edge != nil {
 		fmt.Fprintf(cmd.OutOrStdout(), `
 The services run on the real workers and answer through one address, the

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,9 @@ const (
 // lab has no KWOK but a containerd, kubelet and kube-proxy per node, and
 // the edge load balancer.
 func (s *State) componentOrder() []string {
+	if s.ControlPlaneOnly {
+		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK}
+	}
 	if s.Network == nil {
 		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
 	}
@@ -209,6 +213,9 @@ func (l *Lab) components(st *State) []component {
 				return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(p.Server)+"/readyz", nil)
 			},
 		},
+	}
+	if st.ControlPlaneOnly {
+		return slices.DeleteFunc(all, func(c component) bool { return !slices.Contains(st.componentOrder(), c.name) })
 	}
 	if !st.RealNodes() {
 		return all

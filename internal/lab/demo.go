@@ -102,6 +102,9 @@ func (l *Lab) Demo(ctx context.Context, info *Info) error {
 			}
 		}
 	}
+	if err := l.setUpProdStage(ctx, c, info, auth); err != nil {
+		return err
+	}
 
 	// The change a developer makes: a new brew of tea.
 	brew := "brewed " + time.Now().UTC().Format(time.RFC3339)
@@ -339,21 +342,23 @@ func (l *Lab) createDemoTenant(ctx context.Context, c client.Client) error {
 			return nil
 		}},
 	}
-	// The lab's people: the developer requests promotions, the reviewer
-	// and the security officer approve them; the demo's commits are the
-	// developer's.
+	// The lab's people: the demo's commits are the developer's.
 	identities := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: install.Namespace, Name: promotion.IdentitiesConfigMap}}
 	steps = append(steps, step{identities, func() error {
 		identities.Data = map[string]string{"identities": "dev: [" + demoAuthor.Email + ", dev@example.com]\nreviewer: [reviewer@slipway.dev]\nsecurity-officer: [security-officer@slipway.dev]\n"}
 		return nil
 	}})
-	for person, role := range map[string]string{"dev": "slipway-promotion-requester", "reviewer": "slipway-promotion-approver", "security-officer": "slipway-promotion-approver"} {
-		b := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: role + "-" + person}}
-		steps = append(steps, step{b, func() error {
-			b.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role}
-			b.Subjects = []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: person}}
-			return nil
-		}})
+	// Everyone may request and review: the API server's admission policy,
+	// not RBAC, keeps the developer from approving their own promotion.
+	for _, person := range People {
+		for _, role := range []string{"slipway-promotion-requester", "slipway-promotion-approver"} {
+			b := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: DemoNamespace, Name: role + "-" + person.Name}}
+			steps = append(steps, step{b, func() error {
+				b.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role}
+				b.Subjects = []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: person.Name}}
+				return nil
+			}})
+		}
 	}
 	for _, step := range steps {
 		if _, err := upsert(ctx, c, step.obj, step.mutate); err != nil {

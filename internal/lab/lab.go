@@ -15,7 +15,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -45,6 +47,24 @@ type Lab struct {
 	// kube-proxy in a network namespace each) instead of KWOK's. A lab
 	// keeps the kind it was made with.
 	RealNodes bool
+	// Clusters names further clusters the lab runs beside its own, e.g.
+	// "prod": each a control plane of its own (etcd, API server,
+	// controller-manager, scheduler, KWOK nodes, its own CA), so that
+	// production is a separate API server, as in a bank. A lab keeps the
+	// clusters it was made with and adds those named later.
+	Clusters []string
+	// controlPlaneOnly makes the lab one of those clusters: no git server,
+	// registry or Slipway server of its own.
+	controlPlaneOnly bool
+}
+
+// ClusterDir is where the lab keeps the further cluster name.
+func (l *Lab) ClusterDir(name string) string { return l.path("clusters", name) }
+
+// Cluster is the lab of the further cluster name.
+func (l *Lab) Cluster(name string) *Lab {
+	return &Lab{Dir: l.ClusterDir(name), BinDir: l.BinDir, Slipway: l.Slipway, controlPlaneOnly: true,
+		Progress: func(format string, args ...any) { l.progress(name+": "+format, args...) }}
 }
 
 // DefaultDir is ${XDG_STATE_HOME:-$HOME/.local/state}/slipway/lab.
@@ -110,9 +130,20 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 		if err == nil && l.RealNodes {
 			st.Network = defaultNetwork()
 		}
+		if err == nil {
+			st.ControlPlaneOnly = l.controlPlaneOnly
+		}
 	}
 	if err != nil {
 		return nil, err
+	}
+	for _, name := range l.Clusters {
+		if !validClusterName(name) {
+			return nil, fmt.Errorf("cluster name %q: use lower-case letters, digits and dashes", name)
+		}
+		if !slices.Contains(st.Clusters, name) {
+			st.Clusters = append(st.Clusters, name)
+		}
 	}
 	if l.RealNodes && !st.RealNodes() {
 		return nil, fmt.Errorf("the lab in %s runs KWOK nodes; real nodes need a lab of their own (`slipway lab up --real-nodes` uses %s, or `lab down --purge` this one first)",
@@ -163,7 +194,16 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 			}
 		}
 	}
+	for _, name := range st.Clusters {
+		if _, err := l.Cluster(name).Up(ctx); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", name, err)
+		}
+	}
 	return l.info(st), nil
+}
+
+func validClusterName(name string) bool {
+	return name != "" && len(name) <= 20 && strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") == "" && name[0] != '-'
 }
 
 func (l *Lab) ensureComponent(ctx context.Context, st *State, c component) error {
@@ -265,6 +305,12 @@ func (l *Lab) Down(purge bool) error {
 		return err
 	}
 	var errs []error
+	// Further clusters first: they serve the lab's Applications.
+	for _, name := range st.Clusters {
+		if err := l.Cluster(name).Down(purge); err != nil {
+			errs = append(errs, fmt.Errorf("cluster %s: %w", name, err))
+		}
+	}
 	order := st.componentOrder()
 	for i := len(order) - 1; i >= 0; i-- {
 		if order[i] == compServer && st.RealNodes() {
@@ -315,8 +361,28 @@ type Info struct {
 	// Nodes and Edge describe the real-node lab; both are absent with KWOK.
 	Nodes []NodeInfo `json:"nodes,omitempty"`
 	Edge  *EdgeInfo  `json:"edge,omitempty"`
+	// Clusters are the further clusters the lab runs (e.g. prod).
+	Clusters []ClusterInfo `json:"clusters,omitempty"`
 	// expected is how many components the lab has.
 	expected int
+}
+
+// ClusterInfo is one further cluster of the lab.
+type ClusterInfo struct {
+	Name       string          `json:"name"`
+	Kubeconfig string          `json:"kubeconfig"`
+	APIServer  string          `json:"apiServer"`
+	Components []ComponentInfo `json:"components"`
+}
+
+// Cluster returns the further cluster name, or nil.
+func (i *Info) Cluster(name string) *ClusterInfo {
+	for k := range i.Clusters {
+		if i.Clusters[k].Name == name {
+			return &i.Clusters[k]
+		}
+	}
+	return nil
 }
 
 // NodeInfo is one real node.
@@ -375,10 +441,14 @@ type ComponentInfo struct {
 
 // AllRunning reports whether every component of the lab runs.
 func (i *Info) AllRunning() bool {
-	if len(i.Components) != i.expected {
+	all := i.Components
+	for _, c := range i.Clusters {
+		all = append(all[:len(all):len(all)], c.Components...)
+	}
+	if len(all) != i.expected {
 		return false
 	}
-	for _, c := range i.Components {
+	for _, c := range all {
 		if !c.Running {
 			return false
 		}
@@ -419,6 +489,12 @@ func (l *Lab) info(st *State) *Info {
 	}
 	for _, app := range DemoApps {
 		info.Git.SourceRepos[app] = gitURL + "/" + SourceRepo(app)
+	}
+	for _, name := range st.Clusters {
+		if ci, err := l.Cluster(name).Status(); err == nil {
+			info.Clusters = append(info.Clusters, ClusterInfo{Name: name, Kubeconfig: ci.Kubeconfig, APIServer: ci.APIServer, Components: ci.Components})
+			info.expected += ci.expected
+		}
 	}
 	for _, name := range st.componentOrder() {
 		if p := st.Components[name]; p != nil {

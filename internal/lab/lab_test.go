@@ -51,7 +51,7 @@ func TestLabEndToEnd(t *testing.T) {
 	}
 	exe := buildSlipway(t)
 	dir := t.TempDir()
-	l := &lab.Lab{Dir: dir, BinDir: testenv.BinDir(), Slipway: exe, Progress: t.Logf}
+	l := &lab.Lab{Dir: dir, BinDir: testenv.BinDir(), Slipway: exe, Progress: t.Logf, Clusters: []string{lab.ProdCluster}}
 	t.Cleanup(func() { _ = l.Down(false) })
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -131,6 +131,8 @@ func TestLabEndToEnd(t *testing.T) {
 		t.Fatalf("app diff on a synced app:\n%s", out)
 	}
 
+	checkPromotionToProd(t, exe, l, c, kube)
+
 	// A push reaches the cluster through the git server's push notification.
 	auth := gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}
 	deploy, err := os.ReadFile(filepath.Join("demo", "apps", "tea", "deployment.yaml"))
@@ -174,6 +176,64 @@ func TestLabEndToEnd(t *testing.T) {
 	}
 	if out, err := exec.Command(exe, "lab", "status", "--dir", dir).CombinedOutput(); err == nil {
 		t.Fatalf("lab status exits 0 after down:\n%s", out)
+	}
+}
+
+// checkPromotionToProd carries tea from the lab's cluster into the prod
+// cluster as the lab's people would: the developer requests it and cannot
+// approve it; a reviewer approves, and prod then runs exactly the image
+// that runs in dev.
+func checkPromotionToProd(t *testing.T, exe string, l *lab.Lab, c client.Client, kube []string) {
+	t.Helper()
+	as := func(person string, args ...string) []string {
+		return append(append(args, kube...), "--context", person+"@slipway-lab")
+	}
+	var p slipwayv1.Promotion
+	runJSON(t, exe, &p, as("dev", "promote", "tea", "--to", lab.ProdCluster, "--change-id", "CHG-1", "-o", "json")...)
+	if p.Spec.RequestedBy != "dev" {
+		t.Fatalf("promotion requested by %q, want dev", p.Spec.RequestedBy)
+	}
+	if out, err := exec.Command(exe, as("dev", "approve", p.Name)...).CombinedOutput(); err == nil || !strings.Contains(string(out), "cannot approve or reject") {
+		t.Fatalf("the requester approving their own promotion: %v\n%s", err, out)
+	}
+	// The reviewer's approval is accepted once the promotion's commits and
+	// their authors are resolved (a moment after it is created).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := exec.Command(exe, as("reviewer", "approve", p.Name)...).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || !strings.Contains(string(out), "not resolved yet") {
+			t.Fatalf("the reviewer approving: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	prod, _, err := l.Cluster(lab.ProdCluster).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dev appsv1.Deployment
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: lab.DemoNamespace, Name: "tea"}, &dev); err != nil {
+		t.Fatal(err)
+	}
+	want := dev.Spec.Template.Spec.Containers[0].Image
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		var d appsv1.Deployment
+		err := prod.Get(context.Background(), client.ObjectKey{Namespace: lab.DemoNamespace, Name: "tea"}, &d)
+		if err == nil && d.Spec.Template.Spec.Containers[0].Image == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			var got slipwayv1.Promotion
+			runJSON(t, exe, &got, as("reviewer", "promotion", "get", p.Name, "-o", "json")...)
+			t.Fatalf("prod does not run %s (%v, %+v); promotion status %+v", want, err, d.Spec.Template.Spec.Containers, got.Status)
+		}
+		time.Sleep(time.Second)
+	}
+	if !strings.Contains(want, "@sha256:") {
+		t.Fatalf("dev runs %s, not an image pinned by digest", want)
 	}
 }
 

@@ -25,6 +25,11 @@ type State struct {
 	Host []HostChange `json:"host,omitempty"`
 	// Images are the lab's own images in its registry, pinned by digest.
 	Images map[string]string `json:"images,omitempty"`
+	// Clusters are the further clusters the lab runs (ClusterDir).
+	Clusters []string `json:"clusters,omitempty"`
+	// ControlPlaneOnly marks the lab of a further cluster: no git server,
+	// registry or Slipway server.
+	ControlPlaneOnly bool `json:"controlPlaneOnly,omitempty"`
 }
 
 // Ports are chosen free once, then kept so addresses stay stable across restarts.

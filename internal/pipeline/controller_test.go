@@ -162,7 +162,7 @@ func runPipelineToTheEnd(t *testing.T, env *testenv.Env, ns, pipeline, name, com
 	if err := env.Client.Create(t.Context(), run); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Minute)
+	deadline := time.Now().Add(8 * time.Minute)
 	for {
 		if err := env.Client.Get(t.Context(), client.ObjectKeyFromObject(run), run); err != nil {
 			t.Fatal(err)
@@ -171,7 +171,7 @@ func runPipelineToTheEnd(t *testing.T, env *testenv.Env, ns, pipeline, name, com
 			return run
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("run %s still %q after 3m", name, run.Status.Phase)
+			t.Fatalf("run %s still %q after 8m", name, run.Status.Phase)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}

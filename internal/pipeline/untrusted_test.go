@@ -24,7 +24,7 @@ import (
 // than the one the ops repository runs, as a replayed push would start.
 func TestRunRefusesToPromoteAnOlderCommit(t *testing.T) {
 	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	old := l.commit
 	newer := l.commitSource(t, map[string][]byte{"NOTES.txt": []byte("a newer brew\n")}, "Newer")
@@ -234,7 +234,7 @@ func TestTestStepCannotPoisonAnotherPipelinesBuild(t *testing.T) {
 // commit all the same.
 func TestTestStepCannotChangeWhatIsBuilt(t *testing.T) {
 	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	if err := l.git.CreateRepo(ctx, "printer.git"); err != nil {
 		t.Fatal(err)
@@ -261,7 +261,7 @@ func TestTestStepCannotChangeWhatIsBuilt(t *testing.T) {
 // namespaces' Pipelines: each keeps its own directory and logs.
 func TestRunsOfOneNameInTwoNamespaces(t *testing.T) {
 	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	other := l.commitSource(t, map[string][]byte{"NOTES.txt": []byte("the other team's brew\n")}, "Other")
 	first := l.request("tea-run", l.commit)
@@ -291,7 +291,7 @@ func TestRunsOfOneNameInTwoNamespaces(t *testing.T) {
 func TestStepLogIsBounded(t *testing.T) {
 	l := startLab(t)
 	l.engine.MaxLogBytes = 64 << 10
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	commit := l.commitSource(t, map[string][]byte{
 		"slipway.yaml": []byte("test:\n  command: head -c 3000000 /dev/zero | tr '\\\\0' x; echo; echo after-the-$((40+2))\n"),
@@ -320,7 +320,7 @@ func TestStepLogIsBounded(t *testing.T) {
 // Pipeline that does not allow it.
 func TestTestStepNetworkNeedsThePipeline(t *testing.T) {
 	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	commit := l.commitSource(t, map[string][]byte{
 		"slipway.yaml": []byte("test:\n  command: go test ./...\n  network: true\n"),
@@ -338,7 +338,7 @@ func TestTestStepNetworkNeedsThePipeline(t *testing.T) {
 // under the name of the watched one.
 func TestRunBuildsOnlyCommitsOfItsBranch(t *testing.T) {
 	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	feature, err := gitserver.CommitFiles(ctx, l.srcURL, gitAuth, gitserver.Commit{
 		Branch: "feature", Files: map[string][]byte{"NOTES.txt": []byte("unreviewed\n")}, Message: "Unreviewed",
