@@ -54,6 +54,8 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 	cmd.Flags().StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret")
 	cmd.Flags().BoolVar(&opts.LeaderElection, "leader-elect", true, "elect a leader so only one replica reconciles")
 	cmd.Flags().StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", install.Namespace, "namespace of the leader-election lease")
+	cmd.Flags().DurationVar(&opts.LeaseDuration, "leader-elect-lease-duration", server.DefaultLeaseDuration,
+		"how long the leader's lease lasts without renewal: another replica takes over a dead leader after it (the leader renews within two thirds of it)")
 	cmd.Flags().StringVar(&opts.GitCacheDir, "git-cache-dir", filepath.Join(upstream.CacheDir(), "git"), "directory for cached clones")
 	cmd.Flags().StringVar(&opts.RunDir, "run-dir", filepath.Join(upstream.CacheDir(), "runs"), "directory for pipeline run workspaces and logs (by namespace) and the local executor's containers")
 	cmd.Flags().StringVar(&opts.CacheDir, "cache-dir", filepath.Join(upstream.CacheDir(), "pipeline-caches"), "directory for each Pipeline's test caches (Go build and module caches), by namespace; builds never read them")

@@ -48,6 +48,11 @@ type Options struct {
 	// LeaderElection makes only one replica reconcile at a time.
 	LeaderElection          bool
 	LeaderElectionNamespace string
+	// LeaseDuration is how long a lease stays the leader's without renewal:
+	// how soon another replica takes over from a leader that died. The
+	// leader gives up after two thirds of it without renewing, so a busy
+	// API server must not take that long to answer.
+	LeaseDuration time.Duration
 	GitCacheDir             string
 	// RunDir holds each pipeline run's workspace (removed when it ends) and
 	// logs, by namespace, and the local executor's containers (.sandbox).
@@ -79,6 +84,12 @@ type Options struct {
 	// Started, when set, receives the bound HTTP address once the server listens.
 	Started func(addr string)
 }
+
+// DefaultLeaseDuration is twice client-go's usual 15 s: a leader whose
+// API server answers slowly under a burst of syncs keeps its lease rather
+// than exiting, at the price of a slower takeover when it really dies (a
+// leader that stops cleanly releases its lease at once).
+const DefaultLeaseDuration = 30 * time.Second
 
 // Scheme has the types the server reads and writes.
 func Scheme() *runtime.Scheme {
@@ -136,6 +147,8 @@ func sandboxDir(opts Options) string {
 // Run serves until ctx is cancelled.
 func Run(ctx context.Context, opts Options) error {
 	log := ctrl.Log.WithName("server")
+	lease := cmp.Or(opts.LeaseDuration, DefaultLeaseDuration)
+	renew, retry := lease*2/3, lease/8
 	mgr, err := ctrl.NewManager(opts.Config, ctrl.Options{
 		Scheme:                        Scheme(),
 		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served on our own listener
@@ -144,6 +157,9 @@ func Run(ctx context.Context, opts Options) error {
 		LeaderElectionID:              "slipway-controller",
 		LeaderElectionNamespace:       opts.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &lease,
+		RenewDeadline:                 &renew,
+		RetryPeriod:                   &retry,
 		Client: client.Options{Cache: &client.CacheOptions{
 			// Read Secrets, ConfigMaps and Namespaces on demand, by name:
 			// caching them would need cluster-wide list and watch of every
