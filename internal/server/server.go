@@ -53,7 +53,7 @@ type Options struct {
 	// leader gives up after two thirds of it without renewing, so a busy
 	// API server must not take that long to answer.
 	LeaseDuration time.Duration
-	GitCacheDir             string
+	GitCacheDir   string
 	// RunDir holds each pipeline run's workspace (removed when it ends) and
 	// logs, by namespace, and the local executor's containers (.sandbox).
 	RunDir string
