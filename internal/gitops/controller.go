@@ -360,6 +360,7 @@ func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.
 	}
 	if health.Status != app.Status.Health.Status && health.Status == slipwayv1.HealthDegraded {
 		r.event(app, corev1.EventTypeWarning, ReasonDegraded, health.Message)
+		countRolloutFailure(app)
 	}
 	app.Status.Health = health
 	setCondition(app, slipwayv1.ConditionStalled, metav1.ConditionFalse, ReasonSucceeded, "")
@@ -507,6 +508,7 @@ func (r *ApplicationReconciler) addHistory(app *slipwayv1.Application, revision,
 	if len(app.Status.History) > 0 {
 		next = app.Status.History[0].ID + 1
 	}
+	countDeployment(app, result != "Succeeded")
 	entry := slipwayv1.RevisionHistory{ID: next, Revision: revision, DeployedAt: metav1.Now(), Result: result, Message: truncate(message, 512)}
 	app.Status.History = append([]slipwayv1.RevisionHistory{entry}, app.Status.History...)
 	if len(app.Status.History) > historyLimit {

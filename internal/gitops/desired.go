@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/fluxcd/pkg/ssa"
 	corev1 "k8s.io/api/core/v1"
@@ -104,7 +103,6 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 		timeout = app.Spec.Source.Timeout.Duration
 	}
 	ref := app.Spec.Source.Ref
-	start := time.Now()
 	snap, err := l.Fetcher.Fetch(ctx, gitsource.Request{
 		URL:     app.Spec.Source.URL,
 		Ref:     gitsource.Ref{Branch: ref.Branch, Tag: ref.Tag, Commit: ref.Commit},
@@ -113,7 +111,6 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 		Timeout: timeout,
 	}, app.Spec.PinnedRevision)
 	if err != nil {
-		gitFetchDuration.WithLabelValues("error").Observe(time.Since(start).Seconds())
 		var gitErr *gitsource.Error
 		if !errors.As(err, &gitErr) {
 			// The path is missing or the tree unreadable: a new commit must fix it.
@@ -121,7 +118,6 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 		}
 		return nil, err
 	}
-	gitFetchDuration.WithLabelValues("success").Observe(time.Since(start).Seconds())
 
 	objs, err := manifest.Render(snap.Files)
 	if err != nil {

@@ -37,7 +37,19 @@ var policyViolations = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Policy rule failures found by the sync gate, by rule, severity and outcome (fail or waived).",
 }, []string{"rule", "severity", "outcome"})
 
-func init() { metrics.Registry.MustRegister(policyViolations) }
+var policyGateChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "slipway_policy_gate_checks_total",
+	Help: "Revisions checked by the sync gate against a PolicyProfile, by the profile's mode (enforce, audit) and outcome (passed, failed); failed in enforce mode blocked the sync.",
+}, []string{"mode", "outcome"})
+
+func init() {
+	metrics.Registry.MustRegister(policyViolations, policyGateChecks)
+	for _, mode := range []string{slipwayv1.PolicyModeEnforce, slipwayv1.PolicyModeAudit} {
+		for _, outcome := range []string{"passed", "failed"} {
+			policyGateChecks.WithLabelValues(mode, outcome)
+		}
+	}
+}
 
 // PolicyGate evaluates rendered manifests against the Application's
 // PolicyProfile and the cluster's PolicyWaivers before anything is applied.
@@ -192,6 +204,11 @@ func (g *PolicyGate) checkProfile(ctx context.Context, app *slipwayv1.Applicatio
 	}
 	checkUnchecked(compiled, name, results, desired, cluster.Mapper, st)
 	unreachable := g.checkImages(ctx, profile, desired, st)
+	outcome := "passed"
+	if !st.Passed {
+		outcome = "failed"
+	}
+	policyGateChecks.WithLabelValues(st.Mode, outcome).Inc()
 	// Failures first, so the truncated list keeps what blocks.
 	sort.SliceStable(st.Violations, func(i, j int) bool { return st.Violations[i].Waiver == "" && st.Violations[j].Waiver != "" })
 	if !st.Passed && st.Mode == slipwayv1.PolicyModeEnforce {

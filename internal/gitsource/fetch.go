@@ -259,6 +259,7 @@ func (cr *cachedRepo) fetch(ctx context.Context, req Request, ref Ref, refspec g
 	if err != nil {
 		return fmt.Errorf("git fetch %s from %s: %w", ref, RedactURL(req.URL), err)
 	}
+	start := time.Now()
 	err = cr.repo.FetchContext(ctx, &git.FetchOptions{
 		RemoteName: "origin",
 		RemoteURL:  req.URL,
@@ -269,15 +270,18 @@ func (cr *cachedRepo) fetch(ctx context.Context, req Request, ref Ref, refspec g
 		Force:      true,
 	})
 	if err == nil || errors.Is(err, git.NoErrAlreadyUpToDate) {
+		ObserveOperation(OpFetch, req.URL, start, ResultSuccess)
 		return nil
 	}
+	err = classify(ctx, err)
+	ObserveOperation(OpFetch, req.URL, start, OperationResult(err))
 	// A pack refused half-way leaves go-git's temporary files behind.
 	if tmp, _ := filepath.Glob(filepath.Join(cr.dir, "objects", "pack", "tmp_*")); len(tmp) > 0 {
 		for _, t := range tmp {
 			_ = os.Remove(t)
 		}
 	}
-	return &Error{Op: "fetch", URL: RedactURL(req.URL), Ref: ref.String(), Timeout: timeout, Err: classify(ctx, err)}
+	return &Error{Op: "fetch", URL: RedactURL(req.URL), Ref: ref.String(), Timeout: timeout, Err: err}
 }
 
 // peel follows annotated tags to their commit.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -51,7 +52,9 @@ func PullBase(ctx context.Context, ref string, platform v1.Platform, opts ...rem
 		return nil, fmt.Errorf("parse base image reference %q: %w", ref, err)
 	}
 	opts = append(opts, remote.WithContext(ctx), remote.WithPlatform(platform))
+	start := time.Now()
 	img, err := remote.Image(r, opts...)
+	ObserveRegistryOperation(RegistryPull, r.Context().RegistryStr(), start, err)
 	if err != nil {
 		return nil, fmt.Errorf("pull base image %s for %s: %w", r, platform, err)
 	}
@@ -80,7 +83,10 @@ func Push(ctx context.Context, img v1.Image, ref string, opts ...remote.Option) 
 		return name.Digest{}, fmt.Errorf("compute digest of image for %s: %w", tag, err)
 	}
 	opts = append(opts, remote.WithContext(ctx))
-	if err := remote.Write(tag, img, opts...); err != nil {
+	start := time.Now()
+	err = remote.Write(tag, img, opts...)
+	ObserveRegistryOperation(RegistryPush, tag.RegistryStr(), start, err)
+	if err != nil {
 		return name.Digest{}, fmt.Errorf("push image to %s: %w", tag, err)
 	}
 	return tag.Context().Digest(d.String()), nil

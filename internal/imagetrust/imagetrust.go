@@ -114,6 +114,7 @@ func (p *Policy) verify(ctx context.Context, image string) *Failure {
 	defer cancel()
 	opts := []remote.Option{remote.WithAuthFromKeychain(keychain(p.Credentials))}
 	var lastErr error
+	start := time.Now()
 	for _, key := range p.Keys {
 		ver, err := signing.Verify(ctx, digest, key, []string{imagebuild.PredicateSLSAProvenance}, opts...)
 		if err != nil {
@@ -123,8 +124,10 @@ func (p *Policy) verify(ctx context.Context, image string) *Failure {
 			}
 			continue
 		}
+		imagebuild.ObserveRegistryOperation(imagebuild.RegistryVerify, digest.RegistryStr(), start, nil)
 		return p.checkProvenance(image, ver)
 	}
+	imagebuild.ObserveRegistryOperation(imagebuild.RegistryVerify, digest.RegistryStr(), start, registryErr(ctx, lastErr))
 	switch {
 	case ctx.Err() != nil:
 		return &Failure{Image: image, Unreachable: true,
@@ -136,6 +139,18 @@ func (p *Policy) verify(ctx context.Context, image string) *Failure {
 	default:
 		return fail("cannot be verified: %v", lastErr)
 	}
+}
+
+// registryErr is what the registry did wrong while verifying, if anything:
+// an image found unsigned was read without error.
+func registryErr(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, signing.ErrNotSigned), err != nil && strings.Contains(err.Error(), "attestation"):
+		return nil
+	}
+	return err
 }
 
 // checkProvenance reads the builder and source from the verified SLSA

@@ -510,10 +510,15 @@ func (r *run) checkout(ctx context.Context, w io.Writer, res *Result) (string, e
 	opts := &git.CloneOptions{URL: src.URL, NoCheckout: true, Tags: git.NoTags, Auth: auth, ReferenceName: branch, SingleBranch: true}
 	fmt.Fprintf(w, "slipway: cloning %s (branch %s) into %s\n", remoteName, src.Branch, r.source)
 	opCtx, cancel := context.WithTimeout(ctx, r.s.Timeouts.GitOperation)
+	started := time.Now()
 	repo, err := git.PlainCloneContext(opCtx, r.source, false, opts)
-	cancel()
 	if err != nil {
-		return "", gitError("clone", remoteName, r.s.Timeouts.GitOperation, opCtx, err)
+		err = gitError("clone", remoteName, r.s.Timeouts.GitOperation, opCtx, err)
+	}
+	cancel()
+	gitsource.ObserveOperation(gitsource.OpClone, src.URL, started, gitsource.OperationResult(err))
+	if err != nil {
+		return "", err
 	}
 	head, err := repo.Reference(branch, true)
 	if err != nil {
@@ -851,12 +856,18 @@ func registryError(repo name.Repository, user string, err error) error {
 // sign signs the image and attaches the statements, signed, as cosign
 // attestations.
 func (r *run) sign(ctx context.Context, w io.Writer, _ *Result) (string, error) {
-	if err := signing.SignImage(ctx, r.digest, r.s.SigningKey, r.remote...); err != nil {
+	start := time.Now()
+	err := signing.SignImage(ctx, r.digest, r.s.SigningKey, r.remote...)
+	imagebuild.ObserveRegistryOperation(imagebuild.RegistrySign, r.repo.RegistryStr(), start, err)
+	if err != nil {
 		return "", registryError(r.repo, r.s.Registry.Username, err)
 	}
 	fmt.Fprintf(w, "slipway: signed %s\n", r.digest)
 	for _, stmt := range r.statements {
-		if err := signing.Attest(ctx, r.digest, r.s.SigningKey, stmt, r.remote...); err != nil {
+		start := time.Now()
+		err := signing.Attest(ctx, r.digest, r.s.SigningKey, stmt, r.remote...)
+		imagebuild.ObserveRegistryOperation(imagebuild.RegistrySign, r.repo.RegistryStr(), start, err)
+		if err != nil {
 			return "", registryError(r.repo, r.s.Registry.Username, err)
 		}
 	}

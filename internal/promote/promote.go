@@ -175,7 +175,7 @@ func Promote(ctx context.Context, req Request) (*Result, error) {
 
 	branch := plumbing.NewBranchReferenceName(req.Branch)
 	var repo *git.Repository
-	err = withTimeout(ctx, req.Timeout, func(ctx context.Context) error {
+	err = withTimeout(ctx, gitsource.OpClone, req, func(ctx context.Context) error {
 		var err error
 		repo, err = git.CloneContext(ctx, memory.NewStorage(), memfs.New(), &git.CloneOptions{
 			URL:           req.RepoURL,
@@ -224,7 +224,7 @@ func Promote(ctx context.Context, req Request) (*Result, error) {
 		if req.beforePush != nil {
 			req.beforePush(attempt)
 		}
-		err = withTimeout(ctx, req.Timeout, func(ctx context.Context) error {
+		err = withTimeout(ctx, gitsource.OpPush, req, func(ctx context.Context) error {
 			return repo.PushContext(ctx, &git.PushOptions{
 				RemoteName: "origin",
 				RefSpecs:   []gitconfig.RefSpec{gitconfig.RefSpec(branch + ":" + branch)},
@@ -243,7 +243,7 @@ func Promote(ctx context.Context, req Request) (*Result, error) {
 		if err := sleep(ctx, backoff(attempt)); err != nil {
 			return nil, fail("wait to retry the push to", err)
 		}
-		err = withTimeout(ctx, req.Timeout, func(ctx context.Context) error {
+		err = withTimeout(ctx, gitsource.OpFetch, req, func(ctx context.Context) error {
 			err := repo.FetchContext(ctx, &git.FetchOptions{
 				RemoteName: "origin",
 				RefSpecs:   []gitconfig.RefSpec{gitconfig.RefSpec("+" + branch + ":" + tracking)},
@@ -429,12 +429,19 @@ func CommitMessage(req Request) string {
 // trailerKey is what git accepts as a trailer key.
 var trailerKey = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]*$`)
 
-// withTimeout runs one git operation under its own deadline and explains
-// its error.
-func withTimeout(ctx context.Context, d time.Duration, op func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
+// withTimeout runs one git operation on the ops repository under its own
+// deadline, explains its error and records it.
+func withTimeout(ctx context.Context, operation string, req Request, op func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, req.Timeout)
 	defer cancel()
-	return classify(ctx, op(ctx), d)
+	start := time.Now()
+	err := classify(ctx, op(ctx), req.Timeout)
+	result := gitsource.OperationResult(err)
+	if err != nil && rejected(err) {
+		result = gitsource.ResultRejected
+	}
+	gitsource.ObserveOperation(operation, req.RepoURL, start, result)
+	return err
 }
 
 // classify turns go-git's errors into a cause a person can act on, keeping

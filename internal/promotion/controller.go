@@ -213,6 +213,7 @@ func (r *Reconciler) land(ctx context.Context, p *slipwayv1.Promotion, d *slipwa
 // finish puts the promotion in a final phase.
 func (r *Reconciler) finish(p *slipwayv1.Promotion, phase, reason, msg string) (ctrl.Result, error) {
 	p.Status.Phase = phase
+	observeFinished(p, phase, r.now())
 	status := metav1.ConditionFalse
 	eventType := corev1.EventTypeWarning
 	if phase == slipwayv1.PromotionLanded {

@@ -216,9 +216,11 @@ func Run(ctx context.Context, opts Options) error {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
-	mux.Handle("/hooks/git", &webhook.Handler{
+	hooks := &webhook.Handler{
 		Secret: opts.WebhookSecret, SecretFile: opts.WebhookSecretFile, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook"),
-	})
+	}
+	hooks.ExportSecretConfigured()
+	mux.Handle("/hooks/git", hooks)
 	switch {
 	case opts.WebhookSecretFile != "":
 		if s, err := webhook.ReadSecretFile(opts.WebhookSecretFile); err != nil || len(s) == 0 {
@@ -245,6 +247,14 @@ func Run(ctx context.Context, opts Options) error {
 			ready.Store(true)
 		}
 	}()
+	leader.Set(0)
+	go func() {
+		select {
+		case <-mgr.Elected():
+			leader.Set(1)
+		case <-ctx.Done():
+		}
+	}()
 	mgrErr := make(chan error, 1)
 	go func() { mgrErr <- mgr.Start(ctx) }()
 
@@ -252,6 +262,8 @@ func Run(ctx context.Context, opts Options) error {
 	case err = <-mgrErr:
 	case err = <-httpErr:
 	}
+	// Losing the lease ends Start: this replica leads no more.
+	leader.Set(0)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)

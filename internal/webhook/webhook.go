@@ -284,16 +284,25 @@ type response struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	event := r.Header.Get("X-GitHub-Event")
+	if event == "" {
+		event = r.Header.Get("X-Gitea-Event")
+	}
+	observeDelivery(event, h.serve(w, r, event))
+}
+
+// serve answers one delivery and returns its result.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, event string) string {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "use POST", http.StatusMethodNotAllowed)
-		return
+		return ResultBadRequest
 	}
 	log := h.Log.WithValues("remote", r.RemoteAddr, "delivery", delivery(r.Header))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxPayloadBytes))
 	if err != nil {
 		http.Error(w, fmt.Sprintf("payload over %d bytes", MaxPayloadBytes), http.StatusRequestEntityTooLarge)
-		return
+		return ResultBadRequest
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
@@ -301,43 +310,39 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Error(err, "listing Pipelines")
 		http.Error(w, "could not list Pipelines: "+err.Error(), http.StatusInternalServerError)
-		return
+		return ResultError
 	}
 	if !v.any() {
 		// Never log the payload of an unverified delivery.
 		log.Info("refused webhook: bad signature", "reason", v.reason)
 		http.Error(w, "invalid signature", http.StatusUnauthorized)
-		return
-	}
-	event := r.Header.Get("X-GitHub-Event")
-	if event == "" {
-		event = r.Header.Get("X-Gitea-Event")
+		return ResultInvalidSignature
 	}
 	switch event {
 	case "ping":
 		w.WriteHeader(http.StatusOK)
-		return
+		return ResultAccepted
 	case "push":
 	default:
 		http.Error(w, fmt.Sprintf("event %q is not handled; send push events", event), http.StatusAccepted)
-		return
+		return ResultIgnored
 	}
 	push, err := ParsePush(body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+		return ResultBadRequest
 	}
 	apps, err := h.following(ctx, push)
 	if err != nil {
 		log.Error(err, "listing Applications")
 		http.Error(w, "could not list Applications: "+err.Error(), http.StatusInternalServerError)
-		return
+		return ResultError
 	}
 	runs, err := h.startRuns(ctx, push, v)
 	if err != nil {
 		log.Error(err, "starting pipeline runs")
 		http.Error(w, "could not start pipeline runs: "+err.Error(), http.StatusInternalServerError)
-		return
+		return ResultError
 	}
 	// Senders give up after about ten seconds (GitHub does), and annotating
 	// hundreds of Applications can take longer: answer now, finish in the
@@ -351,6 +356,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	_ = json.NewEncoder(w).Encode(response{Applications: names, PipelineRuns: runs})
+	return ResultAccepted
 }
 
 // verified is what a delivery's signature proved: the server's secret
