@@ -20,3 +20,10 @@ var RBAC embed.FS
 //
 //go:embed admission/*.yaml
 var Admission embed.FS
+
+// Monitoring holds what Prometheus and Grafana need to watch Slipway: the
+// alerting and recording rules, the scrape configuration, the Prometheus
+// Operator's ServiceMonitor and PrometheusRule, and the dashboards.
+//
+//go:embed monitoring/rules/*.yaml monitoring/prometheus/*.yaml monitoring/operator/*.yaml monitoring/dashboards/*.json
+var Monitoring embed.FS

@@ -45,6 +45,13 @@ const (
 // and the NodeRestriction admission plugin know a kubelet by this subject.
 func NodeClient(node string) string { return "node-" + node }
 
+// Monitoring is the certificate of the lab's Prometheus, which reads the
+// API server's and the kubelets' metrics as MonitoringUser.
+const (
+	Monitoring     = "monitoring"
+	MonitoringUser = "slipway-lab:prometheus"
+)
+
 // File names of the service-account signing key pair, for the apiserver's
 // --service-account-signing-key-file and --service-account-key-file and
 // the controller-manager's --service-account-private-key-file.
@@ -151,6 +158,7 @@ func specs(opts Options) ([]spec, error) {
 		// The CN must match the apiserver's --requestheader-allowed-names.
 		{name: FrontProxyClient, issuer: FrontProxyCA, subject: pkix.Name{CommonName: "front-proxy-client"}, usages: client},
 		{name: Admin, issuer: CA, subject: pkix.Name{CommonName: "slipway-admin", Organization: masters}, usages: client},
+		{name: Monitoring, issuer: CA, subject: pkix.Name{CommonName: MonitoringUser}, usages: client},
 		// The built-in RBAC roles of these components are bound to these
 		// exact user names.
 		{name: ControllerManager, issuer: CA, subject: pkix.Name{CommonName: "system:kube-controller-manager"}, usages: client},

@@ -17,7 +17,7 @@ import (
 	"k8s.io/client-go/util/keyutil"
 )
 
-var certNames = []string{CA, APIServer, APIServerKubeletClient, FrontProxyCA, FrontProxyClient, Admin, ControllerManager, Scheduler, KWOK, KubeProxy}
+var certNames = []string{CA, APIServer, APIServerKubeletClient, FrontProxyCA, FrontProxyClient, Admin, ControllerManager, Scheduler, KWOK, KubeProxy, Monitoring}
 
 func readCert(t *testing.T, dir, name string) *x509.Certificate {
 	t.Helper()
@@ -114,6 +114,7 @@ func TestEnsureAllIssuesAVerifiableSet(t *testing.T) {
 		{KubeProxy, ca, x509.ExtKeyUsageClientAuth, "system:kube-proxy", nil},
 		// The Node authorizer knows a kubelet only by this exact subject.
 		{NodeClient("worker-01"), ca, x509.ExtKeyUsageClientAuth, "system:node:worker-01", []string{"system:nodes"}},
+		{Monitoring, ca, x509.ExtKeyUsageClientAuth, MonitoringUser, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cert := readCert(t, dir, tc.name)
@@ -219,7 +220,7 @@ func TestEnsureAllReplacesOnlyWhatIsNoLongerValid(t *testing.T) {
 		return []string{filepath.Base(CertPath("", name)), filepath.Base(KeyPath("", name))}
 	}
 	leavesOfCA := slices.Concat(keyAndCert(CA), keyAndCert(APIServer), keyAndCert(APIServerKubeletClient),
-		keyAndCert(Admin), keyAndCert(ControllerManager), keyAndCert(Scheduler), keyAndCert(KWOK), keyAndCert(KubeProxy))
+		keyAndCert(Admin), keyAndCert(ControllerManager), keyAndCert(Scheduler), keyAndCert(KWOK), keyAndCert(KubeProxy), keyAndCert(Monitoring))
 	slices.Sort(leavesOfCA)
 
 	for _, tc := range []struct {
