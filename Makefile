@@ -31,10 +31,14 @@ test: deps upstream
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 
-## deps: system packages the tests need (git for the git server, runc for isolated test steps)
+## deps: system packages the tests need (git for the git server, runc for isolated test steps,
+## Prometheus and Alertmanager for the monitoring tests and `lab up --monitoring`)
 deps:
 	@command -v git >/dev/null || { echo "installing git"; apt-get update -qq && apt-get install -y -qq git; }
 	@command -v runc >/dev/null || { echo "installing runc"; apt-get update -qq && apt-get install -y -qq runc; }
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { echo "installing prometheus and prometheus-alertmanager"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager && \
+		{ [ ! -d /run/systemd/system ] || systemctl disable --now prometheus.service prometheus-alertmanager.service; }; }
 	$(GO) mod download
 
 ## upstream: build and cache etcd, Kubernetes and KWOK (minutes the first time, instant later)
