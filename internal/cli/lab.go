@@ -35,6 +35,7 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 	var clusters []string
 	cmd.PersistentFlags().StringSliceVar(&clusters, "clusters", nil, "further clusters besides the lab's own (dev), each a control plane of its own with its own CA, "+
 		"e.g. --clusters prod; `lab demo` always runs prod, where tea's prod stage deploys")
+	monitoring := addMonitoringFlags(cmd)
 	newLab := func(cmd *cobra.Command) *lab.Lab {
 		exe, _ := os.Executable()
 		start := time.Now()
@@ -54,9 +55,11 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 		if cmd.Name() == "demo" && !slices.Contains(extra, lab.ProdCluster) {
 			extra = append(extra, lab.ProdCluster)
 		}
-		return &lab.Lab{Dir: d, BinDir: binDir, Slipway: exe, RealNodes: realNodes, Clusters: extra, Progress: func(format string, args ...any) {
+		l := &lab.Lab{Dir: d, BinDir: binDir, Slipway: exe, RealNodes: realNodes, Clusters: extra, Progress: func(format string, args ...any) {
 			fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		}}
+		monitoring.apply(cmd, l)
+		return l
 	}
 	cmd.AddCommand(newLabBuildCommand(), newLabUpCommand(newLab), newLabDownCommand(newLab), newLabStatusCommand(newLab),
 		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab), newLabImageCommand(newLab),
@@ -143,6 +146,10 @@ func printLabInfo(cmd *cobra.Command, info *lab.Info) {
 	if info.Edge != nil {
 		fmt.Fprintf(w, "Edge:           %s (the load balancer in front of every worker's ingress; status %s)\n", info.Edge.URL, info.Edge.Status)
 		fmt.Fprintf(w, "LoadBalancers:  %s (MetalLB's pool)\n", info.Edge.LoadBalancerPool)
+	}
+	if m := info.Monitoring; m != nil {
+		fmt.Fprintf(w, "Prometheus:     %s\n", m.Prometheus)
+		fmt.Fprintf(w, "Alertmanager:   %s\n", m.Alertmanager)
 	}
 }
 

@@ -49,16 +49,19 @@ const (
 
 // componentOrder lists the lab's processes in start order: the real-node
 // lab has no KWOK but a containerd, kubelet and kube-proxy per node, and
-// the edge load balancer.
+// the edge load balancer; monitoring comes last.
 func (s *State) componentOrder() []string {
 	if s.ControlPlaneOnly {
 		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK}
 	}
+	var order []string
 	if s.Network == nil {
-		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
+		order = []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
+	} else {
+		order = []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer}
+		order = append(append(order, s.Network.componentNames()...), compEdge)
 	}
-	order := []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer}
-	return append(append(order, s.Network.componentNames()...), compEdge)
+	return append(order, s.monitoringComponentNames()...)
 }
 
 const (

@@ -56,6 +56,11 @@ type Lab struct {
 	// controlPlaneOnly makes the lab one of those clusters: no git server,
 	// registry or Slipway server of its own.
 	controlPlaneOnly bool
+	// Monitoring adds Prometheus and Alertmanager to the lab (a lab keeps
+	// them once added), and AlertWebhooks, when not nil, are the URLs
+	// Alertmanager sends every alert to.
+	Monitoring    bool
+	AlertWebhooks []string
 }
 
 // ClusterDir is where the lab keeps the further cluster name.
@@ -169,6 +174,9 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	} else if upgraded {
 		l.progress("added the registry to the lab's state from an earlier version")
 	}
+	if err := l.enableMonitoring(st); err != nil {
+		return nil, err
+	}
 	if err := st.save(l.Dir); err != nil {
 		return nil, err
 	}
@@ -180,8 +188,16 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 			return nil, err
 		}
 	}
+	components := l.components(st)
+	if st.Monitoring != nil {
+		prometheus, alertmanager, err := l.prepareMonitoring(ctx, st)
+		if err != nil {
+			return nil, err
+		}
+		components = append(components, l.monitoringComponents(st, prometheus, alertmanager)...)
+	}
 
-	for _, c := range l.components(st) {
+	for _, c := range components {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -357,6 +373,8 @@ type Info struct {
 	Git        GitInfo         `json:"git"`
 	Registry   RegistryInfo    `json:"registry"`
 	Server     ServerInfo      `json:"server"`
+	// Monitoring is absent from a lab without monitoring.
+	Monitoring *MonitoringInfo `json:"monitoring,omitempty"`
 	Components []ComponentInfo `json:"components"`
 	// Nodes and Edge describe the real-node lab; both are absent with KWOK.
 	Nodes []NodeInfo `json:"nodes,omitempty"`
@@ -478,6 +496,7 @@ func (l *Lab) info(st *State) *Info {
 		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo, SourceRepos: map[string]string{}},
 		Registry:   RegistryInfo{Host: net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry)), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
+		Monitoring: st.monitoringInfo(),
 		expected:   len(st.componentOrder()),
 	}
 	if n := st.Network; n != nil {

@@ -3,8 +3,11 @@ package monitoring
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"path/filepath"
+	"strconv"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -110,4 +113,29 @@ func LabAlertmanagerConfig(webhooks []string) ([]byte, error) {
 		return nil, fmt.Errorf("rendering the lab's Alertmanager configuration: %w", err)
 	}
 	return append([]byte("# Written by `slipway lab up --monitoring`; rewritten at every lab up.\n"), b...), nil
+}
+
+// kwokNodeAnnotation marks the nodes KWOK simulates: they have no kubelet.
+const kwokNodeAnnotation = "kwok.x-k8s.io/node"
+
+// KubeletTargetsOf lists the kubelets of the nodes that have one (not
+// KWOK's), at their InternalIP and the port they report.
+func KubeletTargetsOf(nodes []corev1.Node) []KubeletTarget {
+	var out []KubeletTarget
+	for _, n := range nodes {
+		if _, simulated := n.Annotations[kwokNodeAnnotation]; simulated {
+			continue
+		}
+		port := n.Status.DaemonEndpoints.KubeletEndpoint.Port
+		if port == 0 {
+			port = 10250
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				out = append(out, KubeletTarget{Node: n.Name, Address: net.JoinHostPort(a.Address, strconv.Itoa(int(port)))})
+				break
+			}
+		}
+	}
+	return out
 }

@@ -7,10 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"slipway.dev/slipway/internal/monitoring"
@@ -245,5 +248,26 @@ func TestShippedScrapeConfigs(t *testing.T) {
 	if s.JobLabel != "app.kubernetes.io/name" || s.Selector.MatchLabels["app.kubernetes.io/name"] != monitoring.Job ||
 		s.Selector.MatchLabels["app.kubernetes.io/component"] != "server" || len(s.Endpoints) != 1 || s.Endpoints[0].Port != "http" || s.Endpoints[0].Path != "/metrics" {
 		t.Errorf("ServiceMonitor spec = %+v", s)
+	}
+}
+
+// Real nodes' kubelets are scraped; KWOK's simulated nodes have none.
+func TestKubeletTargetsOf(t *testing.T) {
+	node := func(name string, annotations map[string]string, port int32, addrs ...corev1.NodeAddress) corev1.Node {
+		n := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations}}
+		n.Status.Addresses = addrs
+		n.Status.DaemonEndpoints.KubeletEndpoint.Port = port
+		return n
+	}
+	internal := func(ip string) corev1.NodeAddress { return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip} }
+	got := monitoring.KubeletTargetsOf([]corev1.Node{
+		node("master", map[string]string{"kwok.x-k8s.io/node": "fake"}, 10250, internal("10.255.0.1")),
+		node("worker-01", nil, 10250, corev1.NodeAddress{Type: corev1.NodeHostName, Address: "worker-01"}, internal("10.210.0.11")),
+		node("worker-02", nil, 0, internal("10.210.0.12")),
+		node("no-address", nil, 10250),
+	})
+	want := []monitoring.KubeletTarget{{Node: "worker-01", Address: "10.210.0.11:10250"}, {Node: "worker-02", Address: "10.210.0.12:10250"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("KubeletTargetsOf = %+v, want %+v", got, want)
 	}
 }
