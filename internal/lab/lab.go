@@ -367,12 +367,12 @@ func (l *Lab) Down(purge bool) error {
 
 // Info is what scripts need to use the lab (`lab status -o json`).
 type Info struct {
-	Dir        string          `json:"dir"`
-	Kubeconfig string          `json:"kubeconfig"`
-	APIServer  string          `json:"apiServer"`
-	Git        GitInfo         `json:"git"`
-	Registry   RegistryInfo    `json:"registry"`
-	Server     ServerInfo      `json:"server"`
+	Dir        string       `json:"dir"`
+	Kubeconfig string       `json:"kubeconfig"`
+	APIServer  string       `json:"apiServer"`
+	Git        GitInfo      `json:"git"`
+	Registry   RegistryInfo `json:"registry"`
+	Server     ServerInfo   `json:"server"`
 	// Monitoring is absent from a lab without monitoring.
 	Monitoring *MonitoringInfo `json:"monitoring,omitempty"`
 	Components []ComponentInfo `json:"components"`

@@ -230,7 +230,6 @@ func aptGet(ctx context.Context, args ...string) error {
 	return nil
 }
 
-
 func tail(b []byte, n int) []byte {
 	if len(b) > n {
 		return b[len(b)-n:]

@@ -259,7 +259,9 @@ func TestKubeletTargetsOf(t *testing.T) {
 		n.Status.DaemonEndpoints.KubeletEndpoint.Port = port
 		return n
 	}
-	internal := func(ip string) corev1.NodeAddress { return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip} }
+	internal := func(ip string) corev1.NodeAddress {
+		return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip}
+	}
 	got := monitoring.KubeletTargetsOf([]corev1.Node{
 		node("master", map[string]string{"kwok.x-k8s.io/node": "fake"}, 10250, internal("10.255.0.1")),
 		node("worker-01", nil, 10250, corev1.NodeAddress{Type: corev1.NodeHostName, Address: "worker-01"}, internal("10.210.0.11")),
