@@ -147,6 +147,33 @@ type ApplicationSpec struct {
 	// +kubebuilder:validation:Pattern="^[0-9a-f]{40}$"
 	// +optional
 	PinnedRevision string `json:"pinnedRevision,omitempty"`
+	// Monitoring says the workload exposes Prometheus metrics: Slipway
+	// renders a ServiceMonitor (the Prometheus Operator's) with the
+	// revision, scraping the Application's own Services on this port. The
+	// cluster must serve monitoring.coreos.com/v1.
+	// +optional
+	Monitoring *ApplicationMonitoring `json:"monitoring,omitempty"`
+}
+
+// ApplicationMonitoring is how Prometheus scrapes an Application's workload.
+type ApplicationMonitoring struct {
+	// Port is the name of the Services' port that serves metrics.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Port string `json:"port"`
+	// Path of the metrics endpoint.
+	// +kubebuilder:default="/metrics"
+	// +kubebuilder:validation:Pattern="^/"
+	// +optional
+	Path string `json:"path,omitempty"`
+	// Interval between scrapes.
+	// +kubebuilder:default="30s"
+	// +optional
+	Interval *metav1.Duration `json:"interval,omitempty"`
+	// Labels of the ServiceMonitor, for the Prometheus object's
+	// serviceMonitorSelector (e.g. release: prometheus).
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // SyncStatus compares the live objects with the desired revision.

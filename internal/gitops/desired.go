@@ -123,6 +123,9 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonRenderFailed, fmt.Errorf("rendering revision %s: %w", short(snap.Revision), err))
 	}
+	if app.Spec.Monitoring != nil {
+		objs = append(objs, serviceMonitor(app))
+	}
 	sources, err := l.prepare(objs, app, mapper)
 	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonValidationFailed, fmt.Errorf("revision %s: %w", short(snap.Revision), err))

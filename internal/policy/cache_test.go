@@ -63,14 +63,16 @@ func TestCacheKeyFields(t *testing.T) {
 		return strings.Join(out, " ")
 	}
 	want := map[[2]string]string{
-		{"Deployment.apps", ""}:                       "data kind metadata.namespace spec.replicas spec.template.metadata.annotations spec.template.spec spec.volumeClaimTemplates",
-		{"CronJob.batch", "CronJob"}:                  "data kind metadata.namespace spec.jobTemplate.spec.template.metadata.annotations spec.jobTemplate.spec.template.spec spec.volumeClaimTemplates",
+		{"Deployment.apps", ""}:                       "data kind metadata.namespace spec.replicas spec.storage.emptyDir spec.storage.ephemeral spec.storage.volumeClaimTemplate spec.template.metadata.annotations spec.template.spec spec.volumeClaimTemplates",
+		{"CronJob.batch", "CronJob"}:                  "data kind metadata.namespace spec.jobTemplate.spec.template.metadata.annotations spec.jobTemplate.spec.template.spec spec.storage.emptyDir spec.storage.ephemeral spec.storage.volumeClaimTemplate spec.volumeClaimTemplates",
 		{"Pod", "Pod"}:                                "data kind metadata.annotations metadata.namespace spec",
 		{"Service", ""}:                               "kind metadata.namespace spec.externalIPs spec.type",
 		{"Role.rbac.authorization.k8s.io", ""}:        "kind metadata.name rules",
 		{"ClusterRole.rbac.authorization.k8s.io", ""}: "aggregationRule kind metadata.labels metadata.name rules",
-		{"PodTemplate", "PodTemplate"}:                "data kind metadata.namespace spec.volumeClaimTemplates template.metadata.annotations template.spec",
-		{"ReplicationController", ""}:                 "data kind metadata.namespace spec.template.metadata.annotations spec.template.spec spec.volumeClaimTemplates",
+		{"PodTemplate", "PodTemplate"}:                "data kind metadata.namespace spec.storage.emptyDir spec.storage.ephemeral spec.storage.volumeClaimTemplate spec.volumeClaimTemplates template.metadata.annotations template.spec",
+		{"ReplicationController", ""}:                 "data kind metadata.namespace spec.storage.emptyDir spec.storage.ephemeral spec.storage.volumeClaimTemplate spec.template.metadata.annotations spec.template.spec spec.volumeClaimTemplates",
+		// The Prometheus Operator's stores: where they keep their data.
+		{"Prometheus.monitoring.coreos.com", ""}: "kind spec.storage.emptyDir spec.storage.ephemeral spec.storage.volumeClaimTemplate spec.template.spec spec.volumeClaimTemplates",
 	}
 	for k, fields := range want {
 		if got := render(k[0], k[1]); got != fields {
