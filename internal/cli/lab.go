@@ -63,7 +63,7 @@ and a git server holding an ops repository. No cloud account, no Docker.`,
 	}
 	cmd.AddCommand(newLabBuildCommand(), newLabUpCommand(newLab), newLabDownCommand(newLab), newLabStatusCommand(newLab),
 		newLabDemoCommand(newLab), newLabGitServerCommand(newLab), newLabRegistryCommand(newLab), newLabImageCommand(newLab),
-		newLabEdgeCommand(newLab))
+		newLabEdgeCommand(newLab), newLabDoctorCommand(newLab))
 	return cmd
 }
 

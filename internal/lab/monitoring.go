@@ -2,8 +2,10 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -267,8 +269,13 @@ func (l *Lab) monitoringComponents(st *State, prometheus, alertmanager string) [
 				// Lets lab up reload the configuration it rewrites.
 				"--web.enable-lifecycle",
 			},
+			// Ready once it serves and has found slipway server among its
+			// targets: then what lab up prints is being collected.
 			ready: func(ctx context.Context) error {
-				return httpOK(ctx, http.DefaultClient, "http://"+promAddr+"/-/ready", nil)
+				if err := httpOK(ctx, http.DefaultClient, "http://"+promAddr+"/-/ready", nil); err != nil {
+					return err
+				}
+				return hasTarget(ctx, promAddr, monitoring.Job)
 			},
 			after: func(ctx context.Context) error { return l.afterPrometheus(ctx, promAddr) },
 		},
@@ -335,4 +342,33 @@ func (l *Lab) afterPrometheus(ctx context.Context, promAddr string) error {
 	}
 	l.progress("Prometheus %s scrapes slipway server, the API server and %d kubelets", "http://"+promAddr, len(monitoring.KubeletTargetsOf(nodes.Items)))
 	return nil
+}
+
+// hasTarget asks Prometheus whether it has a target of job.
+func hasTarget(ctx context.Context, promAddr, job string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+promAddr+"/api/v1/targets?state=active", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var targets struct {
+		Data struct {
+			ActiveTargets []struct {
+				Labels map[string]string `json:"labels"`
+			} `json:"activeTargets"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&targets); err != nil {
+		return fmt.Errorf("reading Prometheus's targets: %w", err)
+	}
+	for _, t := range targets.Data.ActiveTargets {
+		if t.Labels["job"] == job {
+			return nil
+		}
+	}
+	return fmt.Errorf("no target of job %s yet", job)
 }
