@@ -41,6 +41,8 @@ type Server struct {
 	passHash [sha256.Size]byte
 	handler  http.Handler
 	backend  *cgi.Handler
+	// readers are credentials that may fetch and not push (AddReader).
+	readers sync.Map // [2][sha256.Size]byte{user, password} → struct{}
 
 	mu      sync.Mutex
 	srv     *http.Server
@@ -94,9 +96,15 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	user, pass, ok := r.BasicAuth()
-	if !ok || !s.authorized(user, pass) {
+	reader := ok && s.isReader(user, pass)
+	if !reader && (!ok || !s.authorized(user, pass)) {
 		w.Header().Set("WWW-Authenticate", `Basic realm="slipway git", charset="UTF-8"`)
 		http.Error(w, "authentication required", http.StatusUnauthorized)
+		return
+	}
+	if reader && pushes(r) {
+		// As hosted git services answer a read-only token's push.
+		http.Error(w, "this credential may fetch, not push", http.StatusForbidden)
 		return
 	}
 
@@ -133,6 +141,27 @@ func (s *Server) authorized(user, pass string) bool {
 	u := sha256.Sum256([]byte(user))
 	p := sha256.Sum256([]byte(pass))
 	return subtle.ConstantTimeCompare(u[:], s.userHash[:])&subtle.ConstantTimeCompare(p[:], s.passHash[:]) == 1
+}
+
+// AddReader adds a credential that may fetch from every repository and
+// push to none, as a read-only token or deploy key of a hosted git service.
+func (s *Server) AddReader(username, password string) error {
+	if username == "" || password == "" {
+		return errors.New("gitserver: add reader: username and password must not be empty")
+	}
+	s.readers.Store([2][sha256.Size]byte{sha256.Sum256([]byte(username)), sha256.Sum256([]byte(password))}, struct{}{})
+	return nil
+}
+
+func (s *Server) isReader(user, pass string) bool {
+	_, ok := s.readers.Load([2][sha256.Size]byte{sha256.Sum256([]byte(user)), sha256.Sum256([]byte(pass))})
+	return ok
+}
+
+// pushes reports whether a smart HTTP request is part of a push: the
+// receive-pack advertisement or the push itself.
+func pushes(r *http.Request) bool {
+	return r.URL.Query().Get("service") == "git-receive-pack" || strings.HasSuffix(r.URL.Path, "/git-receive-pack")
 }
 
 // spooledBody is a request body copied to an unlinked-on-close temp file.

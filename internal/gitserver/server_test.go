@@ -252,3 +252,47 @@ func TestStartStopsWhenContextIsDone(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestReadersFetchAndDoNotPush: a reader's credential clones with the stock
+// git client and is refused at the first request of a push, before
+// anything reaches the repository.
+func TestReadersFetchAndDoNotPush(t *testing.T) {
+	s, repoURL := startServer(t, "ops.git")
+	if err := s.AddReader("reader", "read-only-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddReader("", "x"); err == nil {
+		t.Error("a reader without a name was added")
+	}
+	if _, err := CommitFiles(t.Context(), repoURL, BasicAuth{testUser, testPassword}, Commit{
+		Files: map[string][]byte{"a.txt": []byte("a\n")}, Message: "seed", Author: Signature{"Alice", "alice@example.com"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := mustGit(t, s.root, "--git-dir", filepath.Join(s.root, "ops.git"), "rev-parse", "main")
+	work := t.TempDir()
+	mustGit(t, work, "clone", "--quiet", withUser(t, repoURL, "reader", "read-only-pass"), "r")
+	clone := filepath.Join(work, "r")
+	mustGit(t, clone, "commit", "--quiet", "--allow-empty", "-m", "not allowed")
+	if out, err := stockGit(t, clone, "push", "--quiet", "origin", "main"); err == nil || !strings.Contains(out+err.Error(), "403") {
+		t.Errorf("a reader's push: %v %s, want a 403", err, out)
+	}
+	if after := mustGit(t, s.root, "--git-dir", filepath.Join(s.root, "ops.git"), "rev-parse", "main"); after != before {
+		t.Errorf("main moved from %s to %s after a reader's push", before, after)
+	}
+	for _, u := range []string{repoURL + "/info/refs?service=git-receive-pack", repoURL + "/git-receive-pack"} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, u, strings.NewReader("0000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.SetBasicAuth("reader", "read-only-pass")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("a reader's %s: %s, want 403", u, resp.Status)
+		}
+	}
+}

@@ -36,6 +36,9 @@ func (l *Lab) ServeGit(ctx context.Context, log logr.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := srv.AddReader(st.GitReader.Username, st.GitReader.Password); err != nil {
+		return err
+	}
 	for _, repo := range append([]string{OpsRepo}, sourceRepos()...) {
 		if err := srv.CreateRepo(ctx, repo); err != nil {
 			return err

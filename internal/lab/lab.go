@@ -172,7 +172,7 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	if upgraded, err := st.upgrade(); err != nil {
 		return nil, err
 	} else if upgraded {
-		l.progress("added the registry to the lab's state from an earlier version")
+		l.progress("completed the lab's state from an earlier version (the registry, the git reader)")
 	}
 	if err := l.enableMonitoring(st); err != nil {
 		return nil, err
@@ -431,6 +431,8 @@ type GitInfo struct {
 	OpsRepo  string `json:"opsRepo"`
 	// SourceRepos are the demo services' source repositories, by service.
 	SourceRepos map[string]string `json:"sourceRepos"`
+	// Reader may fetch every repository and push to none.
+	Reader GitCredentials `json:"reader"`
 }
 
 // RegistryInfo locates the lab's OCI registry.
@@ -493,7 +495,7 @@ func (l *Lab) info(st *State) *Info {
 		Dir:        l.Dir,
 		Kubeconfig: l.Kubeconfig(),
 		APIServer:  st.apiURL(),
-		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo, SourceRepos: map[string]string{}},
+		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo, SourceRepos: map[string]string{}, Reader: st.GitReader},
 		Registry:   RegistryInfo{Host: net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry)), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
 		Monitoring: st.monitoringInfo(),

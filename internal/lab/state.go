@@ -18,6 +18,8 @@ type State struct {
 	Git        GitCredentials      `json:"git"`
 	Registry   GitCredentials      `json:"registry"`
 	Components map[string]*Process `json:"components"`
+	// GitReader may fetch from the lab's repositories and push to none.
+	GitReader GitCredentials `json:"gitReader"`
 	// Network is the real-node lab's network; nil when KWOK simulates the nodes.
 	Network *Network `json:"network,omitempty"`
 	// Host is the journal of changes to the machine outside the lab
@@ -107,8 +109,9 @@ func (s *State) save(dir string) error {
 
 func newState() (*State, error) {
 	s := &State{Components: map[string]*Process{},
-		Git:      GitCredentials{Username: "slipway", Password: randomHex(16)},
-		Registry: GitCredentials{Username: "slipway", Password: randomHex(16)}}
+		Git:       GitCredentials{Username: "slipway", Password: randomHex(16)},
+		GitReader: GitCredentials{Username: "reader", Password: randomHex(16)},
+		Registry:  GitCredentials{Username: "slipway", Password: randomHex(16)}}
 	ports := []*int{&s.Ports.Etcd, &s.Ports.EtcdPeer, &s.Ports.APIServer, &s.Ports.ControllerManager,
 		&s.Ports.Scheduler, &s.Ports.KWOK, &s.Ports.Git, &s.Ports.Registry, &s.Ports.Server, &s.Ports.Edge}
 	// Hold every listener until all are chosen so no two ports collide.
@@ -134,6 +137,10 @@ func newState() (*State, error) {
 // for a purge. It reports whether anything changed.
 func (s *State) upgrade() (bool, error) {
 	changed := false
+	if s.GitReader.Password == "" {
+		s.GitReader = GitCredentials{Username: "reader", Password: randomHex(16)}
+		changed = true
+	}
 	if s.Registry.Password == "" {
 		s.Registry = GitCredentials{Username: "slipway", Password: randomHex(16)}
 		changed = true
