@@ -190,6 +190,9 @@ func crdProblem(ctx context.Context, c client.Client, want *apiextensionsv1.Cust
 		}
 		return "cannot be read: " + err.Error()
 	}
+	if !got.DeletionTimestamp.IsZero() {
+		return "being deleted: its " + got.Spec.Names.Kind + " objects are going with it"
+	}
 	established := false
 	for _, cond := range got.Status.Conditions {
 		if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {

@@ -211,8 +211,10 @@ func (r *run) checkGitRemote(ctx context.Context, g *gitRemote) []Result {
 		return out
 	}
 	if u.Scheme == "http" && !isLoopback(host) {
-		out = append(out, Result{Check: "git.tls", Target: g.target(), Status: Warn,
-			Message: "plain HTTP: the credentials and the code cross the network unencrypted", Action: "serve the repository over https"})
+		add(step(ctx, r.StepTimeout, func(context.Context) Result {
+			return Result{Check: "git.tls", Status: Warn,
+				Message: "plain HTTP: the credentials and the code cross the network unencrypted", Action: "serve the repository over https"}
+		}))
 	}
 	creds, res := r.gitCredentials(ctx, g)
 	if res != nil {
@@ -222,7 +224,7 @@ func (r *run) checkGitRemote(ctx context.Context, g *gitRemote) []Result {
 	switch u.Scheme {
 	case "http", "https":
 		refs, ok := r.httpAdvertisement(ctx, g, creds, "git-upload-pack", "git.auth", add)
-		if !ok || !add(readStep(g, refs)) || !g.write {
+		if !ok || !add(r.readStep(ctx, g, refs)) || !g.write {
 			return out
 		}
 		if _, ok := r.httpAdvertisement(ctx, g, creds, "git-receive-pack", "git.write", add); ok {
@@ -230,12 +232,14 @@ func (r *run) checkGitRemote(ctx context.Context, g *gitRemote) []Result {
 		}
 	case "ssh":
 		refs, ok := r.sshAdvertisement(ctx, g, creds, false, add)
-		if !ok || !add(readStep(g, refs)) || !g.write {
+		if !ok || !add(r.readStep(ctx, g, refs)) || !g.write {
 			return out
 		}
 		r.sshAdvertisement(ctx, g, creds, true, add)
 	default:
-		add(Result{Check: "git.auth", Status: Warn, Message: "the " + u.Scheme + " scheme is not checked", Action: "use https or ssh"})
+		add(step(ctx, r.StepTimeout, func(context.Context) Result {
+			return Result{Check: "git.auth", Status: Warn, Message: "the " + u.Scheme + " scheme is not checked", Action: "use https or ssh"}
+		}))
 	}
 	return out
 }
@@ -468,8 +472,13 @@ func parseAdvertisement(r io.Reader) (map[string]string, error) {
 	return refs, nil
 }
 
-// readStep checks that the refs the users follow exist.
-func readStep(g *gitRemote, refs map[string]string) Result {
+// readStep checks that the refs the users follow exist in the
+// advertisement the auth step read.
+func (r *run) readStep(ctx context.Context, g *gitRemote, refs map[string]string) Result {
+	return step(ctx, r.StepTimeout, func(context.Context) Result { return readRefs(g, refs) })
+}
+
+func readRefs(g *gitRemote, refs map[string]string) Result {
 	res := Result{Check: "git.read", Status: Pass}
 	var missing, found []string
 	for ref := range g.refs {

@@ -142,7 +142,7 @@ func (r *run) checkRegistry(ctx context.Context, t *imageTarget) []Result {
 			res.Message, res.Action = registryCause(ctx, err, t, "GET /v2/ of "+reg.RegistryStr(), r)
 			return res
 		}
-		resp.Body.Close()
+		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			res.Message, res.Action = registryCause(ctx, transport.CheckError(resp, http.StatusOK), t, "GET /v2/ of "+reg.RegistryStr(), r)
 			return res
@@ -167,12 +167,12 @@ func (r *run) checkRegistry(ctx context.Context, t *imageTarget) []Result {
 			res.Message, res.Action = registryCause(ctx, err, t, "starting an upload to "+t.repository, r)
 			return res
 		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
+		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusAccepted {
 			res.Message, res.Action = registryCause(ctx, transport.CheckError(resp, http.StatusAccepted), t, "starting an upload to "+t.repository, r)
 			return res
 		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 		if loc, err := resp.Location(); err == nil {
 			if cancel, err := http.NewRequestWithContext(ctx, http.MethodDelete, loc.String(), nil); err == nil {
 				if resp, err := hc.Do(cancel); err == nil {

@@ -156,8 +156,10 @@ func pipelineSecretUsable(ctx context.Context, c client.Client, p *slipwayv1.Pip
 // whether it holds Slipway's rules.
 func checkPrometheus(ctx context.Context, r *run) []Result {
 	if r.PrometheusURL == "" {
-		return []Result{{Check: "prometheus", Status: Warn, Message: "no Prometheus given: whether Slipway is scraped is not checked",
-			Action: "give the Prometheus that should scrape Slipway with --prometheus URL"}}
+		return []Result{step(ctx, r.StepTimeout, func(context.Context) Result {
+			return Result{Check: "prometheus", Status: Warn, Message: "no Prometheus given: whether Slipway is scraped is not checked",
+				Action: "give the Prometheus that should scrape Slipway with --prometheus URL"}
+		})}
 	}
 	base := strings.TrimSuffix(r.PrometheusURL, "/")
 	ready := step(ctx, r.StepTimeout, func(ctx context.Context) Result {

@@ -142,7 +142,7 @@ func (l *Lab) prepareMonitoring(ctx context.Context, st *State) (prometheus, ale
 	files[l.monitoringPath("prometheus.yml")], err = monitoring.LabPrometheusConfig(monitoring.LabConfig{
 		RulesDir:     l.monitoringPath("rules"),
 		Server:       "127.0.0.1:" + strconv.Itoa(st.Ports.Server),
-		APIServer:    "127.0.0.1:" + strconv.Itoa(st.Ports.APIServer),
+		APIServer:    net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.APIServer)),
 		Prometheus:   "127.0.0.1:" + strconv.Itoa(st.Monitoring.Prometheus),
 		Alertmanager: "127.0.0.1:" + strconv.Itoa(st.Monitoring.Alertmanager),
 		CAFile:       pki.CertPath(pkiDir, pki.CA), CertFile: pki.CertPath(pkiDir, pki.Monitoring), KeyFile: pki.KeyPath(pkiDir, pki.Monitoring),
