@@ -45,8 +45,11 @@ func scheme() *runtime.Scheme {
 	return s
 }
 
+// client is the run's client, made once: each new one would discover the
+// API server's resources again.
 func (r *run) client() (client.Client, error) {
-	return client.New(r.Config, client.Options{Scheme: scheme()})
+	r.clientOnce.Do(func() { r.c, r.clientErr = client.New(r.Config, client.Options{Scheme: scheme()}) })
+	return r.c, r.clientErr
 }
 
 // supportedMinors are the Kubernetes minor versions Slipway is built and

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Status is a check's verdict.
@@ -85,6 +86,10 @@ type run struct {
 	Options
 	mu     sync.Mutex
 	clocks []clockReading
+
+	clientOnce sync.Once
+	c          client.Client
+	clientErr  error
 }
 
 // task is a group of checks that runs on its own; its steps each have
@@ -108,6 +113,10 @@ func Run(ctx context.Context, opts Options) []Result {
 	if opts.ServerIdentity == "" {
 		opts.ServerIdentity = DefaultServerIdentity
 	}
+	// The checks run at once: the default client rate (5 requests a
+	// second) would make them wait on each other, not on what they check.
+	opts.Config = rest.CopyConfig(opts.Config)
+	opts.Config.QPS, opts.Config.Burst = 50, 100
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	r := &run{Options: opts}

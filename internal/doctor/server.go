@@ -193,25 +193,33 @@ func checkPrometheus(ctx context.Context, r *run) []Result {
 			res.Message = cause(ctx, err, "listing Prometheus's targets", r.StepTimeout)
 			return res
 		}
-		var up, down []string
+		var up, down, pending []string
 		for _, t := range targets.Data.ActiveTargets {
 			if t.Labels["job"] != monitoring.Job {
 				continue
 			}
-			if t.Health == "up" {
+			switch t.Health {
+			case "up":
 				up = append(up, t.ScrapeURL)
-			} else {
+			case "unknown":
+				// Found, and not scraped yet.
+				pending = append(pending, t.ScrapeURL)
+			default:
 				down = append(down, fmt.Sprintf("%s is %s: %s", t.ScrapeURL, t.Health, t.LastError))
 			}
 		}
 		sort.Strings(down)
 		switch {
-		case len(up)+len(down) == 0:
+		case len(up)+len(down)+len(pending) == 0:
 			res.Message = "Prometheus has no target of job " + monitoring.Job + ": its scrape configuration does not include slipway server, so it collects nothing of Slipway"
 			res.Action = "add config/monitoring/prometheus/scrape-configs.yaml to its configuration, or apply config/monitoring/operator/servicemonitor.yaml where the Prometheus Operator runs"
 		case len(down) > 0:
 			res.Message = "slipway server's target is not scraped: " + joinLimited(down, 3)
 			res.Action = "see the error: the server down, a NetworkPolicy or a wrong port between Prometheus and the server"
+		case len(pending) > 0:
+			res.Status = Warn
+			res.Message = "Prometheus has found " + joinLimited(pending, 3) + " and not scraped it yet"
+			res.Action = "run doctor again after a scrape interval"
 		default:
 			res.Status, res.Message = Pass, "scrapes slipway server: "+joinLimited(up, 3)
 		}

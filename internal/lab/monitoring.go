@@ -269,8 +269,8 @@ func (l *Lab) monitoringComponents(st *State, prometheus, alertmanager string) [
 				// Lets lab up reload the configuration it rewrites.
 				"--web.enable-lifecycle",
 			},
-			// Ready once it serves and has found slipway server among its
-			// targets: then what lab up prints is being collected.
+			// Ready once it serves and has scraped slipway server: then
+			// what lab up prints is being collected.
 			ready: func(ctx context.Context) error {
 				if err := httpOK(ctx, http.DefaultClient, "http://"+promAddr+"/-/ready", nil); err != nil {
 					return err
@@ -344,7 +344,7 @@ func (l *Lab) afterPrometheus(ctx context.Context, promAddr string) error {
 	return nil
 }
 
-// hasTarget asks Prometheus whether it has a target of job.
+// hasTarget asks Prometheus whether it has scraped a target of job.
 func hasTarget(ctx context.Context, promAddr, job string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+promAddr+"/api/v1/targets?state=active", nil)
 	if err != nil {
@@ -358,7 +358,9 @@ func hasTarget(ctx context.Context, promAddr, job string) error {
 	var targets struct {
 		Data struct {
 			ActiveTargets []struct {
-				Labels map[string]string `json:"labels"`
+				Labels    map[string]string `json:"labels"`
+				Health    string            `json:"health"`
+				LastError string            `json:"lastError"`
 			} `json:"activeTargets"`
 		} `json:"data"`
 	}
@@ -367,7 +369,10 @@ func hasTarget(ctx context.Context, promAddr, job string) error {
 	}
 	for _, t := range targets.Data.ActiveTargets {
 		if t.Labels["job"] == job {
-			return nil
+			if t.Health == "up" {
+				return nil
+			}
+			return fmt.Errorf("the target of job %s is %s %s", job, t.Health, t.LastError)
 		}
 	}
 	return fmt.Errorf("no target of job %s yet", job)
