@@ -163,8 +163,14 @@ func TestHealthReadyAndMetrics(t *testing.T) {
 		_, body := get(t, "/metrics")
 		if strings.Contains(body, "slipway_application_reconcile_total") &&
 			strings.Contains(body, "slipway_application_reconcile_duration_seconds_bucket") &&
-			strings.Contains(body, "slipway_git_fetch_duration_seconds_bucket") &&
-			strings.Contains(body, `slipway_application_sync_status{name="metrics-app",namespace="`+ns) {
+			strings.Contains(body, `slipway_git_operation_duration_seconds_bucket{operation="fetch",result="error"`) &&
+			strings.Contains(body, `slipway_git_operations_total{operation="fetch",remote="127.0.0.1:1",result="error"} `) &&
+			strings.Contains(body, `slipway_application_sync_status{name="metrics-app",namespace="`+ns) &&
+			// The server leads (no leader election here), says what it is,
+			// and has a webhook secret.
+			strings.Contains(body, "\nslipway_server_leader 1\n") &&
+			strings.Contains(body, `slipway_build_info{goversion="`) &&
+			strings.Contains(body, "\nslipway_webhook_secret_configured 1\n") {
 			return
 		}
 		if time.Now().After(deadline) {
