@@ -118,8 +118,7 @@ func TestApplicationMonitoring(t *testing.T) {
 	if err := env.Client.Patch(testCtx, app, patch); err != nil {
 		t.Fatal(err)
 	}
-	var ephemeral *slipwayv1.Application
-	ephemeral = waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
+	ephemeral := waitFor(t, app, syncTimeout, func(a *slipwayv1.Application) error {
 		if a.Status.LastAppliedRevision != rev || a.Status.Policy == nil || a.Status.Policy.Revision != rev {
 			return fmt.Errorf("revision %s not applied and checked: %s", rev[:12], conditionMessage(a, slipwayv1.ConditionReady))
 		}
