@@ -432,12 +432,14 @@ func scanSegment(path string, fn func(Item) error) error {
 		return fmt.Errorf("opening audit segment %s: %w", path, err)
 	}
 	defer f.Close()
-	return scanLines(f, filepath.Base(path), fn)
+	return ReadRecords(f, filepath.Base(path), fn)
 }
 
-// scanLines reads records, one a line, from r: the reader the fuzz target
-// exercises.
-func scanLines(r io.Reader, name string, fn func(Item) error) error {
+// ReadRecords reads records written one a line (a segment, or the records
+// of an evidence pack) and calls fn for each, naming it "name line N". A
+// line that is not a record is passed with Err set; input that ends
+// without a newline gives a last item with ErrIncomplete.
+func ReadRecords(r io.Reader, name string, fn func(Item) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	for n := 1; ; n++ {
 		line, err := readLine(br)

@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"fmt"
 	"os"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -13,11 +15,14 @@ import (
 	"slipway.dev/slipway/internal/signing"
 )
 
-// pg is the package's one PostgreSQL server; nil, with pgMissing saying
+// pg is the package's one PostgreSQL server, started by the first test
+// that needs it (fuzzing workers never do); nil, with pgMissing saying
 // why, where it cannot run.
 var (
 	pg        *postgres.Server
 	pgMissing string
+	pgOnce    sync.Once
+	pgDir     string
 	dbSeq     atomic.Int64
 	testCtx   = context.Background()
 )
@@ -31,30 +36,40 @@ const (
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "slipway-audit-pg-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if _, err := postgres.BinDir(); err != nil {
-		// `make test` installs it (make deps); only a machine that cannot
-		// gets here.
-		pgMissing = err.Error()
-		fmt.Fprintln(os.Stderr, "PostgreSQL tests skipped:", pgMissing)
-	} else if pg, err = postgres.Start(testCtx, dir); err != nil {
-		fmt.Fprintln(os.Stderr, "starting PostgreSQL:", err)
-		return 1
-	} else {
-		defer pg.Stop()
-	}
+	defer func() {
+		if pg != nil {
+			pg.Stop()
+		}
+		if pgDir != "" {
+			os.RemoveAll(pgDir)
+		}
+	}()
 	return m.Run()
 }
 
-// requirePostgres skips, saying why, where PostgreSQL cannot run.
+// requirePostgres starts the package's PostgreSQL, or skips saying why it
+// cannot run here. `make test` installs it (make deps).
 func requirePostgres(t testing.TB) {
 	t.Helper()
+	pgOnce.Do(func() {
+		if _, err := postgres.BinDir(); err != nil {
+			pgMissing = err.Error()
+			fmt.Fprintln(os.Stderr, "PostgreSQL tests skipped:", pgMissing)
+			return
+		}
+		var err error
+		if pgDir, err = os.MkdirTemp("", "slipway-audit-pg-"); err != nil {
+			pgMissing = err.Error()
+			return
+		}
+		if pg, err = postgres.Start(testCtx, pgDir); err != nil {
+			pgMissing = "starting it failed: " + err.Error()
+		}
+	})
 	if pg == nil {
+		if strings.HasPrefix(pgMissing, "starting it failed") {
+			t.Fatal(pgMissing)
+		}
 		t.Skip("PostgreSQL is not available: " + pgMissing)
 	}
 }
