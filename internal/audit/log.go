@@ -68,6 +68,7 @@ type Log struct {
 	closing bool
 
 	mu         sync.Mutex
+	started    time.Time // time of the first record
 	head       Hash
 	size       uint64
 	refs       map[string]time.Time
@@ -109,6 +110,9 @@ func Open(ctx context.Context, store Store, opts Options) (*Log, *Result, error)
 
 	since := opts.Now().Add(-opts.RefWindow)
 	res, err := verify(ctx, store, &opts.Key.PublicKey, nil, func(r *Record) {
+		if l.started.IsZero() {
+			l.started = r.Time
+		}
 		l.head, l.size = r.Hash, r.Seq
 		if r.Ref != "" && r.Time.After(since) {
 			l.refs[r.Ref] = r.Time
@@ -147,6 +151,14 @@ func Open(ctx context.Context, store Store, opts Options) (*Log, *Result, error)
 	return l, res, nil
 }
 
+// Started is the time of the log's first record: what happened before
+// it cannot be in the trail.
+func (l *Log) Started() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.started
+}
+
 // Head is the number of records and the hash of the last.
 func (l *Log) Head() (uint64, Hash) {
 	l.mu.Lock()
@@ -162,6 +174,9 @@ func (l *Log) Store() Store { return l.store }
 func (l *Log) Record(ctx context.Context, e Event) error {
 	if e.Kind == "" || e.Subject == "" {
 		return errors.New("an audit event needs a kind and a subject")
+	}
+	if e.Ref != "" && l.Recorded(e.Ref) {
+		return nil
 	}
 	req := &request{event: e, done: make(chan error, 1)}
 	l.sending.RLock()
@@ -292,6 +307,9 @@ func (l *Log) appendBatch(ctx context.Context, batch []*request) error {
 		return err
 	}
 	l.size, l.head = size, head
+	if l.started.IsZero() {
+		l.started = records[0].Time
+	}
 	for _, r := range records {
 		if r.Ref != "" {
 			l.refs[r.Ref] = r.Time
