@@ -52,7 +52,9 @@ func (r *PolicyAuditReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 type reconcileFunc func(context.Context, ctrl.Request) (ctrl.Result, error)
 
-func (f reconcileFunc) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) { return f(ctx, req) }
+func (f reconcileFunc) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	return f(ctx, req)
+}
 
 func (r *PolicyAuditReconciler) now() time.Time {
 	if r.Now != nil {
