@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/audit"
@@ -43,17 +44,11 @@ type PolicyAuditReconciler struct {
 func (r *PolicyAuditReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.seen = map[string]types.UID{}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("policywaiver-audit").For(&slipwayv1.PolicyWaiver{}).
-		Complete(reconcileFunc(r.reconcileWaiver)); err != nil {
+		Complete(reconcile.Func(r.reconcileWaiver)); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).Named("policyprofile-audit").For(&slipwayv1.PolicyProfile{}).
-		Complete(reconcileFunc(r.reconcileProfile))
-}
-
-type reconcileFunc func(context.Context, ctrl.Request) (ctrl.Result, error)
-
-func (f reconcileFunc) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	return f(ctx, req)
+		Complete(reconcile.Func(r.reconcileProfile))
 }
 
 func (r *PolicyAuditReconciler) now() time.Time {
