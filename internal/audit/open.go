@@ -2,6 +2,8 @@ package audit
 
 import (
 	"context"
+	"errors"
+	"net/url"
 	"strings"
 )
 
@@ -23,4 +25,14 @@ func OpenStore(ctx context.Context, location, password string, readOnly bool) (S
 		return OpenFileStoreReadOnly(dir)
 	}
 	return OpenFileStore(dir)
+}
+
+// WithPassword returns dsn with its password replaced.
+func WithPassword(dsn, password string) (string, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return "", errors.New("the PostgreSQL connection string must be a URL naming its user")
+	}
+	u.User = url.UserPassword(u.User.Username(), password)
+	return u.String(), nil
 }

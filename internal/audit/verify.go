@@ -313,3 +313,10 @@ func matchedBefore(earlier []*Checkpoint, hashes map[uint64]Hash, size uint64) u
 	}
 	return best
 }
+
+// VerifyEach verifies the store as Verify does (without a witness),
+// calling fn with each good record in order: records are read once, and
+// none after the first failure is passed.
+func VerifyEach(ctx context.Context, store Store, pub *ecdsa.PublicKey, fn func(*Record)) (*Result, error) {
+	return verify(ctx, store, pub, nil, fn)
+}

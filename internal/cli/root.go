@@ -27,6 +27,7 @@ func NewRootCommand() *cobra.Command {
 		newApproveCommand(),
 		newRejectCommand(),
 		newPromotionCommand(),
+		newAuditCommand(),
 	)
 	return root
 }
