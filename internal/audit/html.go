@@ -25,7 +25,7 @@ var labels = map[string]map[string]string{
 		"title": "Production change evidence", "period": "Period", "generated": "Generated", "log": "Audit log",
 		"key": "Audit key fingerprint (SHA-256)", "filter": "Changes of", "namespace": "namespace", "application": "Application", "stage": "stage",
 		"summary": "Summary", "changes": "changes", "succeeded": "succeeded", "failedChanges": "failed", "rollbacks": "rollbacks",
-		"promotions": "promotions landed", "approvals": "approvals", "notCounted": "approvals not counted", "policyBlocks": "policy blocks",
+		"promotions": "promotions landed", "approvals": "approvals", "notCounted": "approvals not counted", "policyBlocks": "policy blocks", "refusals": "tenancy refusals",
 		"drift": "drift repaired", "waiverChanges": "waiver changes", "webhookRefusals": "refused webhooks", "records": "records in the period",
 		"changesTitle": "Changes", "noChanges": "No production change in the period.",
 		"appliedAt": "Applied at (UTC)", "outcome": "Outcome", "revision": "Ops revision", "previousRevision": "Previous revision",
@@ -53,7 +53,7 @@ var labels = map[string]map[string]string{
 		"title": "운영 환경 변경 증적", "period": "기간", "generated": "생성 시각", "log": "감사 로그",
 		"key": "감사 키 지문 (SHA-256)", "filter": "대상", "namespace": "네임스페이스", "application": "애플리케이션", "stage": "단계",
 		"summary": "요약", "changes": "변경", "succeeded": "성공", "failedChanges": "실패", "rollbacks": "롤백",
-		"promotions": "승격 반영", "approvals": "승인", "notCounted": "인정되지 않은 승인", "policyBlocks": "정책 차단",
+		"promotions": "승격 반영", "approvals": "승인", "notCounted": "인정되지 않은 승인", "policyBlocks": "정책 차단", "refusals": "테넌시 거부",
 		"drift": "드리프트 복구", "waiverChanges": "예외(Waiver) 변경", "webhookRefusals": "거부된 웹훅", "records": "기간 내 레코드",
 		"changesTitle": "변경 내역", "noChanges": "기간 내 운영 환경 변경이 없습니다.",
 		"appliedAt": "적용 시각 (UTC)", "outcome": "결과", "revision": "운영 저장소 리비전", "previousRevision": "이전 리비전",
@@ -76,6 +76,8 @@ var labels = map[string]map[string]string{
 		"publicKey": "이 파일에 포함된 공개키 (지문을 비교하십시오)", "yes": "예", "no": "아니오",
 		"out.succeeded": "성공", "out.failed": "실패", "out.refused": "거부", "out.blocked": "차단", "out.cancelled": "취소",
 		"kind.sync.applied": "배포", "kind.sync.rollback": "롤백", "kind.sync.drift-repaired": "드리프트 복구", "kind.sync.failed": "배포 실패",
+		"val.passed": "통과", "val.failed": "실패", "val.no profile applies": "적용되는 프로필 없음",
+		"val.Succeeded": "성공", "val.Failed": "실패", "val.Skipped": "건너뜀",
 	},
 }
 
