@@ -103,6 +103,14 @@ func WriteHTML(w io.Writer, p *Pack, lang, file string) error {
 		"inc":      func(i int) int { return i + 1 },
 		"outcome":  func(o string) string { return t("out." + o) },
 		"kind":     func(k string) string { return t("kind." + k) },
+		// word translates the values Slipway writes (a test step's state,
+		// a policy verdict), and leaves any other text as it is.
+		"word": func(v string) string {
+			if s, ok := words["val."+v]; ok {
+				return s
+			}
+			return v
+		},
 		"yesno": func(b bool) string {
 			if b {
 				return t("yes")
