@@ -243,16 +243,30 @@ func (p *Pack) build(all []*Record) {
 		}
 	}
 	in := func(r *Record) bool { return !r.Time.Before(p.From) && r.Time.Before(p.To) }
+	stageOf := func(r *Record) string {
+		if s := r.Details["stage"]; s != "" {
+			return s
+		}
+		if l := latestBefore(ix.landed[r.Details["namespace"]+"/"+r.Details["application"]], r.Seq); l != nil {
+			return l.Details["stage"]
+		}
+		return ""
+	}
 	for _, r := range all {
 		if !in(r) {
 			continue
 		}
 		p.Summary.Records++
+		d := r.Details
+		// Records about something the filter leaves out do not count; a
+		// filter on what a record does not name (the stage of a waiver)
+		// lets it count.
+		if !p.keep(cmpOr(d["namespace"], d["scope.namespace"]), d["application"], stageOf(r), r.Kind) {
+			continue
+		}
 		switch r.Kind {
 		case KindPromotionLanded:
-			if p.keep(r.Details["namespace"], r.Details["application"], r.Details["stage"]) {
-				p.Summary.Promotions++
-			}
+			p.Summary.Promotions++
 		case KindPromotionApproved:
 			p.Summary.Approvals++
 		case KindPromotionApprovalIgnored:
@@ -266,12 +280,7 @@ func (p *Pack) build(all []*Record) {
 		case KindWebhookRefused:
 			p.Summary.WebhookRefusals++
 		case KindSyncApplied, KindRollback, KindDriftRepaired, KindSyncFailed:
-			// An Application is a stage once a promotion into it has landed.
-			stage := ""
-			if l := latestBefore(ix.landed[r.Details["namespace"]+"/"+r.Details["application"]], r.Seq); l != nil {
-				stage = l.Details["stage"]
-			}
-			if !p.keep(r.Details["namespace"], r.Details["application"], stage) {
+			if !changed(r) {
 				continue
 			}
 			c := p.change(r, ix)
@@ -293,11 +302,29 @@ func (p *Pack) build(all []*Record) {
 	}
 }
 
-// keep applies the filter.
-func (p *Pack) keep(namespace, application, stage string) bool {
+// changed reports whether a sync changed what runs: objects changed, a
+// first deployment, a rollback, or a failure. A new revision of the ops
+// repository that leaves an Application's objects as they were (another
+// path changed) is recorded, but is no change of that Application.
+func changed(r *Record) bool {
+	return r.Details["changes"] != "" || r.Details["previousRevision"] == "" || r.Kind == KindRollback || r.Outcome != OutcomeSucceeded
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// keep applies the filter to a record naming namespace, application and
+// stage. Changes must match every part of it; other records are not
+// held to a part they do not name.
+func (p *Pack) keep(namespace, application, stage, kind string) bool {
 	f := p.Filter
-	return (f.Namespace == "" || f.Namespace == namespace) && (f.Application == "" || f.Application == application) &&
-		(f.Stage == "" || f.Stage == stage)
+	strict := kind == KindSyncApplied || kind == KindRollback || kind == KindDriftRepaired || kind == KindSyncFailed
+	match := func(want, have string) bool { return want == "" || want == have || (have == "" && !strict) }
+	return match(f.Namespace, namespace) && match(f.Application, application) && match(f.Stage, stage)
 }
 
 func (p *Pack) change(r *Record, ix index) Change {

@@ -155,6 +155,17 @@ func newApp(t *testing.T, ns, name, url, path string, opts ...func(*slipwayv1.Ap
 		o(app)
 	}
 	create(t, app)
+	// The test's API server has no namespace controller: delete the
+	// Application itself, so that later tests' servers leave it alone.
+	t.Cleanup(func() {
+		got := &slipwayv1.Application{}
+		if env.Client.Get(testCtx, client.ObjectKeyFromObject(app), got) == nil {
+			patch := client.MergeFrom(got.DeepCopy())
+			got.Finalizers = nil
+			env.Client.Patch(testCtx, got, patch)
+			env.Client.Delete(testCtx, got)
+		}
+	})
 	return app
 }
 
@@ -172,4 +183,55 @@ func waitApplied(t *testing.T, app *slipwayv1.Application, revision string) *sli
 		return nil
 	})
 	return got
+}
+
+// TestGapFoundAtStart: what the objects' status reports but the trail
+// lacks (a deployment, a finished run: a crash between the action and its
+// record, or a store that could not be written) is found when the server
+// starts, and recorded as recovered.
+func TestGapFoundAtStart(t *testing.T) {
+	s := fileStore(t)
+	dir, addr := t.TempDir(), freeAddr(t)
+	startServer(t, s, dir, addr).stop(t) // the trail begins
+
+	ns := env.TenantNamespace(t)
+	app := newApp(t, ns, "gap", "https://git.example.com/ops.git", "deploy", func(a *slipwayv1.Application) { a.Spec.Suspend = true })
+	revision := strings.Repeat("ab", 20)
+	app.Status.History = []slipwayv1.RevisionHistory{{ID: 3, Revision: revision, DeployedAt: metav1.Now(), Result: "Succeeded"}}
+	if err := env.Client.Status().Update(testCtx, app); err != nil {
+		t.Fatal(err)
+	}
+	run := &slipwayv1.PipelineRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "gap-run"},
+		Spec: slipwayv1.PipelineRunSpec{PipelineRef: slipwayv1.LocalObjectReference{Name: "gone"}, Commit: strings.Repeat("cd", 20)}}
+	create(t, run)
+	now := metav1.Now()
+	run.Status = slipwayv1.PipelineRunStatus{Phase: slipwayv1.RunSucceeded, StartTime: &now, CompletionTime: &now, Digest: "sha256:" + strings.Repeat("e", 64)}
+	if err := env.Client.Status().Update(testCtx, run); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := startServer(t, s, dir, addr)
+	want := map[string]bool{
+		audit.RefDeploy(string(app.UID), revision, 3): false,
+		audit.RefRun(string(run.UID), "started"):      false,
+		audit.RefRun(string(run.UID), "finished"):     false,
+	}
+	eventually(t, 30*time.Second, "the gap check's records", func() error {
+		records, _ := s.records(t)
+		for _, r := range records {
+			if _, ok := want[r.Ref]; ok && strings.HasPrefix(r.Details["recovered"], "found by the gap check") {
+				want[r.Ref] = true
+			}
+		}
+		for ref, found := range want {
+			if !found {
+				return fmt.Errorf("no recovered record %s", ref)
+			}
+		}
+		return nil
+	})
+	srv.stop(t)
+	if _, res := s.records(t); !res.OK() {
+		t.Fatalf("after the gap check: %v", res.Problems)
+	}
 }
