@@ -36,7 +36,8 @@ func checkGaps(ctx context.Context, l *audit.Log, c client.Reader) error {
 			errs = append(errs, err)
 		}
 	}
-	after := func(t time.Time) bool { return !t.IsZero() && t.After(since) }
+	// Status times are whole seconds: one in the second the trail began counts.
+	after := func(t time.Time) bool { return !t.IsZero() && !t.Before(since.Truncate(time.Second)) }
 
 	var apps slipwayv1.ApplicationList
 	if err := c.List(ctx, &apps); err != nil {
