@@ -55,9 +55,9 @@ func (s *State) componentOrder() []string {
 		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK}
 	}
 	if s.Network == nil {
-		return []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
+		return s.withAuditStore([]string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer})
 	}
-	order := []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer}
+	order := s.withAuditStore([]string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer})
 	return append(append(order, s.Network.componentNames()...), compEdge)
 }
 
@@ -214,6 +214,7 @@ func (l *Lab) components(st *State) []component {
 			},
 		},
 	}
+	all = l.withAudit(st, all)
 	if st.ControlPlaneOnly {
 		return slices.DeleteFunc(all, func(c component) bool { return !slices.Contains(st.componentOrder(), c.name) })
 	}

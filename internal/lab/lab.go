@@ -56,6 +56,9 @@ type Lab struct {
 	// controlPlaneOnly makes the lab one of those clusters: no git server,
 	// registry or Slipway server of its own.
 	controlPlaneOnly bool
+	// Audit is the audit store: AuditFile (the default) or AuditPostgres;
+	// empty keeps what the lab ran with before.
+	Audit string
 }
 
 // ClusterDir is where the lab keeps the further cluster name.
@@ -174,6 +177,14 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	}
 	if err := l.writeCredentials(st); err != nil {
 		return nil, err
+	}
+	if !st.ControlPlaneOnly {
+		if err := l.ensureAudit(ctx, st); err != nil {
+			return nil, fmt.Errorf("preparing the audit store: %w", err)
+		}
+		if err := st.save(l.Dir); err != nil {
+			return nil, err
+		}
 	}
 	if st.RealNodes() {
 		if err := l.ensureHostNetwork(st); err != nil {
@@ -342,6 +353,9 @@ func (l *Lab) Down(purge bool) error {
 		errs = append(errs, err)
 	}
 	if purge && len(errs) == 0 {
+		if err := purgeAudit(st); err != nil {
+			errs = append(errs, err)
+		}
 		if err := os.RemoveAll(l.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing %s: %w", l.Dir, err))
 		}
@@ -357,6 +371,7 @@ type Info struct {
 	Git        GitInfo         `json:"git"`
 	Registry   RegistryInfo    `json:"registry"`
 	Server     ServerInfo      `json:"server"`
+	Audit      AuditInfo       `json:"audit"`
 	Components []ComponentInfo `json:"components"`
 	// Nodes and Edge describe the real-node lab; both are absent with KWOK.
 	Nodes []NodeInfo `json:"nodes,omitempty"`
@@ -478,6 +493,7 @@ func (l *Lab) info(st *State) *Info {
 		Git:        GitInfo{URL: gitURL, Username: st.Git.Username, Password: st.Git.Password, OpsRepo: gitURL + "/" + OpsRepo, SourceRepos: map[string]string{}},
 		Registry:   RegistryInfo{Host: net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry)), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
+		Audit:      l.auditInfo(st),
 		expected:   len(st.componentOrder()),
 	}
 	if n := st.Network; n != nil {

@@ -30,6 +30,8 @@ type State struct {
 	// ControlPlaneOnly marks the lab of a further cluster: no git server,
 	// registry or Slipway server.
 	ControlPlaneOnly bool `json:"controlPlaneOnly,omitempty"`
+	// Audit is the audit trail's store and secrets.
+	Audit *AuditState `json:"audit,omitempty"`
 }
 
 // Ports are chosen free once, then kept so addresses stay stable across restarts.
