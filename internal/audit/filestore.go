@@ -425,6 +425,78 @@ func (s *FileStore) Scan(ctx context.Context, fn func(Item) error) error {
 	return nil
 }
 
+// Tail reads the live segments that hold records since since (segments
+// are days at most), and always the newest that holds any; when there
+// are no live segments, the last archived one.
+func (s *FileStore) Tail(ctx context.Context, since time.Time, fn func(Item) error) error {
+	segs, err := segmentFiles(s.path(segmentsDir))
+	if err != nil {
+		return err
+	}
+	if len(segs) == 0 {
+		if segs, err = segmentFiles(s.path(archiveDir)); err != nil || len(segs) == 0 {
+			return err
+		}
+		segs = segs[len(segs)-1:]
+	}
+	from, found := len(segs)-1, false
+	for i := len(segs) - 1; i >= 0; i-- {
+		last, err := lastLine(segs[i])
+		if err != nil {
+			return err
+		}
+		if found && last != nil && last.Time.Before(since) {
+			break
+		}
+		from, found = i, found || last != nil
+	}
+	for i, path := range segs[from:] {
+		last := i == len(segs[from:])-1
+		err := scanSegment(path, func(it Item) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if errors.Is(it.Err, ErrIncomplete) && !last {
+				it.Err = errors.New("a segment ends in the middle of a record")
+			}
+			return fn(it)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lastLine reads the last whole record of a segment from its end (nil
+// when it has none, or the last line is not a record: the scan then says
+// why).
+func lastLine(path string) (*Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening audit segment %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	n := min(st.Size(), MaxRecordBytes+1)
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, st.Size()-n); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("reading audit segment %s: %w", path, err)
+	}
+	buf = bytes.TrimSuffix(buf, []byte("\n"))
+	if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
+		buf = buf[i+1:]
+	}
+	r, err := ParseRecord(buf)
+	if err != nil {
+		return nil, nil
+	}
+	return r, nil
+}
+
 // scanSegment calls fn for each line of a segment.
 func scanSegment(path string, fn func(Item) error) error {
 	f, err := os.Open(path)

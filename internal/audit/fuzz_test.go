@@ -35,6 +35,9 @@ func (m *memStore) Append(_ context.Context, rs []*audit.Record) error {
 func (m *memStore) Scan(_ context.Context, fn func(audit.Item) error) error {
 	return audit.ReadRecords(bytes.NewReader(m.records), "memory", fn)
 }
+func (m *memStore) Tail(ctx context.Context, _ time.Time, fn func(audit.Item) error) error {
+	return m.Scan(ctx, fn)
+}
 func (m *memStore) AddCheckpoint(_ context.Context, c *audit.Checkpoint) error {
 	m.checkpoints = append(m.checkpoints, c)
 	return nil

@@ -68,7 +68,7 @@ type Log struct {
 	closing bool
 
 	mu         sync.Mutex
-	started    time.Time // time of the first record
+	since      time.Time // time of the oldest record read at open
 	head       Hash
 	size       uint64
 	refs       map[string]time.Time
@@ -83,12 +83,15 @@ type request struct {
 	done  chan error
 }
 
-// Open reads and verifies the store, remembers the recent refs, and starts
-// the writer. It records an audit.opened record naming what it found, and
-// an audit.recovered record when the store repaired an interrupted write.
-// A store that fails verification is still opened (refusing would stop
-// every deployment at the hands of whoever can flip a byte), and the
-// failure is recorded and returned in the report.
+// Open reads the newest records of the store (those of the ref window,
+// and always the last), checks that they link, remembers their refs, and
+// starts the writer: opening costs what the recent past holds, not the
+// whole log, which VerifyAll checks (the server does after opening, and
+// daily). It records an audit.opened record, and an audit.recovered
+// record when the store repaired an interrupted write. Records that fail
+// the check are reported in the result, and recording continues after
+// the last one: refusing would stop every deployment at the hands of
+// whoever can flip a byte.
 func Open(ctx context.Context, store Store, opts Options) (*Log, *Result, error) {
 	if opts.Key == nil {
 		return nil, nil, errors.New("the audit log needs a signing key")
@@ -109,27 +112,50 @@ func Open(ctx context.Context, store Store, opts Options) (*Log, *Result, error)
 		requests: make(chan *request, 4*maxBatch), stop: make(chan struct{}), done: make(chan struct{})}
 
 	since := opts.Now().Add(-opts.RefWindow)
-	res, err := verify(ctx, store, &opts.Key.PublicKey, nil, func(r *Record) {
-		if l.started.IsZero() {
-			l.started = r.Time
+	keyID, err := KeyID(&opts.Key.PublicKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The last record is the head, whatever the check says: the chain
+	// continues from what is there.
+	c := newChainChecker(0, false, nil, func(r *Record) {
+		if l.since.IsZero() {
+			l.since = r.Time
 		}
-		l.head, l.size = r.Hash, r.Seq
 		if r.Ref != "" && r.Time.After(since) {
 			l.refs[r.Ref] = r.Time
 		}
 	})
+	err = store.Tail(ctx, since, func(it Item) error {
+		if it.Record != nil && it.Record.Seq > l.size {
+			l.size, l.head = it.Record.Seq, it.Record.Hash
+		}
+		if c.problem == nil {
+			_ = c.feed(it)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading %s: %w", store, err)
 	}
-	if res.LatestCheckpoint != nil && res.LatestCheckpoint.Size <= l.size {
-		l.checkpoint = res.LatestCheckpoint
+	c.finish()
+	res := c.result(store.LogID(), keyID)
+	if cps, err := store.Checkpoints(ctx); err == nil {
+		for _, cp := range cps {
+			if cp.Size == l.size && cp.Head == l.head && cp.VerifySignature(&opts.Key.PublicKey) == nil {
+				l.checkpoint = cp
+			}
+		}
+	}
+	if l.since.IsZero() {
+		l.since = opts.Now().UTC()
 	}
 	go l.run()
 	if opts.Witness != nil {
 		go l.witnessLoop()
 	}
 
-	details := map[string]string{"store": store.String(), "records": fmt.Sprint(res.Records), "verified": fmt.Sprint(res.OK())}
+	details := map[string]string{"store": store.String(), "records": fmt.Sprint(l.size), "checked": fmt.Sprint(res.Records), "linked": fmt.Sprint(res.OK())}
 	if !res.OK() {
 		details["problem"] = res.Problems[0].String()
 	}
@@ -151,12 +177,31 @@ func Open(ctx context.Context, store Store, opts Options) (*Log, *Result, error)
 	return l, res, nil
 }
 
-// Started is the time of the log's first record: what happened before
-// it cannot be in the trail.
-func (l *Log) Started() time.Time {
+// VerifyAll verifies the whole log (and the witness's checkpoints, when
+// there is a witness) and records the result: the trail holds the
+// evidence that it was checked, and when.
+func (l *Log) VerifyAll(ctx context.Context) (*Result, error) {
+	res, err := Verify(ctx, l.store, &l.opts.Key.PublicKey, VerifyOptions{Witness: l.opts.Witness})
+	if err != nil {
+		return nil, err
+	}
+	verified.Set(map[bool]float64{true: 1, false: 0}[res.OK()])
+	d := map[string]string{"records": fmt.Sprint(res.Records), "first": fmt.Sprint(res.First), "last": fmt.Sprint(res.Last),
+		"head": res.Head.String(), "checkpoints": fmt.Sprint(res.Checkpoints), "witnessed": fmt.Sprint(res.Witnessed)}
+	outcome := OutcomeSucceeded
+	if !res.OK() {
+		outcome, d["problem"] = OutcomeFailed, res.Problems[0].String()
+	}
+	return res, l.Record(ctx, Event{Kind: KindAuditVerified, Actor: SystemActor, Subject: "audit log " + l.store.LogID(), Outcome: outcome, Details: d})
+}
+
+// Since is the time of the oldest record the log read when it opened:
+// events of records since then are known by ref (Recorded), older ones
+// are not.
+func (l *Log) Since() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.started
+	return l.since
 }
 
 // Head is the number of records and the hash of the last.
@@ -178,6 +223,7 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	if e.Ref != "" && l.Recorded(e.Ref) {
 		return nil
 	}
+	start := time.Now()
 	req := &request{event: e, done: make(chan error, 1)}
 	l.sending.RLock()
 	if l.closing {
@@ -194,8 +240,10 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	select {
 	case err := <-req.done:
 		if err != nil {
+			recordFailures.Inc()
 			return fmt.Errorf("recording %s of %s in %s: %w", e.Kind, e.Subject, l.store, err)
 		}
+		recordDuration.WithLabelValues(e.Kind).Observe(time.Since(start).Seconds())
 		return nil
 	case <-ctx.Done():
 		// It may still be written; a retry with the same Ref is then a no-op.
@@ -306,10 +354,9 @@ func (l *Log) appendBatch(ctx context.Context, batch []*request) error {
 	if err := l.store.Append(ctx, records); err != nil {
 		return err
 	}
+	batchSize.Observe(float64(len(records)))
 	l.size, l.head = size, head
-	if l.started.IsZero() {
-		l.started = records[0].Time
-	}
+	recordsGauge.Set(float64(size))
 	for _, r := range records {
 		if r.Ref != "" {
 			l.refs[r.Ref] = r.Time
@@ -352,6 +399,7 @@ func (l *Log) Checkpoint(ctx context.Context) (*Checkpoint, error) {
 		return nil, fmt.Errorf("keeping checkpoint %d in %s: %w", c.Size, l.store, err)
 	}
 	l.checkpoint = c
+	checkpointSize.Set(float64(c.Size))
 	return c, nil
 }
 
@@ -385,6 +433,7 @@ func (l *Log) Witness(ctx context.Context) error {
 	}
 	l.mu.Lock()
 	l.witnessed = max(l.witnessed, c.Size)
+	witnessedSize.Set(float64(l.witnessed))
 	l.mu.Unlock()
 	return nil
 }

@@ -196,6 +196,34 @@ func (s *PostgresStore) Scan(ctx context.Context, fn func(Item) error) error {
 	return nil
 }
 
+// Tail reads the live rows from the last one older than since; when the
+// live table is empty, the last archived row.
+func (s *PostgresStore) Tail(ctx context.Context, since time.Time, fn func(Item) error) error {
+	queries := []string{
+		`SELECT seq, record FROM ` + pgRecords + ` WHERE seq >= COALESCE((SELECT max(seq) FROM ` + pgRecords + ` WHERE at < $1), 0) ORDER BY seq`,
+		`SELECT seq, record FROM ` + pgArchive + ` WHERE $1::timestamptz IS NOT NULL ORDER BY seq DESC LIMIT 1`,
+	}
+	for i, q := range queries {
+		rows, err := s.pool.Query(ctx, q, since)
+		if err != nil {
+			return fmt.Errorf("reading the newest audit records: %w", err)
+		}
+		n := 0
+		var seq int64
+		var body string
+		_, err = pgx.ForEachRow(rows, []any{&seq, &body}, func() error {
+			n++
+			it := Item{Where: fmt.Sprintf("%s row %d", []string{pgRecords, pgArchive}[i], seq)}
+			it.Record, it.Err = ParseRecord([]byte(body))
+			return fn(it)
+		})
+		if err != nil || n > 0 {
+			return err
+		}
+	}
+	return nil
+}
+
 // AddCheckpoint inserts a checkpoint; one of the same size is kept once.
 func (s *PostgresStore) AddCheckpoint(ctx context.Context, c *Checkpoint) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO `+pgCheckpoints+` (size, at, checkpoint) VALUES ($1, $2, $3) ON CONFLICT (size) DO NOTHING`,

@@ -63,6 +63,7 @@ const (
 	KindWebhookRefused = "webhook.refused"
 
 	KindAuditOpened    = "audit.opened"
+	KindAuditVerified  = "audit.verified"
 	KindAuditRecovered = "audit.recovered"
 	KindAuditArchived  = "audit.archived"
 )

@@ -24,6 +24,11 @@ type Store interface {
 	// kept. A record that cannot be read is passed with Err set, so that
 	// verification can say which one it is.
 	Scan(ctx context.Context, fn func(Item) error) error
+	// Tail calls fn, in order, for the newest records: at least every
+	// record written since since, and always the last one. It is what
+	// opening a log reads, so that opening costs what the recent past
+	// holds, not the whole log.
+	Tail(ctx context.Context, since time.Time, fn func(Item) error) error
 	// AddCheckpoint keeps a signed checkpoint.
 	AddCheckpoint(ctx context.Context, c *Checkpoint) error
 	// Checkpoints returns those kept, in the order written.

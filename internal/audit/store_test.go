@@ -557,3 +557,55 @@ func postgresBackendFor(dsn string) backend {
 		return s
 	}}
 }
+
+// TestOpenReadsTheTailVerifyAllReadsAll: opening reads only the recent
+// records (a year-old change goes unseen there, and opening stays cheap
+// however long the log), and VerifyAll, which the server runs after
+// opening and daily, finds it and records that it did.
+func TestOpenReadsTheTailVerifyAllReadsAll(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		key := newKey(t)
+		now := time.Now().Add(-400 * 24 * time.Hour)
+		l := openLog(t, b.open(t), key, func() time.Time { return now })
+		for i := range 5 {
+			l.Record(testCtx, event(i))
+		}
+		now = time.Now()
+		for i := range 5 {
+			l.Record(testCtx, event(10+i))
+		}
+		l.Close(testCtx)
+		b.flipByte(t, 3)
+
+		l, res, err := audit.Open(testCtx, b.open(t), audit.Options{Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close(testCtx)
+		if !res.OK() || res.Records >= 11 {
+			t.Fatalf("opening read %d records (%v), want only the recent ones", res.Records, res.Problems)
+		}
+		if size, _ := l.Head(); size != 12 {
+			t.Fatalf("head after opening is %d, want 12", size)
+		}
+		all, err := l.VerifyAll(testCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if all.OK() || all.Problems[0].Seq != 3 {
+			t.Fatalf("VerifyAll: %+v, want record 3 named", all.Problems)
+		}
+		var recorded *audit.Record
+		s := b.reader(t)
+		defer s.Close()
+		s.Scan(testCtx, func(it audit.Item) error {
+			if it.Record != nil && it.Record.Kind == audit.KindAuditVerified {
+				recorded = it.Record
+			}
+			return nil
+		})
+		if recorded == nil || recorded.Outcome != audit.OutcomeFailed || !strings.Contains(recorded.Details["problem"], "record 3") {
+			t.Fatalf("the failed verification is not recorded: %+v", recorded)
+		}
+	})
+}

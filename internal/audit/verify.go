@@ -128,7 +128,9 @@ type chainChecker struct {
 
 // newChainChecker expects the first record to be start; with anchored,
 // its prev must be zero (a log's first record), otherwise it is taken as
-// it is and the chain is vouched for by the checkpoints after it.
+// it is and the chain is vouched for by the checkpoints after it. Start 0
+// takes the first intact record as the start, whatever its seq (the tail
+// of a log).
 func newChainChecker(start uint64, anchored bool, checkpoints []*Checkpoint, onRecord func(*Record)) *chainChecker {
 	c := &chainChecker{start: start, expected: start, checkPrev: anchored, wanted: map[uint64]bool{}, hashes: map[uint64]Hash{}, onRecord: onRecord}
 	for _, cp := range checkpoints {
@@ -170,6 +172,9 @@ func intact(it *Item) bool {
 }
 
 func (c *chainChecker) check(it Item, next *Item) {
+	if c.expected == 0 && it.Err == nil && intact(&it) {
+		c.start, c.expected, c.checkPrev = it.Record.Seq, it.Record.Seq, it.Record.Seq == 1
+	}
 	e := c.expected
 	if it.Err != nil {
 		if errors.Is(it.Err, ErrIncomplete) && next == nil {

@@ -173,6 +173,9 @@ func (r *ApplicationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		}
 		reconcileTotal.WithLabelValues(outcome).Inc()
 		reconcileDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+		if deployed := app.Status.LastAppliedAt; deployed != nil && (base.Status.LastAppliedAt == nil || !deployed.Equal(base.Status.LastAppliedAt)) {
+			syncDuration.Observe(time.Since(start).Seconds())
+		}
 	}()
 
 	if app.Spec.Suspend {

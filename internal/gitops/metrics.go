@@ -25,6 +25,11 @@ var (
 		Name: "slipway_application_health_status",
 		Help: "1 for the Application's current health (Healthy, Progressing, Degraded, Unknown), 0 for the others.",
 	}, []string{"namespace", "name", "status"})
+	syncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "slipway_application_sync_duration_seconds",
+		Help:    "Time taken by the reconciliations that deployed a revision (fetch, render, policy, apply, audit record).",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+	})
 	gitFetchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "slipway_git_fetch_duration_seconds",
 		Help:    "Time taken to fetch a revision from git, by result.",
@@ -33,7 +38,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(reconcileDuration, reconcileTotal, syncGauge, healthGauge, gitFetchDuration)
+	metrics.Registry.MustRegister(reconcileDuration, syncDuration, reconcileTotal, syncGauge, healthGauge, gitFetchDuration)
 }
 
 var (

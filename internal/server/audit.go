@@ -171,7 +171,7 @@ func openAudit(ctx context.Context, logger logr.Logger, opts AuditOptions, passw
 			if err == nil {
 				size, head := l.Head()
 				if !res.OK() {
-					logger.Error(errors.New(res.Problems[0].String()), "THE AUDIT LOG FAILS VERIFICATION; recording continues after its last record", "store", store.String())
+					logger.Error(errors.New(res.Problems[0].String()), "THE NEWEST AUDIT RECORDS DO NOT LINK; recording continues after the last one", "store", store.String())
 				}
 				logger.Info("audit log open", "store", store.String(), "records", size, "head", head.String())
 				return l
@@ -208,7 +208,20 @@ func runAudit(ctx context.Context, logger logr.Logger, l *audit.Log, c client.Re
 			logger.Error(err, "comparing status with the audit trail")
 		}
 	}
+	verifyAll := func() {
+		res, err := l.VerifyAll(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			logger.Error(err, "verifying the audit log")
+		case err == nil && !res.OK():
+			logger.Error(errors.New(res.Problems[0].String()), "THE AUDIT LOG FAILS VERIFICATION")
+		case err == nil:
+			logger.Info("audit log verified", "records", res.Records, "checkpoints", res.Checkpoints, "witnessed", res.Witnessed)
+		}
+	}
 	check()
+	// The whole log is verified apart from the writes, which go on.
+	go verifyAll()
 	archive()
 	gaps := time.NewTicker(gapCheckInterval)
 	defer gaps.Stop()
@@ -221,6 +234,7 @@ func runAudit(ctx context.Context, logger logr.Logger, l *audit.Log, c client.Re
 		case <-gaps.C:
 			check()
 		case <-daily.C:
+			verifyAll()
 			archive()
 		}
 	}

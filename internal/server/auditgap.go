@@ -22,7 +22,7 @@ const recoveredNote = "found by the gap check: the object's status reports it, t
 // must have its record. What is missing is recorded now, marked as
 // recovered, so that no gap stays silent.
 func checkGaps(ctx context.Context, l *audit.Log, c client.Reader) error {
-	since := l.Started()
+	since := l.Since()
 	var errs []error
 	record := func(e audit.Event) {
 		if l.Recorded(e.Ref) {
