@@ -162,30 +162,32 @@ const canonicalPrefix = "slipway.dev/audit/record/v1\x00"
 // length-prefixed, details sorted by key, the time as UTC nanoseconds.
 // It does not depend on JSON, map order or time formatting.
 func (r *Record) Canonical() []byte {
-	var b bytes.Buffer
-	b.WriteString(canonicalPrefix)
-	b.Write(binary.AppendUvarint(nil, r.Seq))
-	b.Write(binary.AppendVarint(nil, r.Time.UnixNano()))
-	for _, s := range []string{r.Kind, r.Actor, r.Subject, r.Outcome, r.Ref} {
-		writeString(&b, s)
-	}
+	size := len(canonicalPrefix) + 2*binary.MaxVarintLen64 + len(r.Prev) + 6*binary.MaxVarintLen64 +
+		len(r.Kind) + len(r.Actor) + len(r.Subject) + len(r.Outcome) + len(r.Ref)
 	keys := make([]string, 0, len(r.Details))
-	for k := range r.Details {
+	for k, v := range r.Details {
 		keys = append(keys, k)
+		size += 2*binary.MaxVarintLen64 + len(k) + len(v)
 	}
 	slices.Sort(keys)
-	b.Write(binary.AppendUvarint(nil, uint64(len(keys))))
-	for _, k := range keys {
-		writeString(&b, k)
-		writeString(&b, r.Details[k])
+	b := make([]byte, 0, size)
+	b = append(b, canonicalPrefix...)
+	b = binary.AppendUvarint(b, r.Seq)
+	b = binary.AppendVarint(b, r.Time.UnixNano())
+	for _, s := range []string{r.Kind, r.Actor, r.Subject, r.Outcome, r.Ref} {
+		b = appendString(b, s)
 	}
-	b.Write(r.Prev[:])
-	return b.Bytes()
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		b = appendString(b, k)
+		b = appendString(b, r.Details[k])
+	}
+	return append(b, r.Prev[:]...)
 }
 
-func writeString(b *bytes.Buffer, s string) {
-	b.Write(binary.AppendUvarint(nil, uint64(len(s))))
-	b.WriteString(s)
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
 // ComputeHash is the hash the record should carry.
@@ -239,14 +241,11 @@ func ParseRecord(line []byte) (*Record, error) {
 	if len(line) >= MaxRecordBytes {
 		return nil, fmt.Errorf("a record of %d bytes is over the limit of %d", len(line), MaxRecordBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
+	// Unknown fields and anything after the value are caught below: the
+	// record must read back as exactly these bytes.
 	r := &Record{}
-	if err := dec.Decode(r); err != nil {
+	if err := json.Unmarshal(line, r); err != nil {
 		return nil, fmt.Errorf("not a record: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("not a record: more than one JSON value on the line")
 	}
 	if r.Time.IsZero() {
 		return nil, errors.New("not a record: no time")

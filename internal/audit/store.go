@@ -48,6 +48,8 @@ type Item struct {
 	Err error
 	// Where locates it: a segment file and line, or a table row.
 	Where string
+	// sum caches the record's computed hash during verification.
+	sum *Hash
 }
 
 // Archived describes what one Archive call moved.

@@ -147,7 +147,7 @@ func (c *chainChecker) feed(it Item) error {
 		c.pending = &it
 		return nil
 	}
-	cur := *c.pending
+	cur := c.pending
 	c.pending = &it
 	c.check(cur, &it)
 	if c.problem != nil {
@@ -158,7 +158,7 @@ func (c *chainChecker) feed(it Item) error {
 
 func (c *chainChecker) finish() {
 	if c.pending != nil && c.problem == nil {
-		c.check(*c.pending, nil)
+		c.check(c.pending, nil)
 	}
 	c.pending = nil
 }
@@ -167,12 +167,21 @@ func (c *chainChecker) fail(kind string, seq uint64, where, msg string) {
 	c.problem = &Problem{Kind: kind, Seq: seq, Where: where, Message: msg}
 }
 
+// intact reports whether an item is a record whose content matches its
+// hash, computing the hash once per item.
 func intact(it *Item) bool {
-	return it != nil && it.Err == nil && it.Record.ComputeHash() == it.Record.Hash
+	if it == nil || it.Err != nil {
+		return false
+	}
+	if it.sum == nil {
+		sum := it.Record.ComputeHash()
+		it.sum = &sum
+	}
+	return *it.sum == it.Record.Hash
 }
 
-func (c *chainChecker) check(it Item, next *Item) {
-	if c.expected == 0 && it.Err == nil && intact(&it) {
+func (c *chainChecker) check(it *Item, next *Item) {
+	if c.expected == 0 && intact(it) {
 		c.start, c.expected, c.checkPrev = it.Record.Seq, it.Record.Seq, it.Record.Seq == 1
 	}
 	e := c.expected
@@ -185,7 +194,7 @@ func (c *chainChecker) check(it Item, next *Item) {
 		return
 	}
 	r := it.Record
-	if !intact(&it) {
+	if !intact(it) {
 		c.fail(ProblemChanged, e, it.Where, fmt.Sprintf("record %d was changed: its content no longer matches its hash", e))
 		return
 	}
