@@ -102,6 +102,7 @@ func runScale(b *testing.B, n int) {
 	peak := peakRSSMiB(b, server)
 
 	reportErrors(b, info)
+	auditShare(b, info)
 	b.ReportMetric(initial.Seconds(), "s-first-sync")
 	b.ReportMetric(update.Seconds(), "s-commit-to-healthy")
 	b.ReportMetric(steadyCPU, "%cpu-steady")
