@@ -365,11 +365,12 @@ func (l *Log) appendBatch(ctx context.Context, batch []*request) error {
 	return nil
 }
 
-// resync reads the records another writer appended.
+// resync reads the records another writer appended (the newest ones,
+// as opening does).
 func (l *Log) resync(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.store.Scan(ctx, func(it Item) error {
+	return l.store.Tail(ctx, l.opts.Now().Add(-l.opts.RefWindow), func(it Item) error {
 		if it.Err != nil {
 			return fmt.Errorf("%s: %w", it.Where, it.Err)
 		}
