@@ -72,6 +72,7 @@ type Log struct {
 	head       Hash
 	size       uint64
 	refs       map[string]time.Time
+	pruned     time.Time   // when old refs were last dropped
 	checkpoint *Checkpoint // newest made
 	witnessed  uint64      // size of the newest sent to the witness
 	// witnessing serialises sends to the witness.
@@ -282,6 +283,7 @@ func (l *Log) run() {
 			l.write(batch)
 		case <-checkpoints.C:
 			l.checkpointNow()
+			l.forgetOldRefs()
 		case <-l.stop:
 			// Write what is still waiting, then stop.
 			for {
@@ -363,6 +365,24 @@ func (l *Log) appendBatch(ctx context.Context, batch []*request) error {
 		}
 	}
 	return nil
+}
+
+// forgetOldRefs drops the refs older than the window, at most hourly, so
+// that memory follows the window rather than the log's age.
+func (l *Log) forgetOldRefs() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.opts.Now()
+	if now.Sub(l.pruned) < time.Hour {
+		return
+	}
+	l.pruned = now
+	cutoff := now.Add(-l.opts.RefWindow)
+	for ref, at := range l.refs {
+		if at.Before(cutoff) {
+			delete(l.refs, ref)
+		}
+	}
 }
 
 // resync reads the records another writer appended (the newest ones,
