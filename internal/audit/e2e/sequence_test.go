@@ -22,6 +22,7 @@ import (
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/gitops"
+	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/promotion"
 	"slipway.dev/slipway/internal/registry"
@@ -88,7 +89,7 @@ func scriptedDelivery(t *testing.T, s *store) {
 	keyPEM, _ := signing.EncodePrivateKey(key)
 	gitRef := gitSecret(t, ns)
 	create(t,
-		secret(ns, "registry", map[string]string{"username": regUser, "password": regPass}, nil),
+		secret(ns, "registry", map[string]string{"username": regUser, "password": regPass}, map[string]string{gitsource.AllowedURLsAnnotation: reg.Host() + "/cafe/"}),
 		secret(ns, "signing", map[string]string{"cosign.key": string(keyPEM)}, nil),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: install.Namespace, Name: promotion.IdentitiesConfigMap},
 			Data: map[string]string{"identities": "alice: [alice@example.com]\n"}})
