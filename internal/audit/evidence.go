@@ -31,6 +31,8 @@ type Pack struct {
 	Changes      []Change     `json:"changes"`
 	Verification Verification `json:"verification"`
 	Segment      Segment      `json:"segment"`
+	// Uncovered says why the period ends before the To asked for, if it does.
+	Uncovered string `json:"uncovered,omitempty"`
 }
 
 // Filter selects the changes of a pack.
@@ -186,12 +188,28 @@ func Export(ctx context.Context, store Store, pub *ecdsa.PublicKey, opts ExportO
 	if res.LatestCheckpoint != nil {
 		p.Verification.Checkpoint = string(res.LatestCheckpoint.Marshal())
 	}
-	p.build(all)
 	cps, err := store.Checkpoints(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.cut(all, append(cps, witnessed...)); err != nil {
+	cps = append(cps, witnessed...)
+	// A pack holds only what a signed checkpoint vouches for: a period
+	// reaching past the newest checkpoint ends at the first record after it.
+	var covered uint64
+	for _, cp := range cps {
+		if cp.VerifySignature(pub) == nil && cp.Size <= res.Last {
+			covered = max(covered, cp.Size)
+		}
+	}
+	if len(all) > 0 && covered < all[len(all)-1].Seq {
+		if next := all[covered-all[0].Seq+1]; covered >= all[0].Seq-1 && next.Time.Before(p.To) {
+			p.To = next.Time
+			p.Uncovered = fmt.Sprintf("the period ends at %s: records from %d on are not yet covered by a signed checkpoint (the server makes one a minute while records arrive); export again to include them",
+				next.Time.Format(time.RFC3339Nano), next.Seq)
+		}
+	}
+	p.build(all)
+	if err := p.cut(all, cps); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -162,6 +162,25 @@ func TestEvidencePack(t *testing.T) {
 	if res, _ := audit.VerifyPack(p, &newKey(t).PublicKey); res.OK() {
 		t.Fatal("the pack verifies with a key that did not sign it")
 	}
+
+	// A record no checkpoint covers yet ends the period before it.
+	var last *audit.Record
+	store.Scan(testCtx, func(it audit.Item) error { last = it.Record; return nil })
+	next := &audit.Record{Seq: last.Seq + 1, Time: last.Time.Add(time.Minute), Kind: audit.KindSyncApplied, Actor: "x", Subject: "Application cafe/tea-prod",
+		Outcome: "succeeded", Details: map[string]string{"namespace": "cafe", "application": "tea-prod", "revision": "9f000004", "changes": "ConfigMap/cafe/x created"}, Prev: last.Hash}
+	next.Hash = next.ComputeHash()
+	w := b.open(t)
+	if err := w.Append(testCtx, []*audit.Record{next}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	q := exportProd(t, b.reader(t), key)
+	if q.Uncovered == "" || !q.To.Equal(next.Time) || q.Summary.Changes != 2 {
+		t.Fatalf("a record past the newest checkpoint: to %s, uncovered %q, %d changes", q.To, q.Uncovered, q.Summary.Changes)
+	}
+	if res, err := audit.VerifyPack(q, &key.PublicKey); err != nil || !res.OK() {
+		t.Fatalf("the pack ending at the checkpoint: %v %+v", err, res)
+	}
 }
 
 // TestEvidenceHTMLInChromium: the HTML pack, in Korean and in English,

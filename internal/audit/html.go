@@ -22,7 +22,8 @@ var Languages = []string{"ko", "en"}
 // labels are the pack's words, by language.
 var labels = map[string]map[string]string{
 	"en": {
-		"title": "Production change evidence", "period": "Period", "generated": "Generated", "log": "Audit log",
+		"title": "Production change evidence", "period": "Period",
+		"uncovered": "The period ends earlier than asked: the newest records are not yet covered by a signed checkpoint. Export again to include them.", "generated": "Generated", "log": "Audit log",
 		"key": "Audit key fingerprint (SHA-256)", "filter": "Changes of", "namespace": "namespace", "application": "Application", "stage": "stage",
 		"summary": "Summary", "changes": "changes", "succeeded": "succeeded", "failedChanges": "failed", "rollbacks": "rollbacks",
 		"promotions": "promotions landed", "approvals": "approvals", "notCounted": "approvals not counted", "policyBlocks": "policy blocks", "refusals": "tenancy refusals",
@@ -50,7 +51,8 @@ var labels = map[string]map[string]string{
 		"kind.sync.applied": "deployment", "kind.sync.rollback": "rollback", "kind.sync.drift-repaired": "drift repaired", "kind.sync.failed": "failed sync",
 	},
 	"ko": {
-		"title": "운영 환경 변경 증적", "period": "기간", "generated": "생성 시각", "log": "감사 로그",
+		"title": "운영 환경 변경 증적", "period": "기간",
+		"uncovered": "요청한 기간보다 일찍 끝납니다: 가장 최근 레코드가 아직 서명된 체크포인트로 보증되지 않았습니다. 포함하려면 다시 내보내십시오.", "generated": "생성 시각", "log": "감사 로그",
 		"key": "감사 키 지문 (SHA-256)", "filter": "대상", "namespace": "네임스페이스", "application": "애플리케이션", "stage": "단계",
 		"summary": "요약", "changes": "변경", "succeeded": "성공", "failedChanges": "실패", "rollbacks": "롤백",
 		"promotions": "승격 반영", "approvals": "승인", "notCounted": "인정되지 않은 승인", "policyBlocks": "정책 차단", "refusals": "테넌시 거부",
