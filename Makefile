@@ -59,8 +59,8 @@ bench: deps upstream
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParsePush -fuzztime 20s ./internal/webhook
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 20s ./internal/manifest
-	$(GO) test -run '^$$' -fuzz FuzzReadRecords -fuzztime 20s ./internal/audit
-	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 20s ./internal/audit
+	$(GO) test -run '^$$' -fuzz FuzzReadRecords -fuzztime 20s -fuzzminimizetime 1s ./internal/audit
+	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 20s -fuzzminimizetime 1s ./internal/audit
 	$(GO) test -run '^$$' -fuzz FuzzParseCheckpoint -fuzztime 10s ./internal/audit
 
 lint:

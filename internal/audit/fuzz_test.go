@@ -96,7 +96,10 @@ func FuzzReadRecords(f *testing.F) {
 
 // FuzzVerify: whatever the bytes of the records, Verify does not panic,
 // and it passes only the log as written, or the log followed by an
-// unfinished line (what a crash mid-write leaves).
+// unfinished line (what a crash mid-write leaves). Inputs of many lines
+// shrink slowly: run it with -fuzzminimizetime 1s (make fuzz does), or
+// the default minute of minimising each new input leaves little time to
+// fuzz.
 func FuzzVerify(f *testing.F) {
 	key := newKey(f)
 	orig := validLog(f, key)
