@@ -187,19 +187,20 @@ func (w *GitWitness) Checkpoints(ctx context.Context, logID string) ([]*Checkpoi
 	previous := ""
 	// First parents only: the branch's own line of history. A commit that
 	// leaves the file as its child had it adds nothing.
-	for c, err := repo.CommitObject(head.Hash()); ; {
+	c, err := repo.CommitObject(head.Hash())
+	for {
 		if err != nil {
 			return nil, fmt.Errorf("reading the history of %s: %w", w, err)
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		content, err := fileAt(c, file)
-		if err != nil {
-			return nil, err
+		content, ferr := fileAt(c, file)
+		if ferr != nil {
+			return nil, ferr
 		}
 		if content != "" && content != previous {
-			if cp, err := ParseCheckpoint([]byte(content)); err == nil && cp.LogID == logID {
+			if cp, perr := ParseCheckpoint([]byte(content)); perr == nil && cp.LogID == logID {
 				out = append(out, cp)
 			}
 		}
