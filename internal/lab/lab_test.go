@@ -425,8 +425,8 @@ func auditFlags(info *lab.Info) []string {
 
 // checkAuditTrail reads the audit trail of everything the lab did: it
 // verifies, it recorded the delivery (runs, signatures, syncs, the
-// rollback), no record holds any of the lab's secrets, and the evidence
-// pack of the day is written.
+// promotion to prod, the rollback), no record holds any of the lab's
+// secrets, and the evidence pack of the day is written and verifies.
 func checkAuditTrail(t *testing.T, exe string, l *lab.Lab, info *lab.Info) {
 	t.Helper()
 	var res struct {
@@ -438,7 +438,8 @@ func checkAuditTrail(t *testing.T, exe string, l *lab.Lab, info *lab.Info) {
 		t.Fatalf("audit verify: %+v", res)
 	}
 	out := run(t, exe, append([]string{"audit", "log", "-o", "json"}, auditFlags(info)[:4]...)...)
-	for _, kind := range []string{"run.started", "image.signed", "run.finished", "sync.applied", "sync.rollback"} {
+	for _, kind := range []string{"run.started", "image.signed", "run.finished", "sync.applied", "sync.rollback",
+		"promotion.requested", "promotion.approved", "promotion.landed"} {
 		if !strings.Contains(out, `"kind": "`+kind+`"`) {
 			t.Errorf("the audit trail has no %s record", kind)
 		}
