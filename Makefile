@@ -32,13 +32,17 @@ test: deps upstream
 	$(GO) test -count=1 -timeout 30m ./...
 
 ## deps: system packages the tests need (git for the git server, runc for isolated test steps,
-## Prometheus and Alertmanager for the monitoring tests and `lab up --monitoring`)
+## Prometheus and Alertmanager for the monitoring tests and `lab up --monitoring`, PostgreSQL for the
+## audit store, Chromium and a Korean font for the evidence pack)
 deps:
 	@command -v git >/dev/null || { echo "installing git"; apt-get update -qq && apt-get install -y -qq git; }
 	@command -v runc >/dev/null || { echo "installing runc"; apt-get update -qq && apt-get install -y -qq runc; }
 	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { echo "installing prometheus and prometheus-alertmanager"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager && \
 		{ [ ! -d /run/systemd/system ] || systemctl disable --now prometheus.service prometheus-alertmanager.service; }; }
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql"; apt-get update -qq && apt-get install -y -qq postgresql; }
+	@command -v chromium >/dev/null || { echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
+	@test -d /usr/share/fonts/truetype/nanum || { echo "installing fonts-nanum"; apt-get update -qq && apt-get install -y -qq fonts-nanum; }
 	$(GO) mod download
 
 ## upstream: build and cache etcd, Kubernetes and KWOK (minutes the first time, instant later)
@@ -59,6 +63,9 @@ bench: deps upstream
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParsePush -fuzztime 20s ./internal/webhook
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 20s ./internal/manifest
+	$(GO) test -run '^$$' -fuzz FuzzReadRecords -fuzztime 20s -fuzzminimizetime 1s ./internal/audit
+	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 20s -fuzzminimizetime 1s ./internal/audit
+	$(GO) test -run '^$$' -fuzz FuzzParseCheckpoint -fuzztime 10s ./internal/audit
 
 lint:
 	$(GO) vet ./...

@@ -62,8 +62,9 @@ func runScale(b *testing.B, n int) {
 	if out, err := exec.Command("go", "build", "-o", exe, "slipway.dev/slipway/cmd/slipway").CombinedOutput(); err != nil {
 		b.Fatalf("building slipway: %v\n%s", err, out)
 	}
-	l := &lab.Lab{Dir: b.TempDir(), BinDir: testenv.BinDir(), Slipway: exe}
-	defer func() { _ = l.Down(false) }()
+	// SLIPWAY_BENCH_AUDIT=postgres keeps the audit trail in PostgreSQL.
+	l := &lab.Lab{Dir: b.TempDir(), BinDir: testenv.BinDir(), Slipway: exe, Audit: os.Getenv("SLIPWAY_BENCH_AUDIT")}
+	defer func() { _ = l.Down(true) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	info, err := l.Up(ctx)
@@ -102,6 +103,7 @@ func runScale(b *testing.B, n int) {
 	peak := peakRSSMiB(b, server)
 
 	reportErrors(b, info)
+	auditShare(b, info)
 	b.ReportMetric(initial.Seconds(), "s-first-sync")
 	b.ReportMetric(update.Seconds(), "s-commit-to-healthy")
 	b.ReportMetric(steadyCPU, "%cpu-steady")

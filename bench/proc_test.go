@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -132,4 +134,41 @@ func reportErrors(b *testing.B, info *lab.Info) {
 			fmt.Println("  ", errs[i])
 		}
 	}
+}
+
+// auditShare reads the server's metrics and reports the audit write's
+// share of a sync's time: the mean time of recording a deployment
+// (waiting for its fsync, shared with other syncs) over the mean time of
+// the reconciliations that deployed a revision, which include it.
+func auditShare(b *testing.B, info *lab.Info) {
+	resp, err := http.Get(info.Server.Metrics)
+	if err != nil {
+		b.Fatalf("reading the server's metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	value := func(series string) float64 {
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				return f
+			}
+		}
+		return 0
+	}
+	recSum, recCount := value(`slipway_audit_record_duration_seconds_sum{kind="sync.applied"}`), value(`slipway_audit_record_duration_seconds_count{kind="sync.applied"}`)
+	syncSum, syncCount := value("slipway_application_sync_duration_seconds_sum"), value("slipway_application_sync_duration_seconds_count")
+	if recCount == 0 || syncCount == 0 {
+		b.Logf("no audit records or syncs in the metrics (%v records, %v syncs)", recCount, syncCount)
+		return
+	}
+	record, sync := recSum/recCount, syncSum/syncCount
+	share := record / sync * 100
+	b.ReportMetric(record*1000, "ms-audit-record")
+	b.ReportMetric(share, "%audit-of-sync")
+	fmt.Printf("| audit record of a deployment | %.0f records | mean %.2f ms | mean sync %.2f s over %.0f syncs | %.2f %% of a sync's time |\n",
+		recCount, record*1000, sync, syncCount, share)
 }

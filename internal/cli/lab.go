@@ -107,12 +107,19 @@ func newLabUpCommand(newLab labFactory) *cobra.Command {
 		Short: "Start the lab (idempotent): control plane, KWOK nodes, git server, slipway server",
 		Long: `Start every lab component that is not running yet and wait until each is ready.
 The first run builds the upstream binaries (several minutes); later runs take seconds.
-Prints the kubeconfig path and the addresses of the git server and slipway server.`,
+Prints the kubeconfig path and the addresses of the git server and slipway server.
+
+The audit trail goes to an append-only file store in the lab directory, or,
+with --audit postgres, to Debian's PostgreSQL run by the lab, where the server's
+role may only insert. Checkpoints are also committed to the git server's
+audit.git, which has a credential of its own and refuses forced pushes.`,
 		Args: cobra.NoArgs,
 	}
 	out := addOutputFlag(cmd)
+	auditStore := cmd.Flags().String("audit", "", "audit store: file (the default) or postgres; empty keeps the lab's")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		l := newLab(cmd)
+		l.Audit = *auditStore
 		info, err := l.Up(cmd.Context())
 		if err != nil {
 			return err
@@ -143,6 +150,12 @@ func printLabInfo(cmd *cobra.Command, info *lab.Info) {
 	for _, c := range info.Clusters {
 		fmt.Fprintf(w, "Cluster %-8s %s (kubeconfig %s)\n", c.Name+":", c.APIServer, c.Kubeconfig)
 	}
+	a := info.Audit
+	verify := fmt.Sprintf("slipway audit verify --store '%s' --key %s --witness %s --witness-credentials-file %s", a.Store, a.PublicKey, a.Witness, a.WitnessCredentialsFile)
+	if a.PasswordFile != "" {
+		verify += " --store-password-file " + a.PasswordFile
+	}
+	fmt.Fprintf(w, "Audit trail:    %s store; check it with\n                %s\n", a.Mode, verify)
 	if info.Edge != nil {
 		fmt.Fprintf(w, "Edge:           %s (the load balancer in front of every worker's ingress; status %s)\n", info.Edge.URL, info.Edge.Status)
 		fmt.Fprintf(w, "LoadBalancers:  %s (MetalLB's pool)\n", info.Edge.LoadBalancerPool)

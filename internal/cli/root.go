@@ -28,6 +28,7 @@ func NewRootCommand() *cobra.Command {
 		newRejectCommand(),
 		newPromotionCommand(),
 		newDoctorCommand(),
+		newAuditCommand(),
 	)
 	return root
 }

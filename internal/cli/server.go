@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -70,6 +71,15 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 	cmd.Flags().BoolVar(&opts.AllowUnscopedCredentials, "allow-unscoped-credentials", false,
 		"send git credentials from Secrets without the "+gitsource.AllowedURLsAnnotation+" annotation to any URL (by default they are refused)")
 	cmd.Flags().StringArrayVar(&opts.PolicyPacks, "policy-pack", nil, "extra PolicyPack file for the sync gate (repeatable); PolicyProfiles select it by name")
+	var retentionDays int
+	cmd.Flags().StringVar(&opts.Audit.Store, "audit-store", defaultAuditStore(), "audit trail: a directory (the append-only file store) or a postgres:// connection string (user, host, database; password from --audit-store-password-file or PGPASSWORD); \"none\" records nothing")
+	cmd.Flags().StringVar(&opts.Audit.StorePasswordFile, "audit-store-password-file", "", "file holding the audit store's PostgreSQL password")
+	cmd.Flags().StringVar(&opts.Audit.KeyFile, "audit-key-file", "", "audit key (PKCS#8 PEM, ECDSA P-256) that signs checkpoints; default for a file store: DIR/audit.key, created with DIR/audit.pub when missing")
+	cmd.Flags().StringVar(&opts.Audit.WitnessURL, "audit-witness-url", "", "git repository that receives every audit checkpoint, which the audit store's owner cannot rewrite (fast-forward pushes only)")
+	cmd.Flags().StringVar(&opts.Audit.WitnessCredentialsFile, "audit-witness-credentials-file", "", "file holding username:password for --audit-witness-url")
+	cmd.Flags().IntVar(&retentionDays, "audit-retention-days", int(server.DefaultAuditRetention/(24*time.Hour)), "days audit records stay in the live store before they move to its archive (never deleted)")
+	cmd.Flags().DurationVar(&opts.Audit.CheckpointInterval, "audit-checkpoint-interval", 0, "how often a signed checkpoint is made while records arrive (default 1m)")
+	cmd.Flags().DurationVar(&opts.Audit.WitnessInterval, "audit-witness-interval", 0, "how often the newest checkpoint is committed to the witness (default 10m)")
 	cmd.Flags().IntVar(&qps, "kube-api-qps", 500, "client-side limit of requests per second to the API server (burst: twice this)")
 	cmd.Flags().BoolVar(&development, "log-development", false, "human-friendly console logs instead of JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -80,6 +90,12 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 		} else {
 			opts.WebhookSecret = []byte(os.Getenv("SLIPWAY_WEBHOOK_SECRET"))
 		}
+		if opts.Audit.Store == "none" {
+			opts.Audit = server.AuditOptions{}
+		} else if retentionDays < 366 {
+			return usageError(fmt.Errorf("--audit-retention-days %d: records must stay at least a year (366 days)", retentionDays))
+		}
+		opts.Audit.Retention = time.Duration(retentionDays) * 24 * time.Hour
 		if opts.Config, err = kube.restConfig(); err != nil {
 			return err
 		}
@@ -91,4 +107,16 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 		return server.Run(cmd.Context(), opts)
 	}
 	return cmd
+}
+
+// defaultAuditStore is ${XDG_STATE_HOME:-~/.local/state}/slipway/audit:
+// state to keep, not a cache.
+func defaultAuditStore() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "slipway", "audit")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "slipway", "audit")
+	}
+	return "none"
 }

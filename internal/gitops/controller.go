@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/gitsource"
 )
 
@@ -65,6 +66,10 @@ type ApplicationReconciler struct {
 	// Clusters reaches the other clusters Applications deploy to; nil
 	// refuses spec.destination.clusterRef.
 	Clusters *Clusters
+	// Audit records syncs, rollbacks, repaired drift, policy blocks and
+	// refusals; a sync whose record cannot be written is not reported as
+	// done. Nil records nothing.
+	Audit audit.Recorder
 }
 
 // SetupWithManager registers the controller. Metadata changes (the
@@ -168,6 +173,9 @@ func (r *ApplicationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		}
 		reconcileTotal.WithLabelValues(outcome).Inc()
 		reconcileDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+		if deployed := app.Status.LastAppliedAt; deployed != nil && (base.Status.LastAppliedAt == nil || !deployed.Equal(base.Status.LastAppliedAt)) {
+			syncDuration.Observe(time.Since(start).Seconds())
+		}
 	}()
 
 	if app.Spec.Suspend {
@@ -249,6 +257,9 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	}
 	cs, err := resourceManager(applier, cluster.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
 	if err != nil {
+		if aerr := r.recordSyncFailed(ctx, app, desired, identity, err); aerr != nil {
+			return r.fail(ctx, app, aerr)
+		}
 		r.addHistory(app, desired.Revision, "Failed", err.Error())
 		return r.fail(ctx, app, forbiddenStalled(fmt.Errorf("applying revision %s as %s: %w", short(desired.Revision), identity, err)))
 	}
@@ -263,14 +274,21 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 
 	oldInventory := app.Status.Inventory
 	app.Status.Inventory = inventoryOf(desired.Objects)
+	var pruned string
 	if leftovers := stale(oldInventory, desired.Objects); len(leftovers) > 0 {
 		if !sp.Prune {
 			// Keep tracking them so a later prune can still find them.
 			app.Status.Inventory = append(app.Status.Inventory, leftovers...)
-		} else if err := r.prune(ctx, app, applier, leftovers); err != nil {
+		} else if pruned, err = r.prune(ctx, app, applier, leftovers); err != nil {
 			app.Status.Inventory = append(app.Status.Inventory, leftovers...)
 			return r.fail(ctx, app, err)
 		}
+	}
+	// The sync is recorded before its status says it is done: a record
+	// that cannot be written leaves the revision unapplied in status, and
+	// the retry applies (unchanged) and records again.
+	if err := r.recordSync(ctx, app, desired, cs, pruned, identity, revisionChanged, syncRequested); err != nil {
+		return r.fail(ctx, app, err)
 	}
 
 	if revisionChanged || syncRequested || app.Status.LastAppliedAt == nil {
@@ -388,6 +406,9 @@ func (r *ApplicationReconciler) checkHealth(ctx context.Context, app *slipwayv1.
 // fail records err in the conditions. Stalled errors wait for the next
 // interval (a new commit may fix them); others are retried with backoff.
 func (r *ApplicationReconciler) fail(ctx context.Context, app *slipwayv1.Application, err error) (ctrl.Result, error) {
+	if aerr := r.recordRefusal(ctx, app, err); aerr != nil {
+		err = aerr
+	}
 	reason := ReasonApplyFailed
 	var se *stalledError
 	var re *retryableError
@@ -435,10 +456,11 @@ func (r *ApplicationReconciler) applier(app *slipwayv1.Application, t *Tenancy, 
 	return c, t.Identity(app.Namespace), err
 }
 
-func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Application, applier client.Client, entries []slipwayv1.InventoryEntry) error {
+// prune deletes entries' objects and says what it deleted.
+func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Application, applier client.Client, entries []slipwayv1.InventoryEntry) (string, error) {
 	objs, err := inventoryObjects(entries)
 	if err != nil {
-		return err
+		return "", err
 	}
 	rm := resourceManager(applier, nil)
 	opts := ssa.DefaultDeleteOptions()
@@ -446,12 +468,13 @@ func (r *ApplicationReconciler) prune(ctx context.Context, app *slipwayv1.Applic
 	opts.Inclusions = rm.GetOwnerLabels(app.Name, app.Namespace)
 	cs, err := rm.DeleteAll(ctx, objs, opts)
 	if err != nil {
-		return forbiddenStalled(fmt.Errorf("pruning objects that left git: %w", err))
+		return "", forbiddenStalled(fmt.Errorf("pruning objects that left git: %w", err))
 	}
-	if changes := summarize(cs); changes != "" {
+	changes := summarize(cs)
+	if changes != "" {
 		r.event(app, corev1.EventTypeNormal, "Pruned", changes)
 	}
-	return nil
+	return changes, nil
 }
 
 func (r *ApplicationReconciler) finalize(ctx context.Context, app *slipwayv1.Application) error {
@@ -484,7 +507,7 @@ func (r *ApplicationReconciler) pruneOnDelete(ctx context.Context, app *slipwayv
 		applier, _, err = r.applier(app, tenancy, cluster)
 	}
 	if err == nil {
-		err = r.prune(ctx, app, applier, app.Status.Inventory)
+		_, err = r.prune(ctx, app, applier, app.Status.Inventory)
 	}
 	var se *stalledError
 	if err != nil && errors.As(err, &se) {

@@ -51,11 +51,16 @@ var (
 		Help:    "Time from an Application turning Degraded to its being Healthy again (time to restore service).",
 		Buckets: []float64{10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600, 7 * 24 * 3600},
 	})
+	syncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "slipway_application_sync_duration_seconds",
+		Help:    "Time taken by the reconciliations that deployed a revision (fetch, render, policy, apply, audit record).",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+	})
 )
 
 func init() {
 	metrics.Registry.MustRegister(reconcileDuration, reconcileTotal, syncGauge, healthGauge, readyGauge,
-		deploymentsTotal, deploymentFailuresTotal, recoveryDuration)
+		deploymentsTotal, deploymentFailuresTotal, recoveryDuration, syncDuration)
 }
 
 var (

@@ -5,6 +5,7 @@ import (
 
 	ctrl "sigs.k8s.io/controller-runtime"
 
+	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/policy"
 )
@@ -25,6 +26,8 @@ type Options struct {
 	// AllowUnscopedCredentials sends credentials from Secrets that do not
 	// list the URLs they are for (gitsource.AllowedURLsAnnotation).
 	AllowUnscopedCredentials bool
+	// Audit records syncs and policy changes; nil records nothing.
+	Audit audit.Recorder
 }
 
 // Setup registers the Application controller with mgr.
@@ -60,9 +63,16 @@ func Setup(mgr ctrl.Manager, opts Options) (*ApplicationReconciler, error) {
 		},
 		Recorder:    mgr.GetEventRecorderFor("slipway"),
 		Concurrency: opts.Concurrency,
+		Audit:       opts.Audit,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the Application controller: %w", err)
+	}
+	if opts.Audit != nil {
+		pa := &PolicyAuditReconciler{Client: mgr.GetClient(), Audit: opts.Audit}
+		if err := pa.SetupWithManager(mgr); err != nil {
+			return nil, fmt.Errorf("setting up the policy audit controllers: %w", err)
+		}
 	}
 	return r, nil
 }

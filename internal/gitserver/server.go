@@ -44,6 +44,10 @@ type Server struct {
 	// readers are credentials that may fetch and not push (AddReader).
 	readers sync.Map // [2][sha256.Size]byte{user, password} → struct{}
 
+	// protected maps repositories created with CreateProtectedRepo to
+	// their own credentials.
+	protected sync.Map // name → credential
+
 	mu      sync.Mutex
 	srv     *http.Server
 	baseURL string
@@ -96,8 +100,14 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	user, pass, ok := r.BasicAuth()
-	reader := ok && s.isReader(user, pass)
-	if !reader && (!ok || !s.authorized(user, pass)) {
+	want := credential{s.userHash, s.passHash}
+	c, protected := s.protectedRepoOf(r.URL.Path)
+	if protected {
+		want = c
+	}
+	// Readers fetch from every repository but a protected one.
+	reader := ok && !protected && s.isReader(user, pass)
+	if !reader && (!ok || !want.matches(user, pass)) {
 		w.Header().Set("WWW-Authenticate", `Basic realm="slipway git", charset="UTF-8"`)
 		http.Error(w, "authentication required", http.StatusUnauthorized)
 		return
@@ -135,12 +145,54 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.backend.ServeHTTP(w, r)
 }
 
-// authorized compares hashes so that the time taken depends neither on the
+// credential is a username and password, kept as hashes.
+type credential struct{ user, pass [sha256.Size]byte }
+
+// matches compares hashes so that the time taken depends neither on the
 // content nor on the length of the expected credentials.
-func (s *Server) authorized(user, pass string) bool {
+func (c credential) matches(user, pass string) bool {
 	u := sha256.Sum256([]byte(user))
 	p := sha256.Sum256([]byte(pass))
-	return subtle.ConstantTimeCompare(u[:], s.userHash[:])&subtle.ConstantTimeCompare(p[:], s.passHash[:]) == 1
+	return subtle.ConstantTimeCompare(u[:], c.user[:])&subtle.ConstantTimeCompare(p[:], c.pass[:]) == 1
+}
+
+// protectedRepoOf finds the protected repository a request path is in,
+// after cleaning it the way a file system would resolve it.
+func (s *Server) protectedRepoOf(urlPath string) (credential, bool) {
+	clean := path.Clean("/" + urlPath)
+	var found credential
+	ok := false
+	s.protected.Range(func(name, c any) bool {
+		if p := "/" + name.(string); clean == p || strings.HasPrefix(clean, p+"/") {
+			found, ok = c.(credential), true
+			return false
+		}
+		return true
+	})
+	return found, ok
+}
+
+// CreateProtectedRepo creates a repository (as CreateRepo) that only its
+// own credential reaches, the server's credential being refused, and that
+// refuses forced pushes and deleted branches: whoever holds the
+// credential can add commits, never remove one. Rewriting it takes access
+// to the server's files. Slipway's audit checkpoints are kept in one.
+func (s *Server) CreateProtectedRepo(ctx context.Context, name, username, password string) error {
+	if username == "" || password == "" {
+		return fmt.Errorf("gitserver: protected repository %s: username and password must not be empty", name)
+	}
+	// Refuse the server's credential before the repository exists.
+	s.protected.Store(name, credential{sha256.Sum256([]byte(username)), sha256.Sum256([]byte(password))})
+	if err := s.CreateRepo(ctx, name); err != nil {
+		return err
+	}
+	dir, _ := s.repoDir(name)
+	for _, key := range []string{"receive.denyNonFastForwards", "receive.denyDeletes"} {
+		if _, err := runGit(ctx, s.root, gitEnv(), nil, "config", "--file", filepath.Join(dir, "config"), key, "true"); err != nil {
+			return fmt.Errorf("gitserver: protect repository %s (%s): %w", name, key, err)
+		}
+	}
+	return nil
 }
 
 // AddReader adds a credential that may fetch from every repository and

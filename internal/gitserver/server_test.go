@@ -296,3 +296,48 @@ func TestReadersFetchAndDoNotPush(t *testing.T) {
 		}
 	}
 }
+
+// TestProtectedRepo: a protected repository answers only its own
+// credential, takes new commits, and refuses a forced push and a deleted
+// branch, so its holder can add history but never rewrite it.
+func TestProtectedRepo(t *testing.T) {
+	s, _ := startServer(t, "ops.git")
+	if err := s.CreateProtectedRepo(t.Context(), "audit.git", "auditor", "witness-Pa55"); err != nil {
+		t.Fatal(err)
+	}
+	repoURL := s.RepoURL("audit.git")
+	work := t.TempDir()
+	for _, u := range []string{withUser(t, repoURL, testUser, testPassword), withUser(t, strings.Replace(repoURL, "/audit.git", "/x/../audit.git", 1), testUser, testPassword)} {
+		if out, err := stockGit(t, work, "ls-remote", u); err == nil {
+			t.Fatalf("the server's credential reads the protected repository (%s):\n%s", u, out)
+		}
+	}
+	if err := s.AddReader("reader", "read-only-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := stockGit(t, work, "ls-remote", withUser(t, repoURL, "reader", "read-only-pass")); err == nil {
+		t.Fatalf("a reader's credential reads the protected repository:\n%s", out)
+	}
+	own := withUser(t, repoURL, "auditor", "witness-Pa55")
+	mustGit(t, work, "clone", "--quiet", own, "a")
+	a := filepath.Join(work, "a")
+	for i, msg := range []string{"first", "second"} {
+		os.WriteFile(filepath.Join(a, "f"), []byte(msg), 0o600)
+		mustGit(t, a, "add", "f")
+		mustGit(t, a, "commit", "--quiet", "-m", msg)
+		if i == 0 {
+			mustGit(t, a, "push", "--quiet", "origin", "main")
+		}
+	}
+	mustGit(t, a, "push", "--quiet", "origin", "main")
+	mustGit(t, a, "reset", "--quiet", "--hard", "HEAD~1")
+	if out, err := stockGit(t, a, "push", "--force", "origin", "main"); err == nil {
+		t.Fatalf("a forced push rewrote the protected repository:\n%s", out)
+	}
+	if out, err := stockGit(t, a, "push", "origin", ":main"); err == nil {
+		t.Fatalf("the branch of the protected repository was deleted:\n%s", out)
+	}
+	if got := mustGit(t, a, "ls-remote", "origin", "main"); !strings.Contains(got, mustGit(t, a, "rev-parse", "ORIG_HEAD")) {
+		t.Fatalf("the remote head moved: %s", got)
+	}
+}

@@ -56,9 +56,9 @@ func (s *State) componentOrder() []string {
 	}
 	var order []string
 	if s.Network == nil {
-		order = []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer}
+		order = s.withAuditStore([]string{compEtcd, compAPIServer, compControllerManager, compScheduler, compKWOK, compGit, compRegistry, compServer})
 	} else {
-		order = []string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer}
+		order = s.withAuditStore([]string{compEtcd, compAPIServer, compControllerManager, compScheduler, compGit, compRegistry, compServer})
 		order = append(append(order, s.Network.componentNames()...), compEdge)
 	}
 	return append(order, s.monitoringComponentNames()...)
@@ -217,6 +217,7 @@ func (l *Lab) components(st *State) []component {
 			},
 		},
 	}
+	all = l.withAudit(st, all)
 	if st.ControlPlaneOnly {
 		return slices.DeleteFunc(all, func(c component) bool { return !slices.Contains(st.componentOrder(), c.name) })
 	}

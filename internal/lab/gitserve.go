@@ -44,6 +44,11 @@ func (l *Lab) ServeGit(ctx context.Context, log logr.Logger) error {
 			return err
 		}
 	}
+	if a := st.Audit; a != nil {
+		if err := srv.CreateProtectedRepo(ctx, AuditRepo, a.Witness.Username, a.Witness.Password); err != nil {
+			return err
+		}
+	}
 	secret, err := os.ReadFile(l.WebhookSecretFile())
 	if err != nil {
 		return fmt.Errorf("reading the webhook secret: %w", err)

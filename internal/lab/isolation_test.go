@@ -40,6 +40,13 @@ func TestServerSeesSecretsOnlyAsFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The audit store in PostgreSQL, whose passwords and the witness
+	// repository's credential are secrets too.
+	st.Audit = &AuditState{Mode: AuditPostgres, Witness: GitCredentials{Username: "slipway-audit", Password: "witness-" + randomHex(8)},
+		PostgresPort: 5999, PostgresDir: t.TempDir(), PostgresPassword: "super-" + randomHex(8), WriterPassword: "writer-" + randomHex(8)}
+	if err := l.writeAuditSecrets(st); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range l.components(st) {
 		if c.name != compServer {
 			continue
@@ -48,13 +55,17 @@ func TestServerSeesSecretsOnlyAsFiles(t *testing.T) {
 			t.Error("the server inherits the environment of the shell that started the lab")
 		}
 		args := strings.Join(c.args, " ")
-		for _, secret := range []string{st.Git.Password, st.Registry.Password, string(webhookSecret)} {
+		if !strings.Contains(args, "--audit-store-password-file") || !strings.Contains(args, "--audit-witness-credentials-file") {
+			t.Errorf("the server is not given the audit store's secrets as files: %s", args)
+		}
+		for _, secret := range []string{st.Git.Password, st.Registry.Password, string(webhookSecret),
+			st.Audit.Witness.Password, st.Audit.PostgresPassword, st.Audit.WriterPassword} {
 			if strings.Contains(args, secret) {
 				t.Errorf("a secret is on the server's command line: %s", args)
 			}
 		}
 	}
-	for _, f := range []string{l.Kubeconfig(), l.WebhookSecretFile()} {
+	for _, f := range []string{l.Kubeconfig(), l.WebhookSecretFile(), l.path(witnessSecret), l.path(writerPassword)} {
 		info, err := os.Stat(f)
 		if err != nil {
 			t.Fatal(err)

@@ -61,6 +61,9 @@ type Lab struct {
 	// Alertmanager sends every alert to.
 	Monitoring    bool
 	AlertWebhooks []string
+	// Audit is the audit store: AuditFile (the default) or AuditPostgres;
+	// empty keeps what the lab ran with before.
+	Audit string
 }
 
 // ClusterDir is where the lab keeps the further cluster name.
@@ -182,6 +185,14 @@ func (l *Lab) Up(ctx context.Context) (*Info, error) {
 	}
 	if err := l.writeCredentials(st); err != nil {
 		return nil, err
+	}
+	if !st.ControlPlaneOnly {
+		if err := l.ensureAudit(ctx, st); err != nil {
+			return nil, fmt.Errorf("preparing the audit store: %w", err)
+		}
+		if err := st.save(l.Dir); err != nil {
+			return nil, err
+		}
 	}
 	if st.RealNodes() {
 		if err := l.ensureHostNetwork(st); err != nil {
@@ -358,6 +369,9 @@ func (l *Lab) Down(purge bool) error {
 		errs = append(errs, err)
 	}
 	if purge && len(errs) == 0 {
+		if err := purgeAudit(st); err != nil {
+			errs = append(errs, err)
+		}
 		if err := os.RemoveAll(l.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing %s: %w", l.Dir, err))
 		}
@@ -373,6 +387,7 @@ type Info struct {
 	Git        GitInfo      `json:"git"`
 	Registry   RegistryInfo `json:"registry"`
 	Server     ServerInfo   `json:"server"`
+	Audit      AuditInfo    `json:"audit"`
 	// Monitoring is absent from a lab without monitoring.
 	Monitoring *MonitoringInfo `json:"monitoring,omitempty"`
 	Components []ComponentInfo `json:"components"`
@@ -499,6 +514,7 @@ func (l *Lab) info(st *State) *Info {
 		Registry:   RegistryInfo{Host: net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry)), Username: st.Registry.Username, Password: st.Registry.Password},
 		Server:     ServerInfo{URL: srvURL, Metrics: srvURL + "/metrics", Webhook: srvURL + "/hooks/git", WebhookSecretFile: l.WebhookSecretFile()},
 		Monitoring: st.monitoringInfo(),
+		Audit:      l.auditInfo(st),
 		expected:   len(st.componentOrder()),
 	}
 	if n := st.Network; n != nil {

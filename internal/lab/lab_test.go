@@ -24,6 +24,7 @@ import (
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/imagebuild"
 	"slipway.dev/slipway/internal/lab"
+	"slipway.dev/slipway/internal/postgres"
 	"slipway.dev/slipway/internal/promote"
 	"slipway.dev/slipway/internal/signing"
 	"slipway.dev/slipway/internal/testenv"
@@ -159,6 +160,7 @@ func TestLabEndToEnd(t *testing.T) {
 	if len(history) < 3 || history[0].Revision != history[2].Revision {
 		t.Fatalf("history after rollback = %+v", history)
 	}
+	checkAuditTrail(t, exe, l, info)
 
 	pids := map[string]int{}
 	for _, comp := range status.Components {
@@ -407,5 +409,105 @@ func runJSON(t *testing.T, exe string, v any, args ...string) {
 	}
 	if err := json.Unmarshal(out, v); err != nil {
 		t.Fatalf("slipway %s: output is not JSON: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// auditFlags are the flags that reach the lab's audit trail, its key and
+// its witness.
+func auditFlags(info *lab.Info) []string {
+	a := info.Audit
+	flags := []string{"--store", a.Store, "--key", a.PublicKey, "--witness", a.Witness, "--witness-credentials-file", a.WitnessCredentialsFile}
+	if a.PasswordFile != "" {
+		flags = append(flags, "--store-password-file", a.PasswordFile)
+	}
+	return flags
+}
+
+// checkAuditTrail reads the audit trail of everything the lab did: it
+// verifies, it recorded the delivery (runs, signatures, syncs, the
+// promotion to prod, the rollback), no record holds any of the lab's
+// secrets, and the evidence pack of the day is written and verifies.
+func checkAuditTrail(t *testing.T, exe string, l *lab.Lab, info *lab.Info) {
+	t.Helper()
+	var res struct {
+		Records  uint64
+		Problems []any
+	}
+	runJSON(t, exe, &res, append([]string{"audit", "verify", "-o", "json"}, auditFlags(info)...)...)
+	if res.Records == 0 || len(res.Problems) != 0 {
+		t.Fatalf("audit verify: %+v", res)
+	}
+	out := run(t, exe, append([]string{"audit", "log", "-o", "json"}, auditFlags(info)[:4]...)...)
+	for _, kind := range []string{"run.started", "image.signed", "run.finished", "sync.applied", "sync.rollback",
+		"promotion.requested", "promotion.approved", "promotion.landed"} {
+		if !strings.Contains(out, `"kind": "`+kind+`"`) {
+			t.Errorf("the audit trail has no %s record", kind)
+		}
+	}
+	webhook, _ := os.ReadFile(l.WebhookSecretFile())
+	witness, _ := os.ReadFile(info.Audit.WitnessCredentialsFile)
+	cosign, _ := os.ReadFile(l.SigningKeyFile())
+	_, witnessPassword, _ := strings.Cut(string(witness), ":")
+	for name, secret := range map[string]string{"git password": info.Git.Password, "registry password": info.Registry.Password,
+		"webhook secret": strings.TrimSpace(string(webhook)), "witness password": witnessPassword, "signing key": string(cosign[40:90])} {
+		if len(secret) < 8 || strings.Contains(out, secret) {
+			t.Errorf("the %s is in the audit trail (or is shorter than 8 characters: %d)", name, len(secret))
+		}
+	}
+	today := time.Now().UTC().Format("2006-01-02")
+	tomorrow := time.Now().UTC().Add(24 * time.Hour).Format("2006-01-02")
+	pack := filepath.Join(t.TempDir(), "evidence.html")
+	run(t, exe, append([]string{"audit", "export", "--from", today, "--to", tomorrow, "--lang", "ko", "--file", pack}, auditFlags(info)...)...)
+	if out := run(t, exe, "audit", "verify", "--pack", pack, "--key", info.Audit.PublicKey); !strings.Contains(out, "OK") {
+		t.Fatalf("the evidence pack does not verify:\n%s", out)
+	}
+}
+
+// TestLabAuditPostgres: `lab up --audit postgres` runs Debian's PostgreSQL
+// as a lab component; the server records into it as a role that may only
+// insert; the trail verifies; `lab down --purge` stops and removes it.
+func TestLabAuditPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the lab")
+	}
+	if _, err := postgres.BinDir(); err != nil {
+		t.Skip("PostgreSQL is not installed (make deps installs it): " + err.Error())
+	}
+	exe := buildSlipway(t)
+	l := &lab.Lab{Dir: t.TempDir(), BinDir: testenv.BinDir(), Slipway: exe, Progress: t.Logf, Audit: lab.AuditPostgres}
+	t.Cleanup(func() { _ = l.Down(true) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	info, err := l.Up(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.AllRunning() || info.Audit.Mode != lab.AuditPostgres || !strings.HasPrefix(info.Audit.Store, "postgres://") {
+		t.Fatalf("lab up --audit postgres: %+v", info)
+	}
+	var res struct{ Records uint64 }
+	runJSON(t, exe, &res, append([]string{"audit", "verify", "-o", "json"}, auditFlags(info)...)...)
+	if res.Records == 0 {
+		t.Fatal("the server recorded nothing in PostgreSQL")
+	}
+	var pgPID int
+	for _, c := range info.Components {
+		if c.Name == "postgres" {
+			pgPID = c.PID
+		}
+	}
+	var st struct {
+		Audit struct{ PostgresDir string }
+	}
+	b, _ := os.ReadFile(filepath.Join(l.Dir, "lab.json"))
+	json.Unmarshal(b, &st)
+	if err := l.Down(true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pgPID)); err == nil {
+		t.Errorf("postgres (pid %d) still runs after lab down", pgPID)
+	}
+	if _, err := os.Stat(st.Audit.PostgresDir); st.Audit.PostgresDir == "" || err == nil {
+		t.Errorf("the PostgreSQL cluster %q is still there after lab down --purge", st.Audit.PostgresDir)
 	}
 }

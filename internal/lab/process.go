@@ -29,6 +29,8 @@ type placement struct {
 	// cgroup is the cgroup (in every hierarchy) it is moved into at once,
 	// so that its children are found and ended with it.
 	cgroup string
+	// runAs starts it as another user (PostgreSQL refuses root).
+	runAs *syscall.Credential
 }
 
 // start runs exe detached (own session, no terminal) with output appended to
@@ -44,7 +46,7 @@ func start(name, exe string, args, env []string, logDir string, where placement)
 	cmd := exec.Command(exe, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: where.runAs}
 	if where.netns != "" {
 		err = inNetns(where.netns, cmd.Start)
 	} else {

@@ -34,6 +34,8 @@ type State struct {
 	ControlPlaneOnly bool `json:"controlPlaneOnly,omitempty"`
 	// Monitoring is the lab's Prometheus and Alertmanager; nil without.
 	Monitoring *MonitoringState `json:"monitoring,omitempty"`
+	// Audit is the audit trail's store and secrets.
+	Audit *AuditState `json:"audit,omitempty"`
 }
 
 // Ports are chosen free once, then kept so addresses stay stable across restarts.

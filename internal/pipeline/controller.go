@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/signing"
 )
@@ -38,6 +39,9 @@ type RunReconciler struct {
 	// AllowUnscopedCredentials sends credentials from Secrets that do not
 	// list where they may go (gitsource.AllowedURLsAnnotation).
 	AllowUnscopedCredentials bool
+	// Audit records runs started and finished and images signed. Nil
+	// records nothing.
+	Audit audit.Recorder
 
 	mu      sync.Mutex
 	running map[types.UID]context.CancelFunc
@@ -111,6 +115,9 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, r.finish(ctx, run, nil, err, slipwayv1.RunFailed)
 	}
 
+	if err := r.recordStarted(ctx, run, pipe); err != nil {
+		return ctrl.Result{}, err
+	}
 	now := metav1.Now()
 	run.Status.Phase, run.Status.StartTime = slipwayv1.RunRunning, &now
 	setRunCondition(run, metav1.ConditionUnknown, "Running", "running")
@@ -146,6 +153,10 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 		finishCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		keyID, _ := audit.KeyID(&request.Settings.SigningKey.PublicKey)
+		if err := recordRetrying(finishCtx, auditRetry, func(ctx context.Context) error { return r.recordSigned(ctx, run, res, keyID) }); err != nil {
+			logger.Error(err, "recording the image's signature in the audit trail")
+		}
 		latest := &slipwayv1.PipelineRun{}
 		if getErr := r.Get(finishCtx, key, latest); getErr != nil {
 			logger.Error(getErr, "reading the finished run")
@@ -238,9 +249,13 @@ func (r *RunReconciler) credentials(ctx context.Context, namespace string, ref *
 	return c, nil
 }
 
-// finish records the outcome; it retries on conflicts with other writers.
+// finish records the outcome, in the audit trail first, then in status;
+// it retries on conflicts with other writers.
 func (r *RunReconciler) finish(ctx context.Context, run *slipwayv1.PipelineRun, res *Result, runErr error, phase string) error {
 	key := client.ObjectKeyFromObject(run)
+	if err := recordRetrying(ctx, auditRetry, func(ctx context.Context) error { return r.recordFinished(ctx, run, res, runErr, phase) }); err != nil {
+		log.FromContext(ctx).Error(err, "recording the run's outcome in the audit trail; the server's gap check records it later")
+	}
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		if err := r.Get(ctx, key, run); err != nil {
 			return err

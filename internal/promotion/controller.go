@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/promote"
 )
@@ -63,6 +64,9 @@ type Reconciler struct {
 	Namespace string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Audit records requests, decisions and outcomes; a promotion whose
+	// record cannot be written does not advance. Nil records nothing.
+	Audit audit.Recorder
 }
 
 // SetupWithManager registers the controller.
@@ -109,19 +113,22 @@ func (r *Reconciler) now() time.Time {
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, p *slipwayv1.Promotion) (ctrl.Result, error) {
+	if err := r.recordRequested(ctx, p); err != nil {
+		return ctrl.Result{}, err
+	}
 	d := &slipwayv1.Delivery{}
 	if err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: p.Spec.Delivery}, d); err != nil {
 		if apierrors.IsNotFound(err) {
-			return r.finish(p, slipwayv1.PromotionFailed, ReasonInvalid, fmt.Sprintf("Delivery %s does not exist", p.Spec.Delivery))
+			return r.finish(ctx, p, slipwayv1.PromotionFailed, ReasonInvalid, fmt.Sprintf("Delivery %s does not exist", p.Spec.Delivery), nil)
 		}
 		return ctrl.Result{}, err
 	}
 	i := slices.IndexFunc(d.Spec.Stages, func(s slipwayv1.DeliveryStage) bool { return s.Name == p.Spec.Stage })
 	switch {
 	case i < 0:
-		return r.finish(p, slipwayv1.PromotionFailed, ReasonInvalid, fmt.Sprintf("Delivery %s has no stage %s", d.Name, p.Spec.Stage))
+		return r.finish(ctx, p, slipwayv1.PromotionFailed, ReasonInvalid, fmt.Sprintf("Delivery %s has no stage %s", d.Name, p.Spec.Stage), nil)
 	case i == 0:
-		return r.finish(p, slipwayv1.PromotionFailed, ReasonInvalid, fmt.Sprintf("%s is the first stage of Delivery %s: its Pipeline writes it", p.Spec.Stage, d.Name))
+		return r.finish(ctx, p, slipwayv1.PromotionFailed, ReasonInvalid, fmt.Sprintf("%s is the first stage of Delivery %s: its Pipeline writes it", p.Spec.Stage, d.Name), nil)
 	}
 	from, to := d.Spec.Stages[i-1], d.Spec.Stages[i]
 
@@ -134,7 +141,7 @@ func (r *Reconciler) reconcile(ctx context.Context, p *slipwayv1.Promotion) (ctr
 		p.Status.ExpiresAt = &metav1.Time{Time: p.CreationTimestamp.Add(ttl)}
 	}
 	if !now.Before(p.Status.ExpiresAt.Time) {
-		return r.finish(p, slipwayv1.PromotionExpired, ReasonExpired, fmt.Sprintf("expired at %s without meeting its rules: %s", p.Status.ExpiresAt.UTC().Format(time.RFC3339), strings.Join(p.Status.Missing, "; ")))
+		return r.finish(ctx, p, slipwayv1.PromotionExpired, ReasonExpired, fmt.Sprintf("expired at %s without meeting its rules: %s", p.Status.ExpiresAt.UTC().Format(time.RFC3339), strings.Join(p.Status.Missing, "; ")), nil)
 	}
 	if p.Status.Freight == nil {
 		f, err := r.resolveFreight(ctx, p, d, from, to)
@@ -150,9 +157,12 @@ func (r *Reconciler) reconcile(ctx context.Context, p *slipwayv1.Promotion) (ctr
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.recordDecisions(ctx, p, verdict); err != nil {
+		return ctrl.Result{}, err
+	}
 	p.Status.Approvers, p.Status.Missing = verdict.approvers, verdict.missing
 	if verdict.rejectedBy != "" {
-		return r.finish(p, slipwayv1.PromotionRejected, ReasonRejected, fmt.Sprintf("rejected by %s: %s", verdict.rejectedBy, verdict.rejectReason))
+		return r.finish(ctx, p, slipwayv1.PromotionRejected, ReasonRejected, fmt.Sprintf("rejected by %s: %s", verdict.rejectedBy, verdict.rejectReason), nil)
 	}
 	if len(verdict.missing) > 0 {
 		p.Status.Phase = slipwayv1.PromotionPending
@@ -178,7 +188,7 @@ func (r *Reconciler) land(ctx context.Context, p *slipwayv1.Promotion, d *slipwa
 	}
 	ref, err := promote.ParseReference(p.Status.Freight.Image)
 	if err != nil {
-		return r.finish(p, slipwayv1.PromotionFailed, ReasonInvalid, err.Error())
+		return r.finish(ctx, p, slipwayv1.PromotionFailed, ReasonInvalid, err.Error(), nil)
 	}
 	trailers := []promote.Trailer{
 		{Key: TrailerPromotion, Value: p.Namespace + "/" + p.Name},
@@ -204,14 +214,28 @@ func (r *Reconciler) land(ctx context.Context, p *slipwayv1.Promotion, d *slipwa
 		r.setCondition(p, metav1.ConditionFalse, ReasonPending, "landing failed, retrying: "+err.Error())
 		return ctrl.Result{}, err
 	}
+	landed := map[string]string{"commit": res.Commit, "application": app.Name, "file": stageFile(app, to), "fromStage": from.Name}
+	if !res.Changed {
+		// A crash after the push and before the record: the retry finds the
+		// branch already naming the image, and records the landing now.
+		landed["landedBy"] = "an earlier attempt: the branch already named the image"
+	}
+	result, err := r.finish(ctx, p, slipwayv1.PromotionLanded, ReasonLanded, fmt.Sprintf("%s entered stage %s with commit %s", ref, to.Name, short(res.Commit)), landed)
+	if err != nil {
+		return result, err
+	}
 	now := metav1.Now()
 	p.Status.Commit, p.Status.LandedAt = res.Commit, &now
 	log.FromContext(ctx).Info("promotion landed", "stage", to.Name, "image", ref.String(), "commit", res.Commit)
-	return r.finish(p, slipwayv1.PromotionLanded, ReasonLanded, fmt.Sprintf("%s entered stage %s with commit %s", ref, to.Name, short(res.Commit)))
+	return result, nil
 }
 
-// finish puts the promotion in a final phase.
-func (r *Reconciler) finish(p *slipwayv1.Promotion, phase, reason, msg string) (ctrl.Result, error) {
+// finish puts the promotion in a final phase, once that is recorded.
+func (r *Reconciler) finish(ctx context.Context, p *slipwayv1.Promotion, phase, reason, msg string, recorded map[string]string) (ctrl.Result, error) {
+	if err := r.recordFinished(ctx, p, phase, msg, recorded); err != nil {
+		r.setCondition(p, metav1.ConditionFalse, "AuditFailed", "recording that the promotion is "+strings.ToLower(phase)+" failed, retrying: "+err.Error())
+		return ctrl.Result{}, err
+	}
 	p.Status.Phase = phase
 	observeFinished(p, phase, r.now())
 	status := metav1.ConditionFalse

@@ -14,7 +14,9 @@ import (
 
 // verdict is what a promotion still needs, or that it is rejected.
 type verdict struct {
-	approvers    []string
+	approvers []string
+	// notCounted says why each approval that does not count does not.
+	notCounted   map[string]string
 	missing      []string
 	rejectedBy   string
 	rejectReason string
@@ -55,18 +57,24 @@ func (v *verdict) approvals(p *slipwayv1.Promotion, to slipwayv1.DeliveryStage) 
 	f := p.Status.Freight
 	rule := to.Approvals
 	var refused []string
+	v.notCounted = map[string]string{}
+	notCounted := func(user, why string) {
+		refused = append(refused, user+" "+why)
+		v.notCounted[user] = why
+	}
 	for _, a := range p.Spec.Approvals {
 		switch {
 		case a.User == p.Spec.RequestedBy:
-			refused = append(refused, a.User+" requested the promotion")
+			notCounted(a.User, "requested the promotion")
 			continue
 		case slices.Contains(f.AuthorUsers, a.User):
-			refused = append(refused, a.User+" authored a commit it carries")
+			notCounted(a.User, "authored a commit it carries")
 			continue
 		case len(f.UnmappedAuthors) > 0:
+			v.notCounted[a.User] = "commit authors " + strings.Join(f.UnmappedAuthors, ", ") + " map to no user"
 			continue
 		case rule != nil && !slices.ContainsFunc(a.Groups, func(g string) bool { return slices.Contains(rule.Groups, g) }):
-			refused = append(refused, a.User+" is in none of the groups "+strings.Join(rule.Groups, ", "))
+			notCounted(a.User, "is in none of the groups "+strings.Join(rule.Groups, ", "))
 			continue
 		}
 		if a.Decision == slipwayv1.DecisionReject {

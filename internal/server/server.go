@@ -81,6 +81,8 @@ type Options struct {
 	AllowUnscopedCredentials bool
 	// PolicyPacks are extra policy pack files for the sync gate.
 	PolicyPacks []string
+	// Audit configures the audit trail; its zero value records nothing.
+	Audit AuditOptions
 	// Started, when set, receives the bound HTTP address once the server listens.
 	Started func(addr string)
 }
@@ -170,9 +172,14 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
+	gate, err := setupAudit(mgr, opts.Audit)
+	if err != nil {
+		return err
+	}
+	recorder := auditRecorder(gate)
 	if _, err := gitops.Setup(mgr, gitops.Options{
 		GitCacheDir: opts.GitCacheDir, Concurrency: opts.Concurrency, PolicyPacks: opts.PolicyPacks, DefaultServiceAccount: opts.DefaultServiceAccount,
-		AllowUnscopedCredentials: opts.AllowUnscopedCredentials,
+		AllowUnscopedCredentials: opts.AllowUnscopedCredentials, Audit: recorder,
 	}); err != nil {
 		return err
 	}
@@ -187,6 +194,7 @@ func Run(ctx context.Context, opts Options) error {
 		Recorder:  mgr.GetEventRecorderFor("slipway-pipeline"),
 
 		AllowUnscopedCredentials: opts.AllowUnscopedCredentials,
+		Audit:                    recorder,
 	}
 	if err := runs.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the PipelineRun controller: %w", err)
@@ -196,6 +204,7 @@ func Run(ctx context.Context, opts Options) error {
 		Fetcher:   gitsource.NewFetcher(filepath.Join(opts.GitCacheDir, "promotions")),
 		Recorder:  mgr.GetEventRecorderFor("slipway-promotion"),
 		Namespace: cmp.Or(opts.LeaderElectionNamespace, install.Namespace),
+		Audit:     recorder,
 	}
 	if err := promotions.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the Promotion controller: %w", err)
@@ -217,7 +226,7 @@ func Run(ctx context.Context, opts Options) error {
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
 	hooks := &webhook.Handler{
-		Secret: opts.WebhookSecret, SecretFile: opts.WebhookSecretFile, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook"),
+		Secret: opts.WebhookSecret, SecretFile: opts.WebhookSecretFile, Client: mgr.GetClient(), Log: ctrl.Log.WithName("webhook"), Audit: recorder,
 	}
 	hooks.ExportSecretConfigured()
 	mux.Handle("/hooks/git", hooks)

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/audit"
 )
 
 // MaxPayloadBytes bounds a delivery; GitHub caps its own at 25 MB, but a push
@@ -242,6 +243,10 @@ type Handler struct {
 	SecretFile string
 	Client     client.Client
 	Log        logr.Logger
+	// Audit records refused deliveries; nil records nothing.
+	Audit audit.Recorder
+
+	refused refusals
 }
 
 // secret returns the secret deliveries are verified with.
@@ -315,6 +320,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, event string) st
 	if !v.any() {
 		// Never log the payload of an unverified delivery.
 		log.Info("refused webhook: bad signature", "reason", v.reason)
+		if err := h.recordRefusal(ctx, r, body, v.reason); err != nil {
+			log.Error(err, "recording the refused webhook in the audit trail")
+		}
 		http.Error(w, "invalid signature", http.StatusUnauthorized)
 		return ResultInvalidSignature
 	}
