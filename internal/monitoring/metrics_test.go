@@ -83,6 +83,7 @@ var boundedLabels = map[string]string{
 	"remote":    "a git host (never a URL or repository)",
 	"registry":  "a registry host (never a repository, tag or digest)",
 	"version":   "the running build's version",
+	"kind":      "an audit record kind from a fixed list",
 	"goversion": "the running build's Go version",
 }
 
@@ -120,7 +121,9 @@ func TestSlipwayMetricsHaveOnlyBoundedLabels(t *testing.T) {
 
 func TestSlipwayMetricsFollowConventions(t *testing.T) {
 	name := regexp.MustCompile(`^slipway_[a-z]+(_[a-z0-9]+)*$`)
-	units := regexp.MustCompile(`_(seconds|bytes|total|info|status|ready|leader|verified|configured|timestamp_seconds)$`)
+	// A gauge counting things is named by the things, in the plural
+	// (slipway_audit_records), as a unit.
+	units := regexp.MustCompile(`_(seconds|bytes|records|total|info|status|ready|leader|verified|configured|timestamp_seconds)$`)
 	n := 0
 	for _, m := range exported(t, serverRegistry(t)) {
 		if !strings.HasPrefix(m.name, "slipway_") {
