@@ -2,7 +2,7 @@
 // under a deadline of its own, what Slipway depends on (the cluster and its
 // version, Slipway's CRDs, the server's rights, every git remote and
 // registry the Applications and Pipelines name, the webhook, Prometheus,
-// the clocks, the signing keys and the nodes) and says for each what is
+// the clocks, the signing keys, the audit trail and the nodes) and says for each what is
 // wrong, why, and what to do. A remote that accepts connections and never
 // answers, like the reference environment's hanging `git push`, is
 // reported as such within its step's deadline.
@@ -129,6 +129,7 @@ func Run(ctx context.Context, opts Options) []Result {
 		{"webhook", checkWebhook},
 		{"prometheus", checkPrometheus},
 		{"keys", checkKeys},
+		{"audit", checkAudit},
 		{"nodes", checkNodes},
 	}
 	type finished struct {

@@ -1,13 +1,18 @@
 package doctor
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -25,6 +30,7 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
+	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/gitserver"
 	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/install"
@@ -538,5 +544,61 @@ func TestRunIsBoundedAndReportsEverything(t *testing.T) {
 	git := byCheck(bounded)["git"]
 	if git.Status != Fail || !strings.Contains(git.Message, "not finished within the run's bound (3s)") {
 		t.Errorf("the git check that hangs: %+v\n%v", git, checks(bounded))
+	}
+}
+
+// TestAuditCheck reads the audit trail's state from the server's metrics:
+// a server without a trail is warned about, an open trail passes, and one
+// whose records were changed after they were written fails.
+func TestAuditCheck(t *testing.T) {
+	r := newRun(Options{ServerURL: hooks.URL})
+	if res := checkAudit(testCtx, r)[0]; res.Status != Warn || !strings.Contains(res.Message, "keeps no audit trail") {
+		t.Fatalf("before a trail is opened: %+v", res)
+	}
+	dir := t.TempDir()
+	store, err := audit.OpenFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := audit.Open(testCtx, store, audit.Options{Key: key, Log: logr.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close(testCtx)
+	for i := range 3 {
+		if err := l.Record(testCtx, audit.Event{Kind: audit.KindSyncApplied, Actor: "system:slipway", Subject: fmt.Sprintf("Application cafe/app-%d", i), Outcome: audit.OutcomeSucceeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Checkpoint(testCtx); err != nil {
+		t.Fatal(err)
+	}
+	if res := checkAudit(testCtx, r)[0]; res.Status != Pass || !strings.Contains(res.Message, "4 records, verified") || !strings.Contains(res.Message, "checkpoint covers 4") {
+		t.Fatalf("an open trail: %+v", res)
+	}
+	// Change one byte of a record's subject, as someone with the files could.
+	segs, _ := filepath.Glob(filepath.Join(dir, "segments", "*.jsonl"))
+	if len(segs) == 0 {
+		t.Fatal("the file store wrote no segment")
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(b, []byte(`"subject":"Application cafe/app-1`)) + len(`"subject":"Application cafe/app-`)
+	b[at] = '7'
+	if err := os.WriteFile(segs[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := l.VerifyAll(testCtx); err != nil || res.OK() {
+		t.Fatalf("verifying the changed log: %v %+v", err, res)
+	}
+	res := checkAudit(testCtx, r)[0]
+	if res.Status != Fail || !strings.Contains(res.Message, "fails verification") || !strings.Contains(res.Action, "slipway audit verify") {
+		t.Fatalf("a changed trail: %+v", res)
 	}
 }

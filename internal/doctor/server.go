@@ -352,3 +352,36 @@ func checkKeys(ctx context.Context, r *run) []Result {
 	}
 	return append([]Result{res}, problems...)
 }
+
+// checkAudit reads the audit trail's state from slipway server's metrics:
+// whether it keeps one, whether the last verification passed, and how
+// far its checkpoints and their witness reach.
+func checkAudit(ctx context.Context, r *run) []Result {
+	return []Result{step(ctx, r.StepTimeout, func(ctx context.Context) Result {
+		res := Result{Check: "audit", Status: Fail}
+		families, where, err := r.serverMetrics(ctx)
+		res.Target = where
+		if err != nil {
+			res.Message = cause(ctx, err, "reading slipway server's metrics", r.StepTimeout)
+			res.Action = "check that slipway server runs and answers at " + where + " (give its address with --server)"
+			return res
+		}
+		records, _ := gaugeValue(families, "slipway_audit_records")
+		verified, _ := gaugeValue(families, "slipway_audit_verified")
+		checkpoint, _ := gaugeValue(families, "slipway_audit_checkpoint_records")
+		witnessed, _ := gaugeValue(families, "slipway_audit_witnessed_records")
+		switch {
+		case records == 0:
+			res.Status = Warn
+			res.Message = "slipway server keeps no audit trail: syncs, promotions and runs are not recorded (FIN-LOG-001)"
+			res.Action = "start slipway server with --audit-store (a directory, or a postgres:// connection) and --audit-key-file"
+		case verified != 1:
+			res.Message = fmt.Sprintf("the audit log (%.0f records) fails verification: records were changed, removed or reordered after they were written", records)
+			res.Action = "`slipway audit verify` names the first record that fails and how; keep the store as it is (it is evidence) and report a security incident"
+		default:
+			res.Status = Pass
+			res.Message = fmt.Sprintf("%.0f records, verified; the newest signed checkpoint covers %.0f, the witness holds %.0f", records, checkpoint, witnessed)
+		}
+		return res
+	})}
+}

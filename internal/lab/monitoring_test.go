@@ -177,7 +177,7 @@ func checkDoctor(t *testing.T, ctx context.Context, exe string, l *lab.Lab, info
 			t.Errorf("doctor on the healthy lab: %+v", r)
 		}
 	}
-	for _, want := range []string{"cluster", "crds", "rbac", "git.push", "registry.push", "webhook", "prometheus.targets", "clock", "keys", "nodes"} {
+	for _, want := range []string{"cluster", "crds", "rbac", "git.push", "registry.push", "webhook", "prometheus.targets", "clock", "keys", "audit", "nodes"} {
 		if !slices.ContainsFunc(results, func(r doctorResult) bool { return r.Check == want }) {
 			t.Errorf("the healthy lab's report has no %s check", want)
 		}
