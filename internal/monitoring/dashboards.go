@@ -93,6 +93,20 @@ var boards = []board{
 				{title: "Registry operations by registry and result", kind: "timeseries", unit: unitOps, width: 12,
 					queries: []query{{expr: `sum by (registry, operation, result) (rate(slipway_registry_operations_total[$__rate_interval]))`, legend: "{{registry}} {{operation}} {{result}}"}}},
 			}},
+			{title: "Audit trail", panels: []panel{
+				{title: "Audit log verified", kind: "stat", unit: unitCount, description: "1 when the last verification of the audit log passed; 0 means records were changed, removed or reordered.",
+					queries: []query{{expr: `min(slipway_audit_verified{job="slipway"})`, instant: true}}},
+				{title: "Audit records", kind: "timeseries", unit: unitCount, description: "Records in the log, covered by the newest signed checkpoint, and held by the witness.",
+					queries: []query{
+						{expr: `max(slipway_audit_records{job="slipway"})`, legend: "records"},
+						{expr: `max(slipway_audit_checkpoint_records{job="slipway"})`, legend: "checkpointed"},
+						{expr: `max(slipway_audit_witnessed_records{job="slipway"})`, legend: "witnessed"},
+					}},
+				{title: "Audit record time (p99)", kind: "timeseries", unit: unitSeconds, description: "From asking for a record to its being durable: an action is reported done only after.",
+					queries: []query{{expr: `histogram_quantile(0.99, sum by (le) (rate(slipway_audit_record_duration_seconds_bucket{job="slipway"}[$__rate_interval])))`}}},
+				{title: "Audit records not written", kind: "timeseries", unit: unitCount, description: "Records that could not be written; their actions were not reported done and are retried.",
+					queries: []query{{expr: `sum(increase(slipway_audit_record_failures_total{job="slipway"}[1h]))`}}},
+			}},
 			{title: "Process", panels: []panel{
 				{title: "Resident memory", kind: "timeseries", unit: unitBytes,
 					queries: []query{{expr: `process_resident_memory_bytes{job="slipway"}`, legend: "{{instance}}"}}},
