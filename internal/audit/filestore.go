@@ -405,15 +405,19 @@ func (s *FileStore) Scan(ctx context.Context, fn func(Item) error) error {
 		}
 		all = append(all, segs...)
 	}
-	for i, path := range all {
-		last := i == len(all)-1
+	return scanSegments(ctx, all, fn)
+}
+
+// scanSegments reads segments in order. Only the newest can end
+// mid-write; an older one that does was cut.
+func scanSegments(ctx context.Context, segs []string, fn func(Item) error) error {
+	for i, path := range segs {
+		last := i == len(segs)-1
 		err := scanSegment(path, func(it Item) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			if errors.Is(it.Err, ErrIncomplete) && !last {
-				// Only the newest segment can end mid-write; an older one
-				// that does was cut.
 				it.Err = errors.New("a segment ends in the middle of a record")
 			}
 			return fn(it)
@@ -450,22 +454,7 @@ func (s *FileStore) Tail(ctx context.Context, since time.Time, fn func(Item) err
 		}
 		from, found = i, found || last != nil
 	}
-	for i, path := range segs[from:] {
-		last := i == len(segs[from:])-1
-		err := scanSegment(path, func(it Item) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if errors.Is(it.Err, ErrIncomplete) && !last {
-				it.Err = errors.New("a segment ends in the middle of a record")
-			}
-			return fn(it)
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return scanSegments(ctx, segs[from:], fn)
 }
 
 // lastLine reads the last whole record of a segment from its end (nil

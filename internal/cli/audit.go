@@ -76,6 +76,26 @@ func (f *auditFlags) open(ctx context.Context) (audit.Store, error) {
 	return audit.OpenStore(ctx, f.store, password, true)
 }
 
+// openChecked opens the store read-only with what checks it: the public
+// key and, when given, the witness. The caller closes the store.
+func (f *auditFlags) openChecked(ctx context.Context) (audit.Store, *ecdsa.PublicKey, audit.Witness, error) {
+	store, err := f.open(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pub, err := f.publicKey()
+	if err != nil {
+		store.Close()
+		return nil, nil, nil, err
+	}
+	w, err := f.witnessOf()
+	if err != nil {
+		store.Close()
+		return nil, nil, nil, err
+	}
+	return store, pub, w, nil
+}
+
 func (f *auditFlags) publicKey() (*ecdsa.PublicKey, error) {
 	path := f.key
 	if path == "" {
@@ -183,19 +203,11 @@ since any part is only as good as what links it to a checkpoint.`,
 			if err != nil {
 				return err
 			}
-			store, err := f.open(ctx)
+			store, pub, w, err := f.openChecked(ctx)
 			if err != nil {
 				return err
 			}
 			defer store.Close()
-			pub, err := f.publicKey()
-			if err != nil {
-				return err
-			}
-			w, err := f.witnessOf()
-			if err != nil {
-				return err
-			}
 			if res, err = audit.Verify(ctx, store, pub, audit.VerifyOptions{Witness: w}); err != nil {
 				return err
 			}
@@ -419,19 +431,11 @@ choose which Applications count as production (default: every sync).`,
 		if !slices.Contains(audit.Languages, lang) {
 			return usageError(fmt.Errorf("--lang %q: use ko or en", lang))
 		}
-		store, err := f.open(ctx)
+		store, pub, w, err := f.openChecked(ctx)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
-		pub, err := f.publicKey()
-		if err != nil {
-			return err
-		}
-		w, err := f.witnessOf()
-		if err != nil {
-			return err
-		}
 		pack, err := audit.Export(ctx, store, pub, audit.ExportOptions{From: from, To: to, Filter: filter, Witness: w})
 		if err != nil {
 			return err

@@ -65,6 +65,20 @@ func (r *run) serverMetrics(ctx context.Context) (map[string]*dto.MetricFamily, 
 	return families, where, nil
 }
 
+// serverMetricsFor reads the server's metrics for a check, or fails res
+// with what went wrong.
+func (r *run) serverMetricsFor(ctx context.Context, res *Result) (map[string]*dto.MetricFamily, bool) {
+	families, where, err := r.serverMetrics(ctx)
+	res.Target = where
+	if err != nil {
+		res.Status = Fail
+		res.Message = cause(ctx, err, "reading slipway server's metrics", r.StepTimeout)
+		res.Action = "check that slipway server runs and answers at " + where + " (give its address with --server)"
+		return nil, false
+	}
+	return families, true
+}
+
 func gaugeValue(families map[string]*dto.MetricFamily, name string) (float64, bool) {
 	f := families[name]
 	if f == nil || len(f.GetMetric()) == 0 {
@@ -78,11 +92,8 @@ func gaugeValue(families map[string]*dto.MetricFamily, name string) (float64, bo
 func checkWebhook(ctx context.Context, r *run) []Result {
 	return []Result{step(ctx, r.StepTimeout, func(ctx context.Context) Result {
 		res := Result{Check: "webhook", Status: Fail}
-		families, where, err := r.serverMetrics(ctx)
-		res.Target = where
-		if err != nil {
-			res.Message = cause(ctx, err, "reading slipway server's metrics", r.StepTimeout)
-			res.Action = "check that slipway server runs and answers at " + where + " (give its address with --server)"
+		families, ok := r.serverMetricsFor(ctx, &res)
+		if !ok {
 			return res
 		}
 		own := 0
@@ -359,11 +370,8 @@ func checkKeys(ctx context.Context, r *run) []Result {
 func checkAudit(ctx context.Context, r *run) []Result {
 	return []Result{step(ctx, r.StepTimeout, func(ctx context.Context) Result {
 		res := Result{Check: "audit", Status: Fail}
-		families, where, err := r.serverMetrics(ctx)
-		res.Target = where
-		if err != nil {
-			res.Message = cause(ctx, err, "reading slipway server's metrics", r.StepTimeout)
-			res.Action = "check that slipway server runs and answers at " + where + " (give its address with --server)"
+		families, ok := r.serverMetricsFor(ctx, &res)
+		if !ok {
 			return res
 		}
 		records, _ := gaugeValue(families, "slipway_audit_records")
