@@ -2,8 +2,10 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,7 +194,17 @@ func waitApplied(t *testing.T, app *slipwayv1.Application, revision string) *sli
 func TestGapFoundAtStart(t *testing.T) {
 	s := fileStore(t)
 	dir, addr := t.TempDir(), freeAddr(t)
-	startServer(t, s, dir, addr).stop(t) // the trail begins
+	// The trail begins: the server is ready before its audit log is open,
+	// so wait for the log's first record before stopping it.
+	first := startServer(t, s, dir, addr)
+	eventually(t, 30*time.Second, "the audit log's first record", func() error {
+		records, _, err := s.read()
+		if err == nil && len(records) == 0 {
+			err = errors.New("no record yet")
+		}
+		return err
+	})
+	first.stop(t)
 
 	ns := env.TenantNamespace(t)
 	app := newApp(t, ns, "gap", "https://git.example.com/ops.git", "deploy", func(a *slipwayv1.Application) { a.Spec.Suspend = true })
@@ -223,10 +235,15 @@ func TestGapFoundAtStart(t *testing.T) {
 				want[r.Ref] = true
 			}
 		}
+		var missing []string
 		for ref, found := range want {
 			if !found {
-				return fmt.Errorf("no recovered record %s", ref)
+				missing = append(missing, ref)
 			}
+		}
+		if len(missing) > 0 {
+			slices.Sort(missing)
+			return fmt.Errorf("no recovered record %s", strings.Join(missing, ", "))
 		}
 		return nil
 	})

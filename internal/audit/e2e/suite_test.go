@@ -223,9 +223,18 @@ func newKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 	return k
 }
 
-// records reads and verifies the store, failing the test if it does not verify.
+// records reads and verifies the store, failing the test if it cannot be read.
 func (s *store) records(t *testing.T) ([]*audit.Record, *audit.Result) {
 	t.Helper()
+	out, res, err := s.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, res
+}
+
+// read reads and verifies the store.
+func (s *store) read() ([]*audit.Record, *audit.Result, error) {
 	password := ""
 	if s.passwordFile != "" {
 		b, _ := os.ReadFile(s.passwordFile)
@@ -233,15 +242,12 @@ func (s *store) records(t *testing.T) ([]*audit.Record, *audit.Result) {
 	}
 	st, err := audit.OpenStore(testCtx, s.location, password, true)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	defer st.Close()
 	var out []*audit.Record
 	res, err := audit.VerifyEach(testCtx, st, &s.key.PublicKey, func(r *audit.Record) { out = append(out, r) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out, res
+	return out, res, err
 }
 
 // child is one running server process.
