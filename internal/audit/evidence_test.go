@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"slipway.dev/slipway/internal/audit"
+	"slipway.dev/slipway/internal/testenv"
 )
 
 const (
@@ -194,7 +195,7 @@ func TestEvidenceHTMLInChromium(t *testing.T) {
 	p := exportProd(t, b.reader(t), key)
 	browser, err := exec.LookPath("chromium")
 	if err != nil {
-		t.Skip("Debian's chromium is not installed (make deps installs it): " + err.Error())
+		testenv.MissingDependency(t, "Debian's chromium is not installed (make deps installs it): %v", err)
 	}
 	shots := filepath.Join(os.TempDir(), "slipway-evidence-screenshots")
 	if err := os.MkdirAll(shots, 0o755); err != nil {

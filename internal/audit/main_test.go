@@ -13,6 +13,7 @@ import (
 	"slipway.dev/slipway/internal/audit"
 	"slipway.dev/slipway/internal/postgres"
 	"slipway.dev/slipway/internal/signing"
+	"slipway.dev/slipway/internal/testenv"
 )
 
 // pg is the package's one PostgreSQL server, started by the first test
@@ -70,7 +71,7 @@ func requirePostgres(t testing.TB) {
 		if strings.HasPrefix(pgMissing, "starting it failed") {
 			t.Fatal(pgMissing)
 		}
-		t.Skip("PostgreSQL is not available: " + pgMissing)
+		testenv.MissingDependency(t, "PostgreSQL is not available: %s", pgMissing)
 	}
 }
 

@@ -471,7 +471,7 @@ func TestLabAuditPostgres(t *testing.T) {
 		t.Skip("starts the lab")
 	}
 	if _, err := postgres.BinDir(); err != nil {
-		t.Skip("PostgreSQL is not installed (make deps installs it): " + err.Error())
+		testenv.MissingDependency(t, "PostgreSQL is not installed (make deps installs it): %v", err)
 	}
 	exe := buildSlipway(t)
 	l := &lab.Lab{Dir: t.TempDir(), BinDir: testenv.BinDir(), Slipway: exe, Progress: t.Logf, Audit: lab.AuditPostgres}

@@ -52,7 +52,7 @@ func TestRealNodesEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	if err := lab.EnsureHostPackages(ctx, t.Logf); err != nil {
-		t.Skipf("skipped: the Debian packages real nodes need cannot be installed here: %v", err)
+		testenv.MissingDependency(t, "the Debian packages real nodes need cannot be installed here: %v", err)
 	}
 	if err := upstream.EnsureNodes(ctx, upstream.NodeBinDir(), t.Logf); err != nil {
 		t.Fatalf("building the real nodes' binaries: %v", err)

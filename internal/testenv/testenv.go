@@ -197,3 +197,19 @@ func (e *Env) Kubeconfig() ([]byte, error) {
 	cfg.CurrentContext = "envtest"
 	return clientcmd.Write(*cfg)
 }
+
+// RequireDepsEnv is set by `make test`, which installs every system
+// package the tests use first: a test that would skip for a missing one
+// fails instead, so that a broken install cannot pass as skipped tests.
+const RequireDepsEnv = "SLIPWAY_TEST_REQUIRE_DEPS"
+
+// MissingDependency skips t for a system dependency that is not there,
+// or fails it under `make test` (RequireDepsEnv).
+func MissingDependency(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv(RequireDepsEnv) == "1" {
+		t.Fatal(msg + " (make test installs it first: its absence is a failure there)")
+	}
+	t.Skip(msg)
+}

@@ -170,7 +170,7 @@ func requirePostgres(t *testing.T) {
 		if strings.HasPrefix(pgMissing, "starting") {
 			t.Fatal(pgMissing)
 		}
-		t.Skip("PostgreSQL is not available: " + pgMissing)
+		testenv.MissingDependency(t, "PostgreSQL is not available: %s", pgMissing)
 	}
 }
 
