@@ -90,10 +90,12 @@ func runScale(b *testing.B, n int) {
 	createApps(b, ctx, c, info, n)
 	initial := waitAll(b, ctx, c, n, rev1)
 
+	requestsBefore := apiRequests(b, info)
 	start := time.Now()
 	rev2 := push(b, ctx, info.Git.OpsRepo, auth, n, "v2")
 	pushed := time.Since(start)
 	update := waitAll(b, ctx, c, n, rev2) + pushed
+	reportRequests(b, requestsBefore, apiRequests(b, info), n)
 
 	server := serverPID(b, info)
 	cpuBefore := cpuSeconds(b, server)

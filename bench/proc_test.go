@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -136,11 +138,8 @@ func reportErrors(b *testing.B, info *lab.Info) {
 	}
 }
 
-// auditShare reads the server's metrics and reports the audit write's
-// share of a sync's time: the mean time of recording a deployment
-// (waiting for its fsync, shared with other syncs) over the mean time of
-// the reconciliations that deployed a revision, which include it.
-func auditShare(b *testing.B, info *lab.Info) {
+// serverMetrics reads the server's /metrics in the text format.
+func serverMetrics(b *testing.B, info *lab.Info) string {
 	resp, err := http.Get(info.Server.Metrics)
 	if err != nil {
 		b.Fatalf("reading the server's metrics: %v", err)
@@ -150,8 +149,53 @@ func auditShare(b *testing.B, info *lab.Info) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return string(body)
+}
+
+// apiRequests counts the requests slipway server has made to API servers,
+// by HTTP method (client-go's rest_client_requests_total; server-side
+// apply and its dry-run are both PATCH).
+func apiRequests(b *testing.B, info *lab.Info) map[string]float64 {
+	by := map[string]float64{}
+	for _, line := range strings.Split(serverMetrics(b, info), "\n") {
+		labels, ok := strings.CutPrefix(line, "rest_client_requests_total{")
+		if !ok {
+			continue
+		}
+		_, method, _ := strings.Cut(labels, `method="`)
+		method, _, _ = strings.Cut(method, `"`)
+		value := line[strings.LastIndexByte(line, ' ')+1:]
+		f, _ := strconv.ParseFloat(value, 64)
+		by[method] += f
+	}
+	return by
+}
+
+// reportRequests reports the requests per Application made between two
+// counts, in all and by method.
+func reportRequests(b *testing.B, before, after map[string]float64, n int) {
+	var total float64
+	var parts []string
+	methods := slices.Sorted(maps.Keys(after))
+	for _, m := range methods {
+		d := after[m] - before[m]
+		total += d
+		if d > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.1f", m, d/float64(n)))
+		}
+	}
+	b.ReportMetric(total/float64(n), "requests/app-update")
+	fmt.Printf("| API requests per Application, commit → all Healthy | %.1f | %s |\n", total/float64(n), strings.Join(parts, ", "))
+}
+
+// auditShare reads the server's metrics and reports the audit write's
+// share of a sync's time: the mean time of recording a deployment
+// (waiting for its fsync, shared with other syncs) over the mean time of
+// the reconciliations that deployed a revision, which include it.
+func auditShare(b *testing.B, info *lab.Info) {
+	body := serverMetrics(b, info)
 	value := func(series string) float64 {
-		for _, line := range strings.Split(string(body), "\n") {
+		for _, line := range strings.Split(body, "\n") {
 			if v, ok := strings.CutPrefix(line, series+" "); ok {
 				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 				return f
