@@ -698,9 +698,10 @@ func TestMonitoringRealNodes(t *testing.T) {
 			return len(up) == 1 && up[0] == 1 && len(pods) == 1, fmt.Sprintf("up %v, kubelet_running_pods %v", up, pods)
 		})
 	}
-	if up := promValues(t, prom, `up{job="apiserver"}`, time.Time{}); len(up) != 1 || up[0] != 1 {
-		t.Errorf("the API server at the bridge address is not scraped: up = %v", up)
-	}
+	waitFor(t, 2*time.Minute, "Prometheus scraping the API server at the bridge address", func() (bool, string) {
+		up := promValues(t, prom, `up{job="apiserver"}`, time.Time{})
+		return len(up) == 1 && up[0] == 1, fmt.Sprintf("up = %v", up)
+	})
 	results, _ := labDoctor(t, exe, dir)
 	nodes := slices.IndexFunc(results, func(r doctorResult) bool { return r.Check == "nodes" })
 	if nodes < 0 || results[nodes].Status != "pass" || !strings.Contains(results[nodes].Message, "the CNI of") {

@@ -43,6 +43,10 @@ func LabPrometheusConfig(c LabConfig) ([]byte, error) {
 	apiserver := static("apiserver", c.APIServer)
 	apiserver["scheme"] = "https"
 	apiserver["tls_config"] = apiTLS
+	// The API server's metrics run to megabytes: on a busy 2-core machine
+	// a scrape can outlast the lab's 5 s interval, which also bounds its
+	// timeout, and the target would flap down.
+	apiserver["scrape_interval"], apiserver["scrape_timeout"] = "15s", "10s"
 	cfg := map[string]any{
 		"global": map[string]any{
 			"scrape_interval": c.ScrapeInterval, "evaluation_interval": c.ScrapeInterval,
