@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -30,6 +31,25 @@ type Witness interface {
 	Publish(ctx context.Context, c *Checkpoint) error
 	// Checkpoints returns every checkpoint kept of the log, oldest first.
 	Checkpoints(ctx context.Context, logID string) ([]*Checkpoint, error)
+}
+
+// NewGitWitness is the witness at url, authenticated by the
+// "username:password" in credentialsFile, or anonymous when it is empty.
+func NewGitWitness(url, credentialsFile string) (*GitWitness, error) {
+	w := &GitWitness{URL: url}
+	if credentialsFile == "" {
+		return w, nil
+	}
+	b, err := os.ReadFile(credentialsFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the witness credentials: %w", err)
+	}
+	user, pass, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
+	if !ok {
+		return nil, fmt.Errorf("%s must hold username:password", credentialsFile)
+	}
+	w.Auth = &gitsource.Credentials{Username: user, Password: pass}
+	return w, nil
 }
 
 // GitWitness commits each checkpoint to a git repository, one commit per

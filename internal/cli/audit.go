@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"slipway.dev/slipway/internal/audit"
-	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/signing"
 )
 
@@ -119,17 +118,9 @@ func (f *auditFlags) witnessOf() (audit.Witness, error) {
 	if f.witness == "" {
 		return nil, nil
 	}
-	w := &audit.GitWitness{URL: f.witness}
-	if f.witnessCredentials != "" {
-		b, err := os.ReadFile(f.witnessCredentials)
-		if err != nil {
-			return nil, usageError(fmt.Errorf("reading the witness credentials: %w", err))
-		}
-		user, pass, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
-		if !ok {
-			return nil, usageError(fmt.Errorf("%s must hold username:password", f.witnessCredentials))
-		}
-		w.Auth = &gitsource.Credentials{Username: user, Password: pass}
+	w, err := audit.NewGitWitness(f.witness, f.witnessCredentials)
+	if err != nil {
+		return nil, usageError(err)
 	}
 	return w, nil
 }

@@ -37,7 +37,6 @@ import (
 	"slipway.dev/slipway/internal/lab"
 	"slipway.dev/slipway/internal/monitoring"
 	"slipway.dev/slipway/internal/testenv"
-	"slipway.dev/slipway/internal/upstream"
 	"slipway.dev/slipway/internal/webhook"
 )
 
@@ -661,20 +660,7 @@ func removeRight(t *testing.T, ctx context.Context, c client.Client, resource, v
 // every kubelet (as a user allowed to read nodes/metrics), and doctor
 // reports the nodes and their CNI ready.
 func TestMonitoringRealNodes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts the lab with real nodes")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: real nodes need root (network namespaces, interfaces, cgroups)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	if err := lab.EnsureHostPackages(ctx, t.Logf); err != nil {
-		testenv.MissingDependency(t, "the Debian packages real nodes need cannot be installed here: %v", err)
-	}
-	if err := upstream.EnsureNodes(ctx, upstream.NodeBinDir(), t.Logf); err != nil {
-		t.Fatalf("building the real nodes' binaries: %v", err)
-	}
+	ctx := requireRealNodes(t, "starts the lab with real nodes", 15*time.Minute)
 	exe := buildSlipway(t)
 	dir := t.TempDir()
 	l := &lab.Lab{Dir: dir, BinDir: testenv.BinDir(), Slipway: exe, RealNodes: true, Monitoring: true, Progress: t.Logf}

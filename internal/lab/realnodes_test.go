@@ -43,20 +43,7 @@ const killWindow = 10 * time.Second
 // traffic through the one edge address while pods die, a rollout breaks and
 // a kubelet stops; then `lab down` must leave the host as it found it.
 func TestRealNodesEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts the whole lab with real nodes")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: real nodes need root (network namespaces, interfaces, cgroups)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	if err := lab.EnsureHostPackages(ctx, t.Logf); err != nil {
-		testenv.MissingDependency(t, "the Debian packages real nodes need cannot be installed here: %v", err)
-	}
-	if err := upstream.EnsureNodes(ctx, upstream.NodeBinDir(), t.Logf); err != nil {
-		t.Fatalf("building the real nodes' binaries: %v", err)
-	}
+	ctx := requireRealNodes(t, "starts the whole lab with real nodes", 25*time.Minute)
 	exe := buildSlipway(t)
 	dir := t.TempDir()
 	before := takeHostSnapshot(t, dir)
@@ -550,4 +537,26 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 	})
 	t.Logf("killed the leader %s; %s leads %.1fs later", first, leader(), time.Since(killed).Seconds())
 	waitFor(t, 3*time.Minute, "the new leader completes the sync to two coffee replicas", synced(sha, 2))
+}
+
+// requireRealNodes skips a real-node test in -short mode or without root,
+// installs the host packages and builds the node binaries, and returns a
+// context bounding the test to timeout.
+func requireRealNodes(t *testing.T, what string, timeout time.Duration) context.Context {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(what)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: real nodes need root (network namespaces, interfaces, cgroups)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	if err := lab.EnsureHostPackages(ctx, t.Logf); err != nil {
+		testenv.MissingDependency(t, "the Debian packages real nodes need cannot be installed here: %v", err)
+	}
+	if err := upstream.EnsureNodes(ctx, upstream.NodeBinDir(), t.Logf); err != nil {
+		t.Fatalf("building the real nodes' binaries: %v", err)
+	}
+	return ctx
 }

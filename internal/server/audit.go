@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"slipway.dev/slipway/internal/audit"
-	"slipway.dev/slipway/internal/gitsource"
 	"slipway.dev/slipway/internal/signing"
 	"slipway.dev/slipway/internal/version"
 )
@@ -74,19 +73,11 @@ func setupAudit(mgr manager.Manager, opts AuditOptions) (*audit.Gate, error) {
 	}
 	var witness audit.Witness
 	if opts.WitnessURL != "" {
-		creds := &gitsource.Credentials{}
-		if opts.WitnessCredentialsFile != "" {
-			b, err := os.ReadFile(opts.WitnessCredentialsFile)
-			if err != nil {
-				return nil, fmt.Errorf("reading the audit witness's credentials: %w", err)
-			}
-			user, pass, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
-			if !ok {
-				return nil, fmt.Errorf("%s must hold username:password", opts.WitnessCredentialsFile)
-			}
-			creds.Username, creds.Password = user, pass
+		w, err := audit.NewGitWitness(opts.WitnessURL, opts.WitnessCredentialsFile)
+		if err != nil {
+			return nil, fmt.Errorf("the audit witness: %w", err)
 		}
-		witness = &audit.GitWitness{URL: opts.WitnessURL, Auth: creds}
+		witness = w
 	}
 	gate := audit.NewGate()
 	logger := ctrl.Log.WithName("audit")
