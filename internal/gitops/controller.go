@@ -255,7 +255,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	if err := checkOwnership(ctx, applier, identity, app, desired.Objects); err != nil {
 		return r.fail(ctx, app, err)
 	}
-	cs, err := resourceManager(applier, cluster.Mapper).ApplyAllStaged(ctx, desired.Objects, ssa.DefaultApplyOptions())
+	done, err := applyTracked(ctx, applier, cluster.Mapper, app.Status.Inventory, desired.Objects)
 	if err != nil {
 		if aerr := r.recordSyncFailed(ctx, app, desired, identity, err); aerr != nil {
 			return r.fail(ctx, app, aerr)
@@ -263,6 +263,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		r.addHistory(app, desired.Revision, "Failed", err.Error())
 		return r.fail(ctx, app, forbiddenStalled(fmt.Errorf("applying revision %s as %s: %w", short(desired.Revision), identity, err)))
 	}
+	cs := done.changes
 	if changes := summarize(cs); changes != "" {
 		verb := "applied"
 		if !revisionChanged && !syncRequested {
@@ -273,7 +274,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	}
 
 	oldInventory := app.Status.Inventory
-	app.Status.Inventory = inventoryOf(desired.Objects)
+	app.Status.Inventory = done.inventory
 	var pruned string
 	if leftovers := stale(oldInventory, desired.Objects); len(leftovers) > 0 {
 		if !sp.Prune {
@@ -298,7 +299,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
-	return r.checkHealth(ctx, app, applier, nil)
+	return r.checkHealth(ctx, app, heldReader{Reader: applier, held: done.live}, nil)
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing

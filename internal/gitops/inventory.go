@@ -2,7 +2,6 @@ package gitops
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
@@ -36,16 +35,6 @@ func describe(o *unstructured.Unstructured) string {
 		return fmt.Sprintf("%s %s/%s", o.GetKind(), ns, o.GetName())
 	}
 	return fmt.Sprintf("%s %s", o.GetKind(), o.GetName())
-}
-
-// inventoryOf lists objects as inventory entries, sorted for stable status.
-func inventoryOf(objs []*unstructured.Unstructured) []slipwayv1.InventoryEntry {
-	entries := make([]slipwayv1.InventoryEntry, 0, len(objs))
-	for _, o := range objs {
-		entries = append(entries, slipwayv1.InventoryEntry{ID: objectID(o), Version: o.GroupVersionKind().Version})
-	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
-	return entries
 }
 
 // inventoryObjects turns inventory entries back into object stubs (GVK,

@@ -56,11 +56,15 @@ var (
 		Help:    "Time taken by the reconciliations that deployed a revision (fetch, render, policy, apply, audit record).",
 		Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 	})
+	objectsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "slipway_application_sync_objects_total",
+		Help: "Objects handled by syncs, by action: created, configured, unchanged (applied, nothing changed), skipped (read and found as the last sync left it, so neither dry-run nor applied).",
+	}, []string{"action"})
 )
 
 func init() {
 	metrics.Registry.MustRegister(reconcileDuration, reconcileTotal, syncGauge, healthGauge, readyGauge,
-		deploymentsTotal, deploymentFailuresTotal, recoveryDuration, syncDuration)
+		deploymentsTotal, deploymentFailuresTotal, recoveryDuration, syncDuration, objectsTotal)
 }
 
 var (

@@ -84,6 +84,7 @@ var boundedLabels = map[string]string{
 	"registry":  "a registry host (never a repository, tag or digest)",
 	"version":   "the running build's version",
 	"kind":      "an audit record kind from a fixed list",
+	"action":    "what a sync did to an object, from a fixed list",
 	"goversion": "the running build's Go version",
 }
 

@@ -1,0 +1,232 @@
+package gitops_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/fluxcd/pkg/ssa"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"slipway.dev/slipway/internal/gitops"
+)
+
+// requestCounter counts the requests a client sends, by kind of request.
+type requestCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+	next   http.RoundTripper
+}
+
+func (c *requestCounter) RoundTrip(req *http.Request) (*http.Response, error) {
+	kind := req.Method
+	if req.URL.Query().Get("dryRun") != "" {
+		kind += " dry-run"
+	}
+	c.mu.Lock()
+	c.counts[kind]++
+	c.mu.Unlock()
+	return c.next.RoundTrip(req)
+}
+
+// take returns the counts so far and starts again from zero.
+func (c *requestCounter) take() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.counts
+	c.counts = map[string]int{}
+	return out
+}
+
+func countingClient(t *testing.T) (client.Client, *requestCounter) {
+	t.Helper()
+	counter := &requestCounter{counts: map[string]int{}}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { counter.next = rt; return counter }
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Discovery of the ConfigMap kind, which a client does once, is not
+	// part of what is counted.
+	if err := c.List(testCtx, &corev1.ConfigMapList{}, client.Limit(1)); err != nil {
+		t.Fatal(err)
+	}
+	counter.take()
+	return c, counter
+}
+
+func configMapObject(ns, name, value string) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{"name": name, "namespace": ns, "labels": map[string]any{"app": name}},
+		"data":     map[string]any{"value": value},
+	}}
+	return u
+}
+
+func desiredSet(ns string, values ...string) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for i, v := range values {
+		out = append(out, configMapObject(ns, fmt.Sprintf("cm-%d", i), v))
+	}
+	return out
+}
+
+func wantActions(t *testing.T, ns string, got map[string]ssa.Action, want ...ssa.Action) {
+	t.Helper()
+	for i, w := range want {
+		subject := fmt.Sprintf("ConfigMap/%s/cm-%d", ns, i)
+		if got[subject] != w {
+			t.Errorf("%s: %q, want %q (all: %v)", subject, got[subject], w, got)
+		}
+	}
+}
+
+func wantRequests(t *testing.T, got map[string]int, want map[string]int) {
+	t.Helper()
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("requests %v, want %v", got, want)
+	}
+}
+
+// TestApplyOnlyWhatChanged shows a sync sending the API server only what
+// can change something: one read for an object as the last sync left it,
+// a dry-run and an apply for the others; and that a change made behind
+// Slipway's back (an edited value, a removed label, an object deleted and
+// made again) is still found and undone.
+func TestApplyOnlyWhatChanged(t *testing.T) {
+	ns := env.Namespace(t)
+	c, counter := countingClient(t)
+
+	inv, actions, err := gitops.ApplyTracked(testCtx, c, nil, nil, desiredSet(ns, "a", "b", "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, ns, actions, ssa.CreatedAction, ssa.CreatedAction, ssa.CreatedAction)
+	wantRequests(t, counter.take(), map[string]int{"PATCH": 3, "PATCH dry-run": 3})
+	for _, e := range inv {
+		if e.Applied == "" || e.Live == "" {
+			t.Fatalf("inventory entry without digests: %+v", e)
+		}
+	}
+	before := resourceVersions(t, ns, 3)
+
+	inv, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "b", "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, ns, actions, ssa.UnchangedAction, ssa.UnchangedAction, ssa.UnchangedAction)
+	wantRequests(t, counter.take(), map[string]int{"GET": 3})
+	if after := resourceVersions(t, ns, 3); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("an unchanged sync wrote objects: resourceVersions %v, then %v", before, after)
+	}
+
+	inv, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "B", "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, ns, actions, ssa.UnchangedAction, ssa.ConfiguredAction, ssa.UnchangedAction)
+	wantRequests(t, counter.take(), map[string]int{"GET": 2, "PATCH": 1, "PATCH dry-run": 1})
+
+	// Behind Slipway's back: cm-0's value edited, cm-1's label removed,
+	// cm-2 deleted and created again with the same content.
+	cm := &corev1.ConfigMap{}
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-0"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["value"] = "edited by hand"
+	if err := env.Client.Update(testCtx, cm, client.FieldOwner("kubectl-edit")); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-1"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	delete(cm.Labels, "app")
+	if err := env.Client.Update(testCtx, cm, client.FieldOwner("kubectl-label")); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-2"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Delete(testCtx, cm); err != nil {
+		t.Fatal(err)
+	}
+	again := &corev1.ConfigMap{ObjectMeta: cm.ObjectMeta, Data: cm.Data}
+	again.ResourceVersion, again.UID, again.ManagedFields = "", "", nil
+	if err := env.Client.Create(testCtx, again, client.FieldOwner("someone-else")); err != nil {
+		t.Fatal(err)
+	}
+
+	_, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "B", "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, ns, actions, ssa.ConfiguredAction, ssa.ConfiguredAction, ssa.ConfiguredAction)
+	for i, value := range []string{"a", "B", "c"} {
+		if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: fmt.Sprintf("cm-%d", i)}, cm); err != nil {
+			t.Fatal(err)
+		}
+		if cm.Data["value"] != value || cm.Labels["app"] != cm.Name {
+			t.Errorf("cm-%d not repaired: data %v, labels %v", i, cm.Data, cm.Labels)
+		}
+		if !managedBy(cm.ManagedFields, gitops.FieldManager) {
+			t.Errorf("cm-%d: Slipway does not manage it after the repair", i)
+		}
+	}
+}
+
+// TestRefusedObjectChangesNothing: one object the API server refuses keeps
+// the others' changes from being applied, as a dry-run of the whole set
+// comes before any apply.
+func TestRefusedObjectChangesNothing(t *testing.T) {
+	ns := env.Namespace(t)
+	c, _ := countingClient(t)
+	inv, _, err := gitops.ApplyTracked(testCtx, c, nil, nil, desiredSet(ns, "a", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := desiredSet(ns, "a2", "b2")
+	bad := configMapObject(ns, "Not_A_Valid_Name", "x")
+	_, _, err = gitops.ApplyTracked(testCtx, c, nil, inv, append(objs, bad))
+	if err == nil || !strings.Contains(err.Error(), "Not_A_Valid_Name") {
+		t.Fatalf("error %v, want the refused object named", err)
+	}
+	cm := &corev1.ConfigMap{}
+	for i, value := range []string{"a", "b"} {
+		if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: fmt.Sprintf("cm-%d", i)}, cm); err != nil {
+			t.Fatal(err)
+		}
+		if cm.Data["value"] != value {
+			t.Errorf("cm-%d changed to %q by a sync that failed", i, cm.Data["value"])
+		}
+	}
+}
+
+func resourceVersions(t *testing.T, ns string, n int) []string {
+	t.Helper()
+	var out []string
+	for i := 0; i < n; i++ {
+		cm := &corev1.ConfigMap{}
+		if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: fmt.Sprintf("cm-%d", i)}, cm); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, cm.ResourceVersion)
+	}
+	return out
+}
+
+func managedBy(fields []metav1.ManagedFieldsEntry, manager string) bool {
+	for _, f := range fields {
+		if f.Manager == manager {
+			return true
+		}
+	}
+	return false
+}
