@@ -167,7 +167,7 @@ by server-side dry-run. Exit code 0 when there is no difference, 1 when there is
 			target = cluster.Client
 		}
 		loader := &gitops.Loader{Client: c, Mapper: target.RESTMapper(), Fetcher: gitsource.NewFetcher(filepath.Join(upstream.CacheDir(), "git-cli"))}
-		desired, err := loader.Load(cmd.Context(), app, nil)
+		desired, err := loader.Load(cmd.Context(), app, nil, time.Time{})
 		if err != nil {
 			return err
 		}

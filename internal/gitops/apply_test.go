@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fluxcd/pkg/ssa"
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 	"slipway.dev/slipway/internal/gitops"
 )
 
@@ -229,4 +231,36 @@ func managedBy(fields []metav1.ManagedFieldsEntry, manager string) bool {
 		}
 	}
 	return false
+}
+
+// TestSourceFreshness: a reconciliation the webhook asked for may use a
+// fetch begun (a second of clock skew allowed) after the webhook; a sync a
+// person asked for, or a token that is not a moment, needs the remote as
+// it is now; a pass nobody asked for may use a fetch a few seconds old.
+func TestSourceFreshness(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	webhook := now.Add(-10 * time.Second)
+	app := func(annotations map[string]string, handled string) *slipwayv1.Application {
+		a := &slipwayv1.Application{}
+		a.Annotations = annotations
+		a.Status.LastHandledReconcileAt = handled
+		return a
+	}
+	token := webhook.Format(time.RFC3339Nano)
+	for _, tc := range []struct {
+		name string
+		app  *slipwayv1.Application
+		want time.Time
+	}{
+		{"webhook", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: token}, ""), webhook.Add(time.Second)},
+		{"webhook already handled", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: token}, token), now.Add(-5 * time.Second)},
+		{"sync asked by a person", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: token, slipwayv1.SyncRequestAnnotation: "x"}, ""), now},
+		{"token from the future", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: now.Add(time.Minute).Format(time.RFC3339Nano)}, ""), now},
+		{"opaque token", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: "please"}, ""), now},
+		{"interval", app(nil, ""), now.Add(-5 * time.Second)},
+	} {
+		if got := gitops.SourceFreshAfter(tc.app, now); !got.Equal(tc.want) {
+			t.Errorf("%s: fresh after %s, want %s", tc.name, got, tc.want)
+		}
+	}
 }

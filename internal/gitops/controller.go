@@ -202,6 +202,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		}
 		return r.checkHealth(ctx, app, reader, healthyResources(app.Status.Resources))
 	}
+	freshAfter := sourceFreshAfter(app, time.Now())
 	// Echo the requests as handled whatever happens, so waiting clients see an answer.
 	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
 	app.Status.LastHandledSyncAt = syncRequest
@@ -210,7 +211,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	app.Status.LastReconcileAt = &now
 	setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "fetching and rendering the source")
 
-	desired, err := r.Loader.Load(ctx, app, cluster.Mapper)
+	desired, err := r.Loader.Load(ctx, app, cluster.Mapper, freshAfter)
 	if desired != nil {
 		app.Status.LastAttemptedRevision = desired.Revision
 	}
@@ -300,6 +301,36 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	app.Status.LastAppliedRevision = desired.Revision
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
 	return r.checkHealth(ctx, app, heldReader{Reader: applier, held: done.live}, nil)
+}
+
+// fetchReuse is how old a fetch may be and still serve a reconciliation
+// nobody asked for (an interval's, a spec change's): a few seconds do not
+// matter to a pass that comes once an interval, and thousands of
+// Applications reading one repository then share a few fetches.
+const fetchReuse = 5 * time.Second
+
+// clockSkew is how far the clock of the replica that took a webhook may be
+// behind the one reconciling, on nodes kept in time.
+const clockSkew = time.Second
+
+// sourceFreshAfter is the moment from which app's source must be fetched
+// (gitsource.Request.FreshAfter). A reconciliation the webhook asked for
+// needs the remote as it was at the webhook, which came after the push:
+// the webhook's token is that moment, so one fetch serves every
+// Application of the pushed repository. A sync asked for by a person wants
+// the remote as it is now.
+func sourceFreshAfter(app *slipwayv1.Application, now time.Time) time.Time {
+	if sync := app.Annotations[slipwayv1.SyncRequestAnnotation]; sync != "" && sync != app.Status.LastHandledSyncAt {
+		return now
+	}
+	if token := app.Annotations[slipwayv1.ReconcileRequestAnnotation]; token != "" && token != app.Status.LastHandledReconcileAt {
+		// The token is another replica's clock: allow for a little skew.
+		if at, err := time.Parse(time.RFC3339Nano, token); err == nil && at.Add(clockSkew).Before(now) {
+			return at.Add(clockSkew)
+		}
+		return now
+	}
+	return now.Add(-fetchReuse)
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/fluxcd/pkg/ssa"
 	corev1 "k8s.io/api/core/v1"
@@ -88,9 +89,10 @@ type Loader struct {
 
 // Load fetches the Application's revision, renders it and prepares the
 // objects for apply: namespaces defaulted, owner labels set, kinds checked
-// against mapper (the destination cluster's; nil means l.Mapper). Nothing
-// in the cluster changes.
-func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper apimeta.RESTMapper) (*Desired, error) {
+// against mapper (the destination cluster's; nil means l.Mapper). A fetch
+// of the source begun at or after freshAfter is recent enough (see
+// gitsource.Request.FreshAfter). Nothing in the cluster changes.
+func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper apimeta.RESTMapper, freshAfter time.Time) (*Desired, error) {
 	if mapper == nil {
 		mapper = l.Mapper
 	}
@@ -104,11 +106,12 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 	}
 	ref := app.Spec.Source.Ref
 	snap, err := l.Fetcher.Fetch(ctx, gitsource.Request{
-		URL:     app.Spec.Source.URL,
-		Ref:     gitsource.Ref{Branch: ref.Branch, Tag: ref.Tag, Commit: ref.Commit},
-		Path:    app.Spec.Source.Path,
-		Auth:    creds,
-		Timeout: timeout,
+		URL:        app.Spec.Source.URL,
+		Ref:        gitsource.Ref{Branch: ref.Branch, Tag: ref.Tag, Commit: ref.Commit},
+		Path:       app.Spec.Source.Path,
+		Auth:       creds,
+		Timeout:    timeout,
+		FreshAfter: freshAfter,
 	}, app.Spec.PinnedRevision)
 	if err != nil {
 		var gitErr *gitsource.Error

@@ -24,3 +24,6 @@ func ApplyTracked(ctx context.Context, c client.Client, mapper apimeta.RESTMappe
 	}
 	return done.inventory, actions, err
 }
+
+// SourceFreshAfter is the moment from which a reconciliation needs its source.
+var SourceFreshAfter = sourceFreshAfter

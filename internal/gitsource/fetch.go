@@ -70,6 +70,12 @@ type Request struct {
 	Auth *Credentials
 	// Timeout bounds each git operation; DefaultTimeout when zero.
 	Timeout time.Duration
+	// FreshAfter is the moment from which the remote's state is wanted: a
+	// fetch of the same ref begun at or after it answers the request
+	// without another. Zero (or a moment still to come) means the moment
+	// of the call. A caller working for a webhook names the webhook's
+	// moment, so one fetch serves every Application the push concerns.
+	FreshAfter time.Time
 }
 
 // Snapshot is the content of one revision below the requested path.
@@ -119,6 +125,9 @@ func NewFetcher(dir string) *Fetcher {
 // the files of that revision below req.Path.
 func (f *Fetcher) Fetch(ctx context.Context, req Request, pinned string) (*Snapshot, error) {
 	asked := time.Now()
+	if !req.FreshAfter.IsZero() && req.FreshAfter.Before(asked) {
+		asked = req.FreshAfter
+	}
 	timeout := req.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout

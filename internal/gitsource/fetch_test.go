@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"slipway.dev/slipway/internal/gitserver"
 )
 
@@ -185,4 +187,58 @@ func TestDeltaHeader(t *testing.T) {
 	if got := (&deltaHeader{}).targetSize(); got < 1<<40 {
 		t.Fatalf("an empty delta header counts as %d, want unlimited", got)
 	}
+}
+
+// TestFetchServesCallersFromTheSameMoment: a caller content with the remote
+// as it was when an earlier fetch began (a webhook's Applications) is
+// answered by that fetch and sends nothing to the server; a caller who
+// wants the remote as it is now fetches again and sees the new commit.
+func TestFetchServesCallersFromTheSameMoment(t *testing.T) {
+	url, first := newRepo(t, map[string][]byte{"deploy/a.yaml": []byte("v: 1\n")})
+	f := NewFetcher(t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req := Request{URL: url, Path: "deploy", Auth: creds(auth.Password)}
+
+	webhook := time.Now()
+	snap, err := f.Fetch(ctx, req, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Revision != first {
+		t.Fatalf("revision %s, want %s", snap.Revision, first)
+	}
+	second, err := gitserver.CommitFiles(ctx, url, auth, gitserver.Commit{
+		Files: map[string][]byte{"deploy/a.yaml": []byte("v: 2\n")}, Message: "second",
+		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	fetchesBefore := fetchCount(t, url)
+	req.FreshAfter = webhook
+	snap, err = f.Fetch(ctx, req, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Revision != first || fetchCount(t, url) != fetchesBefore {
+		t.Fatalf("a caller from before the first fetch got %s after %.0f more fetches, want %s from the first fetch",
+			snap.Revision, fetchCount(t, url)-fetchesBefore, first)
+	}
+
+	req.FreshAfter = time.Time{}
+	snap, err = f.Fetch(ctx, req, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Revision != second {
+		t.Fatalf("a caller wanting the remote as it is now got %s, want %s", snap.Revision, second)
+	}
+}
+
+// fetchCount reads how many fetches from url's host succeeded so far.
+func fetchCount(t *testing.T, url string) float64 {
+	t.Helper()
+	return testutil.ToFloat64(operations.WithLabelValues(OpFetch, RemoteHost(url), ResultSuccess))
 }
