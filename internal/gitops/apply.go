@@ -46,8 +46,8 @@ type applied struct {
 // something. An object whose desired digest and live digest match what the
 // last sync recorded (previous) is read once and left alone; the others are
 // dry-run, all of them before anything is applied, so an object the API
-// server refuses leaves the cluster as it was, and then applied one by one
-// in dependency order. Cluster definitions (CRDs, Namespaces,
+// server refuses leaves the cluster as it was, and then applied in
+// dependency order. Cluster definitions (CRDs, Namespaces,
 // ClusterRoles) and classes go first through the full staged apply, which
 // waits for them before what may depend on them, and carry no digests.
 func applyTracked(ctx context.Context, c client.Client, mapper apimeta.RESTMapper, previous []slipwayv1.InventoryEntry, objs []*unstructured.Unstructured) (*applied, error) {
@@ -135,36 +135,59 @@ func applyTracked(ctx context.Context, c client.Client, mapper apimeta.RESTMappe
 		return nil, err
 	}
 
-	var entries []ssa.ChangeSetEntry
+	// Applied kind by kind in dependency order (ServiceAccounts and
+	// ConfigMaps before the Deployments that name them), the objects of one
+	// kind at once.
+	applied := make([]*unstructured.Unstructured, len(rest))
+	for start := 0; start < len(rest); {
+		end := start + 1
+		for end < len(rest) && rest[end].GroupVersionKind().GroupKind() == rest[start].GroupVersionKind().GroupKind() {
+			end++
+		}
+		g, gctx = errgroup.WithContext(ctx)
+		g.SetLimit(applyConcurrency)
+		for i := start; i < end; i++ {
+			if unchanged[i] != nil {
+				continue
+			}
+			g.Go(func() error {
+				live := rest[i].DeepCopy()
+				if err := c.Patch(gctx, live, client.Apply, client.ForceOwnership, client.FieldOwner(FieldManager)); err != nil {
+					return fmt.Errorf("%s apply failed: %w", utils.FmtUnstructured(rest[i]), err)
+				}
+				applied[i] = live
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		start = end
+	}
+
+	entries := make([]ssa.ChangeSetEntry, 0, len(rest))
 	for i, o := range rest {
 		entry := slipwayv1.InventoryEntry{ID: objectID(o), Version: o.GroupVersionKind().Version, Applied: digests[i]}
-		if live := unchanged[i]; live != nil {
+		action, live := ssa.UnchangedAction, unchanged[i]
+		if live != nil {
 			entry.Live = prev[entry.ID].Live
-			out.live[entry.ID] = live
-			out.inventory = append(out.inventory, entry)
-			entries = append(entries, changeEntry(o, ssa.UnchangedAction))
 			objectsTotal.WithLabelValues(objectSkipped).Inc()
-			continue
+		} else {
+			live = applied[i]
+			// The API server does not write an apply that changes
+			// nothing, so an unchanged resourceVersion means no change.
+			switch before := dryRuns[i].GetResourceVersion(); {
+			case before == "":
+				action = ssa.CreatedAction
+			case before != live.GetResourceVersion():
+				action = ssa.ConfiguredAction
+			}
+			entry.Live = liveDigest(live)
+			objectsTotal.WithLabelValues(string(action)).Inc()
 		}
-		live := o.DeepCopy()
-		if err := c.Patch(ctx, live, client.Apply, client.ForceOwnership, client.FieldOwner(FieldManager)); err != nil {
-			out.changes.Append(entries)
-			return out, fmt.Errorf("%s apply failed: %w", utils.FmtUnstructured(o), err)
-		}
-		// The API server does not write an apply that changes nothing, so
-		// an unchanged resourceVersion means nothing changed.
-		action := ssa.ConfiguredAction
-		switch before := dryRuns[i].GetResourceVersion(); {
-		case before == "":
-			action = ssa.CreatedAction
-		case before == live.GetResourceVersion():
-			action = ssa.UnchangedAction
-		}
-		entry.Live = liveDigest(live)
 		out.live[entry.ID] = live
 		out.inventory = append(out.inventory, entry)
 		entries = append(entries, changeEntry(o, action))
-		objectsTotal.WithLabelValues(string(action)).Inc()
 	}
 	out.changes.Append(entries)
 	sort.Slice(out.inventory, func(i, j int) bool { return out.inventory[i].ID < out.inventory[j].ID })

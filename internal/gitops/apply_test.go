@@ -236,7 +236,8 @@ func managedBy(fields []metav1.ManagedFieldsEntry, manager string) bool {
 // TestSourceFreshness: a reconciliation the webhook asked for may use a
 // fetch begun (a second of clock skew allowed) after the webhook; a sync a
 // person asked for, or a token that is not a moment, needs the remote as
-// it is now; a pass nobody asked for may use a fetch a few seconds old.
+// it is now; a pass nobody asked for may use a fetch a few seconds old,
+// at most a tenth of its interval.
 func TestSourceFreshness(t *testing.T) {
 	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	webhook := now.Add(-10 * time.Second)
@@ -258,6 +259,11 @@ func TestSourceFreshness(t *testing.T) {
 		{"token from the future", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: now.Add(time.Minute).Format(time.RFC3339Nano)}, ""), now},
 		{"opaque token", app(map[string]string{slipwayv1.ReconcileRequestAnnotation: "please"}, ""), now},
 		{"interval", app(nil, ""), now.Add(-5 * time.Second)},
+		{"short interval", func() *slipwayv1.Application {
+			a := app(nil, "")
+			a.Spec.Interval = &metav1.Duration{Duration: 2 * time.Second}
+			return a
+		}(), now.Add(-200 * time.Millisecond)},
 	} {
 		if got := gitops.SourceFreshAfter(tc.app, now); !got.Equal(tc.want) {
 			t.Errorf("%s: fresh after %s, want %s", tc.name, got, tc.want)

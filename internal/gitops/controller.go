@@ -304,9 +304,10 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 }
 
 // fetchReuse is how old a fetch may be and still serve a reconciliation
-// nobody asked for (an interval's, a spec change's): a few seconds do not
-// matter to a pass that comes once an interval, and thousands of
-// Applications reading one repository then share a few fetches.
+// nobody asked for (an interval's, a spec change's), at most a tenth of
+// the interval: a few seconds do not matter to a pass that comes once an
+// interval, and thousands of Applications reading one repository then
+// share a few fetches.
 const fetchReuse = 5 * time.Second
 
 // clockSkew is how far the clock of the replica that took a webhook may be
@@ -330,7 +331,7 @@ func sourceFreshAfter(app *slipwayv1.Application, now time.Time) time.Time {
 		}
 		return now
 	}
-	return now.Add(-fetchReuse)
+	return now.Add(-min(fetchReuse, baseInterval(app)/10))
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing
