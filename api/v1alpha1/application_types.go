@@ -239,6 +239,12 @@ type ApplicationStatus struct {
 	// LastAppliedRevision is the last commit applied successfully.
 	// +optional
 	LastAppliedRevision string `json:"lastAppliedRevision,omitempty"`
+	// LastAppliedTree is the git tree of spec.source.path at
+	// LastAppliedRevision. A push that leaves the path's tree as it was
+	// changes nothing the Application applies: its webhook pass only moves
+	// the revision.
+	// +optional
+	LastAppliedTree string `json:"lastAppliedTree,omitempty"`
 	// LastAppliedAt is when LastAppliedRevision was applied; the rollout
 	// timeout counts from here.
 	// +optional

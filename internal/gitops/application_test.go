@@ -297,3 +297,64 @@ func TestWrongCredentialsNeverLeak(t *testing.T) {
 }
 
 var nsGVK = corev1.SchemeGroupVersion.WithKind("Namespace")
+
+// TestPushElsewhereOnlyMovesTheRevision: a webhook's pass for a push that
+// left the Application's path as it was moves the revision without a
+// sync (no history entry, no apply time, the live object untouched); a
+// push that changes the path is synced as always.
+func TestPushElsewhereOnlyMovesTheRevision(t *testing.T) {
+	ns := env.TenantNamespace(t)
+	url := newRepo(t, map[string]string{"deploy/a.yaml": configMap("settings", "one"), "other/b.yaml": configMap("theirs", "1")})
+	app := newApp(t, ns, url, func(a *slipwayv1.Application) {
+		// Only the webhook's requests wake it during the test.
+		a.Spec.Interval = &metav1.Duration{Duration: time.Hour}
+	})
+	first := waitFor(t, app, syncTimeout, readyAtAny)
+	if first.Status.LastAppliedTree == "" {
+		t.Fatal("a sync recorded no tree")
+	}
+	cm, err := getConfigMap(t, ns, "settings")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	elsewhere := commit(t, url, map[string]string{"other/b.yaml": configMap("theirs", "2")}, nil)
+	requestReconcile(t, app)
+	got := waitFor(t, app, syncTimeout, readyAt(elsewhere))
+	if len(got.Status.History) != len(first.Status.History) || !got.Status.LastAppliedAt.Equal(first.Status.LastAppliedAt) {
+		t.Fatalf("a push elsewhere counted as a deployment: history %+v, applied at %v (was %v)", got.Status.History, got.Status.LastAppliedAt, first.Status.LastAppliedAt)
+	}
+	if got.Status.LastAppliedTree != first.Status.LastAppliedTree {
+		t.Fatalf("tree moved from %s to %s for a push elsewhere", first.Status.LastAppliedTree, got.Status.LastAppliedTree)
+	}
+	if now, _ := getConfigMap(t, ns, "settings"); now.ResourceVersion != cm.ResourceVersion {
+		t.Fatalf("the live object was written for a push elsewhere: resourceVersion %s, was %s", now.ResourceVersion, cm.ResourceVersion)
+	}
+
+	here := commit(t, url, map[string]string{"deploy/a.yaml": configMap("settings", "two")}, nil)
+	requestReconcile(t, app)
+	got = waitFor(t, app, syncTimeout, readyAt(here))
+	if now, _ := getConfigMap(t, ns, "settings"); now.Data["value"] != "two" {
+		t.Fatalf("a push to the path was not applied: value %q", now.Data["value"])
+	}
+	if len(got.Status.History) != len(first.Status.History)+1 || got.Status.LastAppliedTree == first.Status.LastAppliedTree {
+		t.Fatalf("a push to the path was not a deployment: history %+v, tree %s", got.Status.History, got.Status.LastAppliedTree)
+	}
+}
+
+// requestReconcile does what the webhook receiver does for a push.
+func requestReconcile(t *testing.T, app *slipwayv1.Application) {
+	t.Helper()
+	current := &slipwayv1.Application{}
+	if err := env.Client.Get(testCtx, client.ObjectKeyFromObject(app), current); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(current.DeepCopy())
+	if current.Annotations == nil {
+		current.Annotations = map[string]string{}
+	}
+	current.Annotations[slipwayv1.ReconcileRequestAnnotation] = time.Now().UTC().Format(time.RFC3339Nano)
+	if err := env.Client.Patch(testCtx, current, patch); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -203,6 +203,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 		return r.checkHealth(ctx, app, reader, healthyResources(app.Status.Resources))
 	}
 	freshAfter := sourceFreshAfter(app, time.Now())
+	webhookPass := !syncRequested && app.Annotations[slipwayv1.ReconcileRequestAnnotation] != app.Status.LastHandledReconcileAt
 	// Echo the requests as handled whatever happens, so waiting clients see an answer.
 	app.Status.LastHandledReconcileAt = app.Annotations[slipwayv1.ReconcileRequestAnnotation]
 	app.Status.LastHandledSyncAt = syncRequest
@@ -222,6 +223,17 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	}
 	if err != nil {
 		return r.fail(ctx, app, err)
+	}
+	if webhookPass && r.sourceUnchanged(app, desired) {
+		// The push did not touch this Application's path, so what it would
+		// apply is what it applied: only the revision moves. The next
+		// interval's pass reads the live objects for drift as usual.
+		app.Status.LastAppliedRevision = desired.Revision
+		app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
+		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonSucceeded, "")
+		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionTrue, ReasonSucceeded,
+			fmt.Sprintf("revision %s applied and healthy (%s unchanged since the last sync)", short(desired.Revision), sourcePath(app)))
+		return ctrl.Result{RequeueAfter: interval(app)}, nil
 	}
 
 	tenancy, err := TenancyFor(ctx, r.Client, app, r.DefaultServiceAccount)
@@ -299,6 +311,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	}
 	r.addHistory(app, desired.Revision, "Succeeded", summarize(cs))
 	app.Status.LastAppliedRevision = desired.Revision
+	app.Status.LastAppliedTree = desired.Tree
 	app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
 	return r.checkHealth(ctx, app, heldReader{Reader: applier, held: done.live}, nil)
 }
@@ -332,6 +345,25 @@ func sourceFreshAfter(app *slipwayv1.Application, now time.Time) time.Time {
 		return now
 	}
 	return now.Add(-min(fetchReuse, baseInterval(app)/10))
+}
+
+// sourceUnchanged reports whether a webhook's pass can skip the sync: the
+// source path's tree is the one the last sync applied, and nothing else
+// that shapes a sync moved since (the spec, a waiver's expiry), and that
+// sync ended Ready. Policy and tenancy changes have passes of their own.
+func (r *ApplicationReconciler) sourceUnchanged(app *slipwayv1.Application, desired *Desired) bool {
+	return desired.Tree != "" && desired.Tree == app.Status.LastAppliedTree &&
+		app.Spec.SyncPolicy.Automated &&
+		app.Status.ObservedGeneration == app.Generation &&
+		apimeta.IsStatusConditionTrue(app.Status.Conditions, slipwayv1.ConditionReady) &&
+		!waiverExpired(app)
+}
+
+func sourcePath(app *slipwayv1.Application) string {
+	if p := strings.Trim(app.Spec.Source.Path, "/"); p != "" && p != "." {
+		return p
+	}
+	return "the repository root"
 }
 
 // healthOnly reports whether this pass only needs to poll a rollout: nothing

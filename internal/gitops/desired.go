@@ -31,7 +31,9 @@ var owner = ssa.Owner{Field: FieldManager, Group: "applications.slipway.dev"}
 // Desired is the state one revision of an Application asks for.
 type Desired struct {
 	Revision string
-	Objects  []*unstructured.Unstructured
+	// Tree is the git tree of the source path at Revision.
+	Tree    string
+	Objects []*unstructured.Unstructured
 	// Sources maps each object's inventory ID to the file it came from.
 	Sources map[string]string
 }
@@ -133,7 +135,7 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 	if err != nil {
 		return &Desired{Revision: snap.Revision}, stalled(ReasonValidationFailed, fmt.Errorf("revision %s: %w", short(snap.Revision), err))
 	}
-	return &Desired{Revision: snap.Revision, Objects: objs, Sources: sources}, nil
+	return &Desired{Revision: snap.Revision, Tree: snap.Tree, Objects: objs, Sources: sources}, nil
 }
 
 func (l *Loader) credentials(ctx context.Context, app *slipwayv1.Application) (*gitsource.Credentials, error) {

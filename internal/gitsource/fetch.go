@@ -82,6 +82,9 @@ type Request struct {
 type Snapshot struct {
 	// Revision is the full commit SHA.
 	Revision string
+	// Tree is the git tree of the requested path at Revision: equal trees
+	// hold equal files.
+	Tree string
 	// Files maps slash-separated paths, relative to the requested path, to content.
 	Files map[string][]byte
 }
@@ -154,11 +157,11 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request, pinned string) (*Snaps
 	if err != nil {
 		return nil, err
 	}
-	files, err := readTree(cr.repo, hash, req.Path, f.Limits)
+	files, tree, err := readTree(cr.repo, hash, req.Path, f.Limits)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s at %s from %s: %w", displayPath(req.Path), hash, RedactURL(req.URL), err)
 	}
-	return &Snapshot{Revision: hash.String(), Files: files}, nil
+	return &Snapshot{Revision: hash.String(), Tree: tree.String(), Files: files}, nil
 }
 
 // open returns the cached repository for url and the credentials, creating
@@ -305,21 +308,21 @@ func peel(repo *git.Repository, hash plumbing.Hash) (plumbing.Hash, error) {
 	return hash, nil
 }
 
-// readTree returns the files below dir in the commit's tree, refusing
-// before reading them files over the limits.
-func readTree(repo *git.Repository, hash plumbing.Hash, dir string, limits Limits) (map[string][]byte, error) {
+// readTree returns the files below dir in the commit's tree and that
+// directory's tree hash, refusing before reading them files over the limits.
+func readTree(repo *git.Repository, hash plumbing.Hash, dir string, limits Limits) (map[string][]byte, plumbing.Hash, error) {
 	commit, err := repo.CommitObject(hash)
 	if err != nil {
-		return nil, err
+		return nil, plumbing.ZeroHash, err
 	}
 	tree, err := commit.Tree()
 	if err != nil {
-		return nil, err
+		return nil, plumbing.ZeroHash, err
 	}
 	dir = strings.Trim(path.Clean("/"+dir), "/")
 	if dir != "" {
 		if tree, err = tree.Tree(dir); err != nil {
-			return nil, fmt.Errorf("path %q does not exist in the repository: %w", dir, err)
+			return nil, plumbing.ZeroHash, fmt.Errorf("path %q does not exist in the repository: %w", dir, err)
 		}
 	}
 	files := map[string][]byte{}
@@ -347,7 +350,7 @@ func readTree(repo *git.Repository, hash plumbing.Hash, dir string, limits Limit
 		files[f.Name] = b
 		return nil
 	})
-	return files, err
+	return files, tree.Hash, err
 }
 
 func displayPath(p string) string {
