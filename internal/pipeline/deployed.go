@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -197,9 +198,14 @@ func runningSince(app *slipwayv1.Application, commit string, now time.Time) (tim
 }
 
 // appliedBefore reports whether history (newest first) shows commit applied
-// before the latest successful apply of current.
+// before the latest successful apply of current. A current revision without
+// a successful entry of its own was reached without a sync (a push that
+// left the Application's path as it was), so the newest successful apply
+// is what runs.
 func appliedBefore(history []slipwayv1.RevisionHistory, commit, current string) bool {
-	seenCurrent := false
+	seenCurrent := !slices.ContainsFunc(history, func(h slipwayv1.RevisionHistory) bool {
+		return h.Result == historySucceeded && h.Revision == current
+	})
 	for _, h := range history {
 		if h.Result != historySucceeded {
 			continue

@@ -34,6 +34,12 @@ func TestRunningSince(t *testing.T) {
 	pinned.Spec.PinnedRevision = later
 	outOfSync := app(promoted, metav1.ConditionTrue, ready, entry(promoted, "Succeeded", applied))
 	outOfSync.Status.Sync.Status = slipwayv1.SyncStatusOutOfSync
+	// A push that left the Application's path as it was moves its revision
+	// without a sync, hence without a history entry.
+	movedOn := app(later, metav1.ConditionTrue, ready, entry(promoted, "Succeeded", applied))
+	movedOn.Status.LastAppliedAt = &metav1.Time{Time: applied}
+	movedOnWithout := app(later, metav1.ConditionTrue, ready, entry(earlier, "Succeeded", applied))
+	movedOnWithout.Status.LastAppliedAt = &metav1.Time{Time: applied}
 	degraded := app(promoted, metav1.ConditionFalse, ready, entry(promoted, "Succeeded", applied))
 	degraded.Status.Health.Status = slipwayv1.HealthDegraded
 
@@ -49,6 +55,8 @@ func TestRunningSince(t *testing.T) {
 		{"later revision applied after it", app(later, metav1.ConditionTrue, ready, entry(later, "Succeeded", applied), entry(promoted, "Failed", applied), entry(promoted, "Succeeded", applied.Add(-time.Hour))), true, ready},
 		{"later revision, pinned", pinned, false, time.Time{}},
 		{"only failed applies of it", app(later, metav1.ConditionTrue, ready, entry(later, "Succeeded", applied), entry(promoted, "Failed", applied.Add(-time.Hour))), false, time.Time{}},
+		{"later revision reached without a sync", movedOn, true, ready},
+		{"later revision reached without a sync, it never applied", movedOnWithout, false, time.Time{}},
 		{"another revision", app(earlier, metav1.ConditionTrue, ready, entry(earlier, "Succeeded", applied)), false, time.Time{}},
 		{"out of sync", outOfSync, false, time.Time{}},
 		{"degraded", degraded, false, time.Time{}},
