@@ -130,6 +130,21 @@ func TestApplyOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("an unchanged sync wrote objects: resourceVersions %v, then %v", before, after)
 	}
 
+	// An inventory without digests (written before they existed) costs a
+	// dry-run and an apply per object once; the API server writes nothing.
+	bare := make([]slipwayv1.InventoryEntry, len(inv))
+	for i, e := range inv {
+		bare[i] = slipwayv1.InventoryEntry{ID: e.ID, Version: e.Version}
+	}
+	if _, actions, err = gitops.ApplyTracked(testCtx, c, nil, bare, desiredSet(ns, "a", "b", "c")); err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, ns, actions, ssa.UnchangedAction, ssa.UnchangedAction, ssa.UnchangedAction)
+	wantRequests(t, counter.take(), map[string]int{"PATCH": 3, "PATCH dry-run": 3})
+	if after := resourceVersions(t, ns, 3); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("applying unchanged objects wrote them: resourceVersions %v, then %v", before, after)
+	}
+
 	inv, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "B", "c"))
 	if err != nil {
 		t.Fatal(err)
