@@ -212,10 +212,7 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	app.Status.LastReconcileAt = &now
 	setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "fetching and rendering the source")
 
-	desired, err := r.Loader.Load(ctx, app, cluster.Mapper, freshAfter)
-	if desired != nil {
-		app.Status.LastAttemptedRevision = desired.Revision
-	}
+	snap, err := r.Loader.Fetch(ctx, app, freshAfter)
 	if errors.Is(err, gitsource.ErrHostBusy) {
 		// Not a failure of this Application: its host is busy with others.
 		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, "waiting for a free fetch slot: "+err.Error())
@@ -224,16 +221,22 @@ func (r *ApplicationReconciler) reconcile(ctx context.Context, app *slipwayv1.Ap
 	if err != nil {
 		return r.fail(ctx, app, err)
 	}
-	if webhookPass && r.sourceUnchanged(app, desired) {
+	app.Status.LastAttemptedRevision = snap.Revision
+	if webhookPass && r.sourceUnchanged(app, snap.Tree) {
 		// The push did not touch this Application's path, so what it would
-		// apply is what it applied: only the revision moves. The next
-		// interval's pass reads the live objects for drift as usual.
-		app.Status.LastAppliedRevision = desired.Revision
-		app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: desired.Revision}
+		// apply is what it applied: only the revision moves, without even
+		// a render. The next interval's pass reads the live objects for
+		// drift as usual.
+		app.Status.LastAppliedRevision = snap.Revision
+		app.Status.Sync = slipwayv1.SyncStatus{Status: slipwayv1.SyncStatusSynced, Revision: snap.Revision}
 		setCondition(app, slipwayv1.ConditionReconciling, metav1.ConditionFalse, ReasonSucceeded, "")
 		setCondition(app, slipwayv1.ConditionReady, metav1.ConditionTrue, ReasonSucceeded,
-			fmt.Sprintf("revision %s applied and healthy (%s unchanged since the last sync)", short(desired.Revision), sourcePath(app)))
+			fmt.Sprintf("revision %s applied and healthy (%s unchanged since the last sync)", short(snap.Revision), sourcePath(app)))
 		return ctrl.Result{RequeueAfter: interval(app)}, nil
+	}
+	desired, err := r.Loader.Render(app, snap, cluster.Mapper)
+	if err != nil {
+		return r.fail(ctx, app, err)
 	}
 
 	tenancy, err := TenancyFor(ctx, r.Client, app, r.DefaultServiceAccount)
@@ -351,8 +354,8 @@ func sourceFreshAfter(app *slipwayv1.Application, now time.Time) time.Time {
 // source path's tree is the one the last sync applied, and nothing else
 // that shapes a sync moved since (the spec, a waiver's expiry), and that
 // sync ended Ready. Policy and tenancy changes have passes of their own.
-func (r *ApplicationReconciler) sourceUnchanged(app *slipwayv1.Application, desired *Desired) bool {
-	return desired.Tree != "" && desired.Tree == app.Status.LastAppliedTree &&
+func (r *ApplicationReconciler) sourceUnchanged(app *slipwayv1.Application, tree string) bool {
+	return tree != "" && tree == app.Status.LastAppliedTree &&
 		app.Spec.SyncPolicy.Automated &&
 		app.Status.ObservedGeneration == app.Generation &&
 		apimeta.IsStatusConditionTrue(app.Status.Conditions, slipwayv1.ConditionReady) &&

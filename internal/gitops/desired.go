@@ -89,15 +89,20 @@ type Loader struct {
 	AllowUnscopedCredentials bool
 }
 
-// Load fetches the Application's revision, renders it and prepares the
-// objects for apply: namespaces defaulted, owner labels set, kinds checked
-// against mapper (the destination cluster's; nil means l.Mapper). A fetch
-// of the source begun at or after freshAfter is recent enough (see
-// gitsource.Request.FreshAfter). Nothing in the cluster changes.
+// Load fetches the Application's revision and renders it (Fetch, then
+// Render). Nothing in the cluster changes.
 func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper apimeta.RESTMapper, freshAfter time.Time) (*Desired, error) {
-	if mapper == nil {
-		mapper = l.Mapper
+	snap, err := l.Fetch(ctx, app, freshAfter)
+	if err != nil {
+		return nil, err
 	}
+	return l.Render(app, snap, mapper)
+}
+
+// Fetch fetches the files of the Application's revision below its path. A
+// fetch of the source begun at or after freshAfter is recent enough (see
+// gitsource.Request.FreshAfter).
+func (l *Loader) Fetch(ctx context.Context, app *slipwayv1.Application, freshAfter time.Time) (*gitsource.Snapshot, error) {
 	creds, err := l.credentials(ctx, app)
 	if err != nil {
 		return nil, err
@@ -123,17 +128,26 @@ func (l *Loader) Load(ctx context.Context, app *slipwayv1.Application, mapper ap
 		}
 		return nil, err
 	}
+	return snap, nil
+}
 
+// Render renders a fetched revision and prepares the objects for apply:
+// namespaces defaulted, owner labels set, kinds checked against mapper (the
+// destination cluster's; nil means l.Mapper).
+func (l *Loader) Render(app *slipwayv1.Application, snap *gitsource.Snapshot, mapper apimeta.RESTMapper) (*Desired, error) {
+	if mapper == nil {
+		mapper = l.Mapper
+	}
 	objs, err := manifest.Render(snap.Files)
 	if err != nil {
-		return &Desired{Revision: snap.Revision}, stalled(ReasonRenderFailed, fmt.Errorf("rendering revision %s: %w", short(snap.Revision), err))
+		return nil, stalled(ReasonRenderFailed, fmt.Errorf("rendering revision %s: %w", short(snap.Revision), err))
 	}
 	if app.Spec.Monitoring != nil {
 		objs = append(objs, serviceMonitor(app))
 	}
 	sources, err := l.prepare(objs, app, mapper)
 	if err != nil {
-		return &Desired{Revision: snap.Revision}, stalled(ReasonValidationFailed, fmt.Errorf("revision %s: %w", short(snap.Revision), err))
+		return nil, stalled(ReasonValidationFailed, fmt.Errorf("revision %s: %w", short(snap.Revision), err))
 	}
 	return &Desired{Revision: snap.Revision, Tree: snap.Tree, Objects: objs, Sources: sources}, nil
 }
