@@ -91,7 +91,8 @@ separation of duties):
 	f.StringSliceVar(&opts.APIServerCIDRs, "api-server-cidr", nil, "API server address or CIDR the server may reach (repeatable; default: the endpoints of Service default/kubernetes)")
 	f.StringSliceVar(&opts.EgressCIDRs, "egress-cidr", nil, "CIDR the server and test Pods may reach: git, registry, module proxy (repeatable; default "+strings.Join(install.DefaultEgressCIDRs, ",")+")")
 	f.StringArrayVar(&opts.Env, "env", nil, "KEY=VALUE for the server's environment, e.g. GOPROXY=https://proxy.internal (repeatable; never credentials)")
-	f.StringVar(&opts.TestImage, "test-image", "", "default image of pipeline test Pods (pin it by digest; default: the server's)")
+	f.StringVar(&opts.RunnerImage, "runner-image", "", "Slipway's runner image, REPOSITORY@sha256:HEX (slipway lab image builds it): test Pods check out with slipway checkout in it and run tests in it unless --test-image or slipway.yaml names another")
+	f.StringVar(&opts.TestImage, "test-image", "", "default image of pipeline test Pods (pin it by digest; default: the runner image, else the server's)")
 	f.StringVar(&opts.DefaultServiceAccount, "default-service-account", "", "ServiceAccount Applications apply as when neither they nor their Tenant name one (default: none, refused)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the objects (-o yaml or json) instead of applying them")
 	f.DurationVar(&opts.Timeout, "timeout", install.DefaultTimeout, "deadline of the whole installation")
@@ -108,8 +109,8 @@ separation of duties):
 			}
 			opts.WebhookSecret = secret
 		}
-		if opts.Image == "" && (opts.ImagePullSecret != "" || len(opts.Env) > 0 || opts.TestImage != "" || opts.DefaultServiceAccount != "" || secretFile != "") {
-			return usageError(errors.New("--image-pull-secret, --env, --test-image, --default-service-account and --webhook-secret-file configure the server: give --image too"))
+		if opts.Image == "" && (opts.ImagePullSecret != "" || len(opts.Env) > 0 || opts.TestImage != "" || opts.RunnerImage != "" || opts.DefaultServiceAccount != "" || secretFile != "") {
+			return usageError(errors.New("--image-pull-secret, --env, --test-image, --runner-image, --default-service-account and --webhook-secret-file configure the server: give --image too"))
 		}
 		if dryRun {
 			if opts.Image != "" && len(opts.APIServerCIDRs) == 0 {

@@ -64,7 +64,8 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 	cmd.Flags().BoolVar(&opts.AllowUnisolatedTests, "allow-unisolated-tests", false, "where this host cannot isolate test commands (no runc, not root), run them as the server's own user anyway: they can then read what the server can. Every run's status says so")
 	cmd.Flags().StringArrayVar(&opts.SandboxPaths, "sandbox-path", nil, "extra host directory the local executor's containers see read-only, e.g. a toolchain outside /usr (repeatable)")
 	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.RunNamespace, "namespace of the kubernetes executor's Pods and Secrets")
-	cmd.Flags().StringVar(&opts.TestImage, "test-image", pipeline.DefaultKubeImage, "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest)")
+	cmd.Flags().StringVar(&opts.RunnerImage, "runner-image", "", "Slipway's runner image (slipway, a static sh, the Go toolchain; pin it by digest): the kubernetes executor's Pods check out with `slipway checkout` in it, so no image needs git, and run the test command in it when neither --test-image nor slipway.yaml names another")
+	cmd.Flags().StringVar(&opts.TestImage, "test-image", "", "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest); default: --runner-image, else "+pipeline.DefaultKubeImage+", which also runs the checkout with git")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
 	cmd.Flags().StringVar(&opts.DefaultServiceAccount, "default-service-account", "",
 		"ServiceAccount (in each Application's namespace) that Applications apply as when neither they nor their Tenant name one; empty refuses them")

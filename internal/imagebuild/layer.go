@@ -25,6 +25,7 @@ import (
 // layerEntry is one file or directory of a layer being assembled.
 type layerEntry struct {
 	dir  bool
+	link string // a symbolic link's target; the entry is a link when set
 	mode int64
 	uid  int
 	gid  int
@@ -79,6 +80,23 @@ func (b *layerBuilder) addDir(p string, mode int64, uid, gid int) error {
 	return nil
 }
 
+// addSymlink adds a symbolic link at p to target.
+func (b *layerBuilder) addSymlink(p, target string) error {
+	c, err := cleanImagePath(p)
+	if err != nil {
+		return err
+	}
+	if e, ok := b.entries[c]; ok && e.dir {
+		return fmt.Errorf("cannot create link /%s: a directory of that name is already in the layer", c)
+	}
+	if target == "" {
+		return fmt.Errorf("link /%s has no target", c)
+	}
+	b.addParents(c)
+	b.entries[c] = layerEntry{link: target, mode: 0o777}
+	return nil
+}
+
 func (b *layerBuilder) addParents(c string) {
 	for d := path.Dir(c); d != "."; d = path.Dir(d) {
 		if _, ok := b.entries[d]; !ok {
@@ -107,17 +125,21 @@ func (b *layerBuilder) tar(mtime time.Time) ([]byte, error) {
 			Gid:     e.gid,
 			ModTime: mtime,
 		}
-		if e.dir {
+		switch {
+		case e.dir:
 			hdr.Typeflag = tar.TypeDir
 			hdr.Name += "/"
-		} else {
+		case e.link != "":
+			hdr.Typeflag = tar.TypeSymlink
+			hdr.Linkname = e.link
+		default:
 			hdr.Typeflag = tar.TypeReg
 			hdr.Size = int64(len(e.data))
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return nil, fmt.Errorf("write tar header for /%s: %w", n, err)
 		}
-		if !e.dir {
+		if !e.dir && e.link == "" {
 			if _, err := tw.Write(e.data); err != nil {
 				return nil, fmt.Errorf("write /%s into the layer: %w", n, err)
 			}

@@ -53,6 +53,8 @@ func TestManifestsRefuseBadOptions(t *testing.T) {
 		"bad CIDR":             {install.Options{Image: image, APIServerCIDRs: []string{"10.0.0.1"}, EgressCIDRs: []string{"10.0.0.0/33"}}, "neither an address nor a CIDR"},
 		"bad env":              {install.Options{Image: image, APIServerCIDRs: []string{"10.0.0.1"}, Env: []string{"GOPROXY"}}, "KEY=VALUE"},
 		"server without image": {install.Options{TestImage: "golang:1.26"}, "need an image"},
+		"runner without image": {install.Options{RunnerImage: image}, "need an image"},
+		"runner by tag":        {install.Options{Image: image, APIServerCIDRs: []string{"10.0.0.1"}, RunnerImage: "registry.example.com/slipway/runner:v1"}, "runner image"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -284,4 +286,28 @@ func missing(want, have any, path string) string {
 		}
 		return ""
 	}
+}
+
+// TestManifestsPassTheRunnerImage: the server in the cluster is told the
+// runner image, so that test Pods check out with it.
+func TestManifestsPassTheRunnerImage(t *testing.T) {
+	runner := strings.Replace(image, "/server@", "/runner@", 1)
+	objs, err := install.Manifests(install.Options{Image: image, RunnerImage: runner, APIServerCIDRs: []string{"10.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+		for _, a := range args {
+			if a == "--runner-image="+runner {
+				return
+			}
+		}
+		t.Fatalf("the server's arguments %v do not name the runner image", args)
+	}
+	t.Fatal("no Deployment among the manifests")
 }

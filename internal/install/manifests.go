@@ -85,8 +85,15 @@ type Options struct {
 	// Env adds KEY=VALUE variables to the server's container (GOPROXY,
 	// HTTPS_PROXY); never credentials, which belong in Secrets.
 	Env []string
-	// TestImage is the default image of pipeline test steps; the
-	// server's default when empty.
+	// RunnerImage is Slipway's runner image (`slipway lab image` builds
+	// it with the server image): slipway, a static sh and the Go
+	// toolchain, pinned by digest. Test Pods check the source out with
+	// `slipway checkout` in it, with no git or ssh in any image, and run
+	// the test command in it unless TestImage or slipway.yaml names
+	// another. Empty: the checkout runs git in TestImage.
+	RunnerImage string
+	// TestImage is the default image of pipeline test steps; the runner
+	// image, else the server's default, when empty.
 	TestImage string
 	// DefaultServiceAccount is what Applications apply as when neither
 	// they nor their Tenant name one; empty refuses them.
@@ -185,7 +192,7 @@ func convert(into *[]*unstructured.Unstructured, typed []runtime.Object) error {
 
 func (o Options) validate() error {
 	if o.Image == "" {
-		if o.ImagePullSecret != "" || len(o.Env) > 0 || o.TestImage != "" || o.DefaultServiceAccount != "" {
+		if o.ImagePullSecret != "" || len(o.Env) > 0 || o.TestImage != "" || o.RunnerImage != "" || o.DefaultServiceAccount != "" {
 			return errors.New("the server's settings need an image: without one only the definitions are installed")
 		}
 		return nil
@@ -193,6 +200,11 @@ func (o Options) validate() error {
 	d, err := name.NewDigest(o.Image)
 	if err != nil || !strings.HasPrefix(d.DigestStr(), "sha256:") {
 		return fmt.Errorf("image %q is not pinned by digest: give REPOSITORY@sha256:HEX, so every replica and every node runs the same build", o.Image)
+	}
+	if o.RunnerImage != "" {
+		if d, err := name.NewDigest(o.RunnerImage); err != nil || !strings.HasPrefix(d.DigestStr(), "sha256:") {
+			return fmt.Errorf("runner image %q is not pinned by digest: give REPOSITORY@sha256:HEX, as the server image", o.RunnerImage)
+		}
 	}
 	if o.Replicas < 0 {
 		return fmt.Errorf("replicas %d: want 1 or more", o.Replicas)
@@ -378,6 +390,9 @@ func serverArgs(opts Options) []string {
 		"--cache-dir=" + path.Join(cacheDir, "pipelines"),
 		"--executor=kubernetes",
 		"--run-namespace=" + RunNamespace,
+	}
+	if opts.RunnerImage != "" {
+		args = append(args, "--runner-image="+opts.RunnerImage)
 	}
 	if opts.TestImage != "" {
 		args = append(args, "--test-image="+opts.TestImage)

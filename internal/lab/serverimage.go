@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -24,8 +25,15 @@ import (
 )
 
 // ServerImageRepository is the repository of Slipway's server image in
-// the lab's registry.
-const ServerImageRepository = "slipway/server"
+// the lab's registry; RunnerImageRepository, of its runner image.
+const (
+	ServerImageRepository = "slipway/server"
+	RunnerImageRepository = "slipway/runner"
+)
+
+// busyboxFile is Debian's static busybox (package busybox-static), the
+// runner image's shell.
+const busyboxFile = "/bin/busybox"
 
 // slipwayModule is the module a server image is built from.
 const slipwayModule = "slipway.dev/slipway"
@@ -38,12 +46,27 @@ type ServerImageOptions struct {
 	// Repository is where the image is pushed: registry host and path,
 	// without a tag. The tag is the version.
 	Repository string
+	// RunnerRepository, when set, is where the runner image is pushed
+	// (the same tag): the server image plus a static busybox.
+	RunnerRepository string
+	// Busybox is the runner image's statically linked busybox;
+	// busyboxFile when nil.
+	Busybox []byte
 	// Key signs the image and its SBOM.
 	Key *ecdsa.PrivateKey
 	// Remote carries the registry's credentials.
 	Remote []remote.Option
 	// Progress receives one line per step; may be nil.
 	Progress func(format string, args ...any)
+}
+
+// ServerImages are the images PushServerImage pushed, pinned by digest.
+type ServerImages struct {
+	// Server runs slipway server: what `slipway install --image` takes.
+	Server string
+	// Runner checks out and runs pipeline test commands in Pods, what
+	// `slipway install --runner-image` takes; empty unless asked for.
+	Runner string
 }
 
 // PushServerImage builds ./cmd/slipway of a checkout of Slipway with
@@ -54,24 +77,29 @@ type ServerImageOptions struct {
 // `slipway install --image` takes. The version (git describe) is stamped
 // into the binary and is the tag; the commit time is SOURCE_DATE_EPOCH,
 // so a rebuild of the same commit gives the same digest.
-func PushServerImage(ctx context.Context, o ServerImageOptions) (string, error) {
+//
+// With o.RunnerRepository it also pushes and signs the runner image: the
+// same layers plus a static busybox for sh. The server image stays
+// without a shell: it holds the server's credentials, and nothing in it
+// needs one; test Pods, which run scripts, hold none of them.
+func PushServerImage(ctx context.Context, o ServerImageOptions) (ServerImages, error) {
 	progress := func(format string, args ...any) {
 		if o.Progress != nil {
 			o.Progress(format, args...)
 		}
 	}
 	if o.Key == nil || o.Repository == "" {
-		return "", errors.New("server image: a repository and a signing key are required")
+		return ServerImages{}, errors.New("server image: a repository and a signing key are required")
 	}
 	src, err := checkout(ctx, o.Source)
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	platform := imagebuild.DefaultPlatform()
 	start := time.Now()
 	base, err := imagebuild.ToolchainBase(ctx, platform, src.commitTime)
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	progress("Go toolchain layered in %.1fs", time.Since(start).Seconds())
 	start = time.Now()
@@ -93,37 +121,65 @@ func PushServerImage(ctx context.Context, o ServerImageOptions) (string, error) 
 		Labels:          labels,
 	})
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	progress("slipway %s built in %.1fs", src.version, time.Since(start).Seconds())
 	start = time.Now()
 	ref, err := imagebuild.Push(ctx, built.Image, o.Repository+":"+imageTag(src.version), o.Remote...)
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	if err := signing.SignImage(ctx, ref, o.Key, o.Remote...); err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	digest, err := v1.NewHash(ref.DigestStr())
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	sbom, err := imagebuild.SPDX(built.BuildInfo, digest, src.commitTime, "slipway")
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	stmt, err := imagebuild.Statement(ref.Context().Name(), digest, imagebuild.PredicateSPDX, sbom)
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	if err := signing.Attest(ctx, ref, o.Key, stmt, o.Remote...); err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	if _, err := signing.Verify(ctx, ref, &o.Key.PublicKey, []string{imagebuild.PredicateSPDX}, o.Remote...); err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	progress("pushed and signed %s in %.1fs", ref, time.Since(start).Seconds())
-	return ref.String(), nil
+	images := ServerImages{Server: ref.String()}
+	if o.RunnerRepository == "" {
+		return images, nil
+	}
+	start = time.Now()
+	busybox := o.Busybox
+	if busybox == nil {
+		if busybox, err = os.ReadFile(busyboxFile); err != nil {
+			return ServerImages{}, fmt.Errorf("runner image: the static busybox (Debian package busybox-static): %w", err)
+		}
+	}
+	runner, err := imagebuild.WithBusybox(built.Image, busybox, src.commitTime)
+	if err != nil {
+		return ServerImages{}, fmt.Errorf("runner image: %w", err)
+	}
+	// Test Pods call `slipway checkout` by name.
+	if runner, err = imagebuild.AppendPath(runner, path.Dir(built.BinaryPath)); err != nil {
+		return ServerImages{}, fmt.Errorf("runner image: %w", err)
+	}
+	runnerRef, err := imagebuild.Push(ctx, runner, o.RunnerRepository+":"+imageTag(src.version), o.Remote...)
+	if err != nil {
+		return ServerImages{}, err
+	}
+	if err := signing.SignImage(ctx, runnerRef, o.Key, o.Remote...); err != nil {
+		return ServerImages{}, err
+	}
+	progress("pushed and signed the runner image %s in %.1fs", runnerRef, time.Since(start).Seconds())
+	images.Runner = runnerRef.String()
+	return images, nil
 }
 
 // source is the checkout an image is built from.
@@ -187,33 +243,35 @@ func imageTag(version string) string {
 	return t[:min(len(t), 128)]
 }
 
-// BuildServerImage builds Slipway's server image from the checkout at
-// source (the current directory when empty), pushes it to the lab's
-// registry under ServerImageRepository, signs it with the lab's key (the
-// one `cosign verify --key PublicKeyFile()` checks) and returns it pinned
-// by digest. The lab must be up.
-func (l *Lab) BuildServerImage(ctx context.Context, source string) (string, error) {
+// BuildServerImage builds Slipway's server image and its runner image
+// from the checkout at source (the current directory when empty), pushes
+// them to the lab's registry under ServerImageRepository and
+// RunnerImageRepository, signs them with the lab's key (the one `cosign
+// verify --key PublicKeyFile()` checks) and returns them pinned by
+// digest. The lab must be up.
+func (l *Lab) BuildServerImage(ctx context.Context, source string) (ServerImages, error) {
 	st, err := loadState(l.Dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", ErrNotUp
+		return ServerImages{}, ErrNotUp
 	}
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	keyPEM, err := l.signingKey()
 	if err != nil {
-		return "", err
+		return ServerImages{}, err
 	}
 	key, err := signing.DecodePrivateKey(keyPEM)
 	if err != nil {
-		return "", fmt.Errorf("the lab's signing key %s: %w", l.SigningKeyFile(), err)
+		return ServerImages{}, fmt.Errorf("the lab's signing key %s: %w", l.SigningKeyFile(), err)
 	}
 	return PushServerImage(ctx, ServerImageOptions{
-		Source:     source,
-		Repository: l.registryHost(st) + "/" + ServerImageRepository,
-		Key:        key,
-		Remote:     []remote.Option{remote.WithAuth(&authn.Basic{Username: st.Registry.Username, Password: st.Registry.Password})},
-		Progress:   l.Progress,
+		Source:           source,
+		Repository:       l.registryHost(st) + "/" + ServerImageRepository,
+		RunnerRepository: l.registryHost(st) + "/" + RunnerImageRepository,
+		Key:              key,
+		Remote:           []remote.Option{remote.WithAuth(&authn.Basic{Username: st.Registry.Username, Password: st.Registry.Password})},
+		Progress:         l.Progress,
 	})
 }
 
@@ -223,11 +281,12 @@ func (l *Lab) registryHost(st *State) string {
 	return net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Registry))
 }
 
-// ServerInstallOptions are what install.Apply needs to run image in the
-// lab's cluster: the image, the credentials the kubelet pulls it from the
-// lab's registry with, and the secret the lab's git server signs webhooks
-// with. The caller adds what depends on its nodes (APIServerCIDRs).
-func (l *Lab) ServerInstallOptions(image string) (install.ApplyOptions, error) {
+// ServerInstallOptions are what install.Apply needs to run the images in
+// the lab's cluster: the server and runner images, the credentials the
+// kubelet pulls them from the lab's registry with, and the secret the
+// lab's git server signs webhooks with. The caller adds what depends on
+// its nodes (APIServerCIDRs).
+func (l *Lab) ServerInstallOptions(images ServerImages) (install.ApplyOptions, error) {
 	st, err := loadState(l.Dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return install.ApplyOptions{}, ErrNotUp
@@ -240,7 +299,7 @@ func (l *Lab) ServerInstallOptions(image string) (install.ApplyOptions, error) {
 		return install.ApplyOptions{}, err
 	}
 	return install.ApplyOptions{
-		Options:       install.Options{Image: image},
+		Options:       install.Options{Image: images.Server, RunnerImage: images.Runner},
 		WebhookSecret: secret,
 		RegistryCredentials: &install.RegistryCredentials{
 			Server: l.registryHost(st), Username: st.Registry.Username, Password: st.Registry.Password,

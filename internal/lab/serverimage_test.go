@@ -52,10 +52,11 @@ func TestServerImage(t *testing.T) {
 	t.Cleanup(func() { stopRegistry(); <-serving })
 	waitRegistry(t, ctx, st)
 
-	ref, err := l.BuildServerImage(ctx, "../..")
+	images, err := l.BuildServerImage(ctx, "../..")
 	if err != nil {
 		t.Fatal(err)
 	}
+	ref := images.Server
 	digest, err := name.NewDigest(ref)
 	if err != nil {
 		t.Fatalf("%s is not pinned by digest: %v", ref, err)
@@ -64,11 +65,11 @@ func TestServerImage(t *testing.T) {
 	if err := os.WriteFile(l.WebhookSecretFile(), []byte("lab-hook-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opts, err := l.ServerInstallOptions(ref)
+	opts, err := l.ServerInstallOptions(images)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc := opts.RegistryCredentials; opts.Image != ref || string(opts.WebhookSecret) != "lab-hook-secret" ||
+	if rc := opts.RegistryCredentials; opts.Image != ref || opts.RunnerImage != images.Runner || string(opts.WebhookSecret) != "lab-hook-secret" ||
 		rc == nil || rc.Server != digest.RegistryStr() || rc.Username != st.Registry.Username || rc.Password != st.Registry.Password {
 		t.Fatalf("install options for the lab: image %s, registry credentials for %v", opts.Image, rc != nil && rc.Server == digest.RegistryStr())
 	}
@@ -157,6 +158,71 @@ func TestServerImage(t *testing.T) {
 	if built.BuildInfo.Main.Path != "example.com/hello" {
 		t.Fatalf("built %q", built.BuildInfo.Main.Path)
 	}
+
+	t.Run("the runner image", func(t *testing.T) {
+		runnerRef, err := name.NewDigest(images.Runner)
+		if err != nil || runnerRef.Context().RepositoryStr() != RunnerImageRepository {
+			t.Fatalf("runner image %q (%v), want one of %s pinned by digest", images.Runner, err, RunnerImageRepository)
+		}
+		if _, err := signing.Verify(ctx, runnerRef, pub, nil, auth); err != nil {
+			t.Fatalf("the lab's key does not verify the runner image: %v", err)
+		}
+		runner, err := remote.Image(runnerRef, auth, remote.WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rcf, err := runner.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !contains(rcf.Config.Env, "PATH="+imagebuild.GoToolchainDir+"/bin:/bin:/app") {
+			t.Fatalf("the runner's env %v does not put the toolchain, busybox and slipway on PATH", rcf.Config.Env)
+		}
+		// The server's layers, then busybox: nodes pull the server's once.
+		rl, err := runner.Layers()
+		if err != nil || len(rl) != 3 {
+			t.Fatalf("%d runner layers (%v), want the server's two and busybox", len(rl), err)
+		}
+		for i := range layers {
+			a, _ := layers[i].Digest()
+			b, _ := rl[i].Digest()
+			if a != b {
+				t.Fatalf("runner layer %d is %s, the server's %s", i, b, a)
+			}
+		}
+		unpack(t, rl[2], root)
+		sh := filepath.Join(root, "bin", "sh")
+		out, err := exec.CommandContext(ctx, sh, "-c", `ulimit -n 256 && echo "$0 runs"`).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != sh+" runs" {
+			t.Fatalf("the runner's sh: %q, %v", out, err)
+		}
+
+		// go test, which runs go vet, works with the pruned toolchain, as
+		// test Pods run it.
+		hello := "package main\n\nimport \"testing\"\n\nfunc TestHello(t *testing.T) {\n\tif 1+1 != 2 {\n\t\tt.Fatal(\"arithmetic\")\n\t}\n}\n"
+		if err := os.WriteFile(filepath.Join(svc, "hello_test.go"), []byte(hello), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		goCmd := func(args ...string) ([]byte, error) {
+			cmd := exec.CommandContext(ctx, filepath.Join(goBin, "go"), args...)
+			cmd.Dir = svc
+			cmd.Env = append(os.Environ(), "GOPROXY=off", "GOTOOLCHAIN=local", "GOFLAGS=-count=1")
+			return cmd.CombinedOutput()
+		}
+		for _, args := range [][]string{{"test", "./..."}, {"vet", "./..."}} {
+			if out, err := goCmd(args...); err != nil {
+				t.Fatalf("go %s with the image's toolchain: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}
+		// vet's findings fail go test there too: vet is in the toolchain.
+		vet := "package main\n\nimport (\n\t\"fmt\"\n\t\"testing\"\n)\n\nfunc TestVet(t *testing.T) { fmt.Printf(\"%d\\n\", \"not a number\") }\n"
+		if err := os.WriteFile(filepath.Join(svc, "vet_test.go"), []byte(vet), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := goCmd("test", "./..."); err == nil || !strings.Contains(string(out), "format %d has arg") {
+			t.Fatalf("go test ran no vet with the image's toolchain: %v\n%s", err, out)
+		}
+	})
 }
 
 func contains(list []string, s string) bool {
@@ -205,6 +271,10 @@ func unpack(t *testing.T, layer v1.Layer, root string) {
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		case tar.TypeSymlink:
+			if err := os.Symlink(hdr.Linkname, p); err != nil {
 				t.Fatal(err)
 			}
 		case tar.TypeReg:

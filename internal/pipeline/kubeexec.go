@@ -57,6 +57,9 @@ const (
 	// kubeCleanupTimeout bounds deleting the Pod and Secret, which happens
 	// even when the run's own context is done.
 	kubeCleanupTimeout = 15 * time.Second
+	// kubeCheckoutTimeout bounds `slipway checkout`'s clone, as the run's
+	// own checkout is bounded (the Pod's deadline bounds it too).
+	kubeCheckoutTimeout = 2 * time.Minute
 )
 
 // checkoutScript fetches exactly one commit into the workspace. Fetching a
@@ -102,12 +105,20 @@ type KubeExecutor struct {
 	// Namespace holds the Pods and Secrets.
 	Namespace string
 	// Image runs the test command when Command.Image is empty;
-	// DefaultKubeImage when empty too.
+	// RunnerImage, else DefaultKubeImage, when empty too.
 	Image string
-	// CheckoutImage runs the checkout; it needs sh, git and, for SSH
-	// remotes, ssh. Image when empty (not Command.Image: the developers'
-	// test image need not have git).
+	// CheckoutImage runs the checkout when RunnerImage is empty; it needs
+	// sh, git and, for SSH remotes, ssh. Image when empty (not
+	// Command.Image: the developers' test image need not have git).
 	CheckoutImage string
+	// RunnerImage is Slipway's runner image: the slipway binary, a static
+	// sh and the Go toolchain. When set, the checkout runs `slipway
+	// checkout` in it (go-git, the server's own checkout code, so no image
+	// needs git or ssh and the Pod tests exactly what the server builds),
+	// and the command runs in it when neither Command.Image nor Image
+	// names an image. The git script in CheckoutImage stays for operators
+	// who bring their own images.
+	RunnerImage string
 	// RunAsUser is the user and group id of every container;
 	// DefaultKubeUser when zero.
 	RunAsUser int64
@@ -350,16 +361,23 @@ func (e *KubeExecutor) objects(ctx context.Context, c Command) (*corev1.Pod, *co
 		Annotations: map[string]string{RunLabel: c.RunID, "slipway.dev/commit": src.Commit},
 	}
 	secret := &corev1.Secret{ObjectMeta: *meta.DeepCopy(), Type: corev1.SecretTypeOpaque, Data: map[string][]byte{}, Immutable: pointer(true)}
-	checkoutEnv, authVolume, err := checkoutAuth(src, name, secret.Data)
+	withSlipway := e.RunnerImage != ""
+	checkoutEnv, authVolume, err := checkoutAuth(src, name, secret.Data, withSlipway)
 	if err != nil {
 		return nil, nil, err
+	}
+	checkoutImage := cmp.Or(e.CheckoutImage, e.Image, DefaultKubeImage)
+	checkoutCommand := []string{"sh", "-c", checkoutScript}
+	if withSlipway {
+		checkoutImage = e.RunnerImage
+		checkoutCommand = []string{"slipway", "checkout", "--timeout=" + kubeCheckoutTimeout.String()}
 	}
 
 	uid := e.RunAsUser
 	if uid == 0 {
 		uid = DefaultKubeUser
 	}
-	image := cmp.Or(c.Image, e.Image, DefaultKubeImage)
+	image := cmp.Or(c.Image, e.Image, e.RunnerImage, DefaultKubeImage)
 	mounts := []corev1.VolumeMount{{Name: "workspace", MountPath: kubeMount}, {Name: "tmp", MountPath: "/tmp"}}
 	volumes := []corev1.Volume{
 		{Name: "workspace", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
@@ -388,8 +406,8 @@ func (e *KubeExecutor) objects(ctx context.Context, c Command) (*corev1.Pod, *co
 			},
 			InitContainers: []corev1.Container{{
 				Name:            kubeCheckoutContainer,
-				Image:           cmp.Or(e.CheckoutImage, e.Image, DefaultKubeImage),
-				Command:         []string{"sh", "-c", checkoutScript},
+				Image:           checkoutImage,
+				Command:         checkoutCommand,
 				Env:             checkoutEnv,
 				WorkingDir:      "/tmp",
 				VolumeMounts:    checkoutMounts,
@@ -454,29 +472,47 @@ func commandEnv(env []string, secretName string, data map[string][]byte) []corev
 
 // checkoutAuth returns the checkout container's environment and, for
 // SSH, the volume with the identity and known_hosts, putting the
-// credentials into data.
-func checkoutAuth(src Source, secretName string, data map[string][]byte) ([]corev1.EnvVar, *corev1.Volume, error) {
+// credentials into data. withSlipway gives the variables `slipway
+// checkout` reads (CheckoutFromEnv), else those of checkoutScript's git.
+func checkoutAuth(src Source, secretName string, data map[string][]byte, withSlipway bool) ([]corev1.EnvVar, *corev1.Volume, error) {
 	env := []corev1.EnvVar{
-		{Name: "SLIPWAY_WORKSPACE", Value: kubeWorkspace},
-		{Name: "SLIPWAY_SOURCE_URL", Value: src.URL},
-		{Name: "SLIPWAY_COMMIT", Value: src.Commit},
-		{Name: "SLIPWAY_BRANCH", Value: src.Branch},
+		{Name: CheckoutEnvWorkspace, Value: kubeWorkspace},
+		{Name: CheckoutEnvURL, Value: src.URL},
+		{Name: CheckoutEnvCommit, Value: src.Commit},
+		{Name: CheckoutEnvBranch, Value: src.Branch},
 		{Name: "HOME", Value: "/tmp"},
-		{Name: "GIT_TERMINAL_PROMPT", Value: "0"},
+	}
+	if !withSlipway {
+		env = append(env, corev1.EnvVar{Name: "GIT_TERMINAL_PROMPT", Value: "0"})
 	}
 	a := src.Auth
 	switch {
 	case a == nil:
-		env = append(env, corev1.EnvVar{Name: "GIT_SSH_COMMAND", Value: "ssh -o BatchMode=yes"})
+		if !withSlipway {
+			env = append(env, corev1.EnvVar{Name: "GIT_SSH_COMMAND", Value: "ssh -o BatchMode=yes"})
+		}
 		return env, nil, nil
 	case len(a.Identity) > 0:
-		if a.Password != "" {
+		if a.Password != "" && !withSlipway {
 			return nil, nil, errors.New("an SSH identity with a passphrase cannot be used for the checkout: ssh would ask for it")
 		}
 		data["git-identity"], data["git-known-hosts"] = a.Identity, a.KnownHosts
 		user := cmp.Or(a.Username, "git") // as gitsource does; a user in the URL comes first
-		env = append(env, corev1.EnvVar{Name: "GIT_SSH_COMMAND", Value: "ssh -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes" +
-			" -o UserKnownHostsFile=" + kubeGitAuth + "/known_hosts -i " + kubeGitAuth + "/identity -l " + user})
+		if withSlipway {
+			data["git-username"] = []byte(user)
+			env = append(env,
+				fromSecret(CheckoutEnvUsername, secretName, "git-username"),
+				corev1.EnvVar{Name: CheckoutEnvIdentityFile, Value: kubeGitAuth + "/identity"},
+				corev1.EnvVar{Name: CheckoutEnvKnownHostsFile, Value: kubeGitAuth + "/known_hosts"},
+			)
+			if a.Password != "" {
+				data["git-password"] = []byte(a.Password) // the identity's passphrase
+				env = append(env, fromSecret(CheckoutEnvPassword, secretName, "git-password"))
+			}
+		} else {
+			env = append(env, corev1.EnvVar{Name: "GIT_SSH_COMMAND", Value: "ssh -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes" +
+				" -o UserKnownHostsFile=" + kubeGitAuth + "/known_hosts -i " + kubeGitAuth + "/identity -l " + user})
+		}
 		// Readable by the Pod's group (fsGroup) only; ssh accepts a key
 		// another user (root) owns.
 		vol := &corev1.Volume{Name: "git-auth", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
@@ -488,12 +524,16 @@ func checkoutAuth(src Source, secretName string, data map[string][]byte) ([]core
 	default:
 		data["git-username"], data["git-password"] = []byte(cmp.Or(a.Username, "git")), []byte(a.Password)
 		env = append(env,
-			fromSecret("SLIPWAY_GIT_USERNAME", secretName, "git-username"),
-			fromSecret("SLIPWAY_GIT_PASSWORD", secretName, "git-password"),
-			corev1.EnvVar{Name: "GIT_CONFIG_COUNT", Value: "1"},
-			corev1.EnvVar{Name: "GIT_CONFIG_KEY_0", Value: "credential.helper"},
-			corev1.EnvVar{Name: "GIT_CONFIG_VALUE_0", Value: credentialHelper},
+			fromSecret(CheckoutEnvUsername, secretName, "git-username"),
+			fromSecret(CheckoutEnvPassword, secretName, "git-password"),
 		)
+		if !withSlipway {
+			env = append(env,
+				corev1.EnvVar{Name: "GIT_CONFIG_COUNT", Value: "1"},
+				corev1.EnvVar{Name: "GIT_CONFIG_KEY_0", Value: "credential.helper"},
+				corev1.EnvVar{Name: "GIT_CONFIG_VALUE_0", Value: credentialHelper},
+			)
+		}
 		return env, nil, nil
 	}
 }

@@ -500,51 +500,9 @@ func promotionAuth(p *Promotion) *gitsource.Credentials {
 func (r *run) checkout(ctx context.Context, w io.Writer, res *Result) (string, error) {
 	src := r.req.Source
 	remoteName := gitsource.RedactURL(src.URL)
-	auth, err := src.Auth.AuthMethod()
-	if err != nil {
-		return "", fmt.Errorf("clone %s: %w", remoteName, err)
-	}
-	// The branch alone: a commit it does not reach is not built, whatever
-	// a webhook or a PipelineRun claims.
-	branch := plumbing.NewBranchReferenceName(src.Branch)
-	opts := &git.CloneOptions{URL: src.URL, NoCheckout: true, Tags: git.NoTags, Auth: auth, ReferenceName: branch, SingleBranch: true}
-	fmt.Fprintf(w, "slipway: cloning %s (branch %s) into %s\n", remoteName, src.Branch, r.source)
-	opCtx, cancel := context.WithTimeout(ctx, r.s.Timeouts.GitOperation)
-	started := time.Now()
-	repo, err := git.PlainCloneContext(opCtx, r.source, false, opts)
-	if err != nil {
-		err = gitError("clone", remoteName, r.s.Timeouts.GitOperation, opCtx, err)
-	}
-	cancel()
-	gitsource.ObserveOperation(gitsource.OpClone, src.URL, started, gitsource.OperationResult(err))
+	repo, commit, err := CheckoutCommit(ctx, r.source, src, r.s.Timeouts.GitOperation, w)
 	if err != nil {
 		return "", err
-	}
-	head, err := repo.Reference(branch, true)
-	if err != nil {
-		return "", fmt.Errorf("read the head of branch %s of %s: %w", src.Branch, remoteName, err)
-	}
-	hash := plumbing.NewHash(src.Commit)
-	commit, err := repo.CommitObject(hash)
-	if err == nil && hash != head.Hash() {
-		var tip *object.Commit
-		if tip, err = repo.CommitObject(head.Hash()); err == nil {
-			var onBranch bool
-			if onBranch, err = commit.IsAncestor(tip); err == nil && !onBranch {
-				err = errors.New("the branch's head does not descend from it")
-			}
-		}
-	}
-	if err != nil {
-		return "", fmt.Errorf("commit %s is not on branch %s of %s (its head is %s): a run builds only commits of the branch it names: %w",
-			src.Commit, src.Branch, remoteName, head.Hash(), err)
-	}
-	wt, err := repo.Worktree()
-	if err != nil {
-		return "", fmt.Errorf("open the work tree of %s: %w", r.source, err)
-	}
-	if err := wt.Checkout(&git.CheckoutOptions{Hash: hash, Force: true}); err != nil {
-		return "", fmt.Errorf("check out %s of %s: %w", src.Commit, remoteName, err)
 	}
 	r.git, r.commit = repo, commit
 	res.CommitAuthor = commit.Author.Name + " <" + commit.Author.Email + ">"

@@ -61,8 +61,9 @@ type Options struct {
 	// when empty.
 	CacheDir string
 	// Executor runs the test step: "local" (a container per command on
-	// this host) or "kubernetes" (a Pod per command in RunNamespace, from
-	// TestImage).
+	// this host) or "kubernetes" (a Pod per command in RunNamespace:
+	// checked out with `slipway checkout` in RunnerImage when set, run in
+	// TestImage, else RunnerImage, else pipeline.DefaultKubeImage).
 	Executor string
 	// AllowUnisolatedTests lets the local executor run test commands as
 	// the server's own children where this host cannot isolate them.
@@ -71,6 +72,7 @@ type Options struct {
 	// containers see read-only (a toolchain outside /usr).
 	SandboxPaths []string
 	RunNamespace string
+	RunnerImage  string
 	TestImage    string
 	Concurrency  int
 	// DefaultServiceAccount is what Applications apply as when neither
@@ -126,7 +128,12 @@ func newExecutor(ctx context.Context, opts Options) (pipeline.Executor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("creating the Kubernetes executor's client: %w", err)
 		}
-		return pipeline.NewKubeExecutor(c, opts.Config, opts.RunNamespace, opts.TestImage)
+		e, err := pipeline.NewKubeExecutor(c, opts.Config, opts.RunNamespace, opts.TestImage)
+		if err != nil {
+			return nil, err
+		}
+		e.RunnerImage = opts.RunnerImage
+		return e, nil
 	}
 	return nil, fmt.Errorf("unknown executor %q: use local or kubernetes", opts.Executor)
 }
