@@ -29,6 +29,7 @@ func NewRootCommand() *cobra.Command {
 		newPromotionCommand(),
 		newDoctorCommand(),
 		newAuditCommand(),
+		newCheckoutCommand(),
 	)
 	return root
 }
