@@ -265,6 +265,48 @@ func TestKubeExecutor(t *testing.T) {
 		}
 	})
 
+	t.Run("RunnerImage", func(t *testing.T) {
+		const runner = "registry.example/slipway/runner@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+		e, err := NewKubeExecutor(c, env.Config, env.Namespace(t), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.RunnerImage = runner
+		for name, auth := range map[string]*gitsource.Credentials{
+			"https": {Username: "slipway", Password: kubeGitPass},
+			"ssh":   {Identity: []byte(kubeIdentity), KnownHosts: []byte("git.example ssh-ed25519 AAAA\n")},
+		} {
+			cmd := kubeCommand(nil)
+			cmd.Source.Auth = auth
+			errc := execAsync(t.Context(), e, cmd)
+			pod := releasedPod(t, c, e.Namespace)
+			podJSON, _ := json.Marshal(pod)
+			for _, secret := range []string{kubeGitPass, kubeIdentity} {
+				if bytes.Contains(podJSON, []byte(secret)) {
+					t.Fatalf("%s: the pod reveals %q:\n%s", name, secret, podJSON)
+				}
+			}
+			checkout, test := pod.Spec.InitContainers[0], pod.Spec.Containers[0]
+			if checkout.Image != runner || strings.Join(checkout.Command[:2], " ") != "slipway checkout" || test.Image != runner {
+				t.Fatalf("%s: checkout %s %v, test in %s; want slipway checkout and the test in the runner image", name, checkout.Image, checkout.Command, test.Image)
+			}
+			if v := envVar(checkout.Env, "GIT_CONFIG_COUNT"); v != nil {
+				t.Fatalf("%s: git's settings in slipway checkout's environment: %+v", name, v)
+			}
+			if name == "https" {
+				if v := envVar(checkout.Env, CheckoutEnvPassword); v == nil || v.ValueFrom == nil || v.ValueFrom.SecretKeyRef.Name != pod.Name {
+					t.Fatalf("the checkout's password does not come from the secret: %+v", v)
+				}
+			} else if v := envVar(checkout.Env, CheckoutEnvIdentityFile); v == nil || v.Value != kubeGitAuth+"/identity" {
+				t.Fatalf("the checkout's identity file: %+v", v)
+			}
+			exitPod(t, c, pod, 0)
+			if err := awaitExec(t, errc); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("Refusals", func(t *testing.T) {
 		e := newExecutor(t)
 		for name, edit := range map[string]func(*Command){
@@ -370,6 +412,35 @@ func TestKubePodScripts(t *testing.T) {
 	want := "first\n" + local(kubeWorkspace) + "/svc\ntoken=" + kubeDeployKey + " home=" + local(kubeWorkspace) + "\n1024\n0\n"
 	if out != want {
 		t.Fatalf("command output:\n%s\nwant:\n%s", out, want)
+	}
+
+	// With the runner image, the checkout is `slipway checkout`, which
+	// reads the same Pod environment with CheckoutFromEnv.
+	pod, secret, err = (&KubeExecutor{Namespace: "ci", RunnerImage: "registry.example/slipway/runner:1"}).objects(ctx, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root = t.TempDir()
+	ctr := pod.Spec.InitContainers[0]
+	getenv := func(name string) string {
+		for _, v := range ctr.Env {
+			if v.Name == name && v.ValueFrom != nil {
+				return string(secret.Data[v.ValueFrom.SecretKeyRef.Key])
+			} else if v.Name == name {
+				return local(v.Value)
+			}
+		}
+		return ""
+	}
+	var log bytes.Buffer
+	if err := CheckoutFromEnv(ctx, getenv, time.Minute, &log); err != nil {
+		t.Fatalf("slipway checkout: %v\n%s", err, log.String())
+	}
+	if marker, err := os.ReadFile(filepath.Join(local(kubeWorkspace), "svc", "marker.txt")); err != nil || string(marker) != "first\n" {
+		t.Fatalf("slipway checkout wrote marker.txt %q (%v), want the first commit's", marker, err)
+	}
+	if strings.Contains(log.String(), gitPass) || !strings.Contains(log.String(), "checked out "+commits[0]) {
+		t.Fatalf("slipway checkout's log:\n%s", log.String())
 	}
 }
 
