@@ -92,6 +92,8 @@ separation of duties):
 	f.StringSliceVar(&opts.EgressCIDRs, "egress-cidr", nil, "CIDR the server and test Pods may reach: git, registry, module proxy (repeatable; default "+strings.Join(install.DefaultEgressCIDRs, ",")+")")
 	f.StringArrayVar(&opts.Env, "env", nil, "KEY=VALUE for the server's environment, e.g. GOPROXY=https://proxy.internal (repeatable; never credentials)")
 	f.StringVar(&opts.RunnerImage, "runner-image", "", "Slipway's runner image, REPOSITORY@sha256:HEX (slipway lab image builds it): test Pods check out with slipway checkout in it and run tests in it unless --test-image or slipway.yaml names another")
+	f.StringVar(&opts.TestCPU, "test-cpu", "", "CPU of each pipeline test Pod, request and limit (default 2): it must fit on a node")
+	f.StringVar(&opts.TestMemory, "test-memory", "", "memory of each pipeline test Pod, request and limit (default 8Gi): it must fit on a node")
 	f.StringVar(&opts.TestImage, "test-image", "", "default image of pipeline test Pods (pin it by digest; default: the runner image, else the server's)")
 	f.StringVar(&opts.DefaultServiceAccount, "default-service-account", "", "ServiceAccount Applications apply as when neither they nor their Tenant name one (default: none, refused)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the objects (-o yaml or json) instead of applying them")
@@ -109,8 +111,8 @@ separation of duties):
 			}
 			opts.WebhookSecret = secret
 		}
-		if opts.Image == "" && (opts.ImagePullSecret != "" || len(opts.Env) > 0 || opts.TestImage != "" || opts.RunnerImage != "" || opts.DefaultServiceAccount != "" || secretFile != "") {
-			return usageError(errors.New("--image-pull-secret, --env, --test-image, --runner-image, --default-service-account and --webhook-secret-file configure the server: give --image too"))
+		if opts.Image == "" && (opts.ImagePullSecret != "" || len(opts.Env) > 0 || opts.TestImage != "" || opts.RunnerImage != "" || opts.TestCPU != "" || opts.TestMemory != "" || opts.DefaultServiceAccount != "" || secretFile != "") {
+			return usageError(errors.New("--image-pull-secret, --env, --test-image, --runner-image, --test-cpu, --test-memory, --default-service-account and --webhook-secret-file configure the server: give --image too"))
 		}
 		if dryRun {
 			if opts.Image != "" && len(opts.APIServerCIDRs) == 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -66,6 +67,9 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 	cmd.Flags().StringVar(&opts.RunNamespace, "run-namespace", install.RunNamespace, "namespace of the kubernetes executor's Pods and Secrets")
 	cmd.Flags().StringVar(&opts.RunnerImage, "runner-image", "", "Slipway's runner image (slipway, a static sh, the Go toolchain; pin it by digest): the kubernetes executor's Pods check out with `slipway checkout` in it, so no image needs git, and run the test command in it when neither --test-image nor slipway.yaml names another")
 	cmd.Flags().StringVar(&opts.TestImage, "test-image", "", "image of the kubernetes executor's Pods when slipway.yaml names none (pin it by digest); default: --runner-image, else "+pipeline.DefaultKubeImage+", which also runs the checkout with git")
+	var testCPU, testMemory string
+	cmd.Flags().StringVar(&testCPU, "test-cpu", "", "CPU of each test step, as a Kubernetes quantity (e.g. 1 or 500m): the test Pod's request and limit, or the local container's limit (default 2)")
+	cmd.Flags().StringVar(&testMemory, "test-memory", "", "memory of each test step, as a Kubernetes quantity (e.g. 3Gi): the test Pod's request and limit, or the local container's limit, and each process's address space (default 8Gi)")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 16, "Applications reconciled in parallel")
 	cmd.Flags().StringVar(&opts.DefaultServiceAccount, "default-service-account", "",
 		"ServiceAccount (in each Application's namespace) that Applications apply as when neither they nor their Tenant name one; empty refuses them")
@@ -86,6 +90,9 @@ Inside a cluster (no kubeconfig), the server uses its Pod's ServiceAccount.`,
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctrl.SetLogger(zap.New(zap.UseDevMode(development)))
 		var err error
+		if opts.TestCPU, opts.TestMemory, err = testResources(testCPU, testMemory); err != nil {
+			return usageError(err)
+		}
 		if secretFile != "" {
 			opts.WebhookSecretFile = secretFile
 		} else {
@@ -120,4 +127,25 @@ func defaultAuditStore() string {
 		return filepath.Join(home, ".local", "state", "slipway", "audit")
 	}
 	return "none"
+}
+
+// testResources parses --test-cpu (to thousandths of a core) and
+// --test-memory (to bytes); empty gives zero, the default.
+func testResources(cpu, memory string) (int64, int64, error) {
+	var milli, bytes int64
+	if cpu != "" {
+		q, err := resource.ParseQuantity(cpu)
+		if err != nil || q.Sign() <= 0 {
+			return 0, 0, fmt.Errorf("--test-cpu %q: want a positive quantity such as 1 or 500m", cpu)
+		}
+		milli = q.MilliValue()
+	}
+	if memory != "" {
+		q, err := resource.ParseQuantity(memory)
+		if err != nil || q.Sign() <= 0 {
+			return 0, 0, fmt.Errorf("--test-memory %q: want a positive quantity such as 3Gi", memory)
+		}
+		bytes = q.Value()
+	}
+	return milli, bytes, nil
 }

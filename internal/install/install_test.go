@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,7 @@ func TestManifestsRefuseBadOptions(t *testing.T) {
 		"bad env":              {install.Options{Image: image, APIServerCIDRs: []string{"10.0.0.1"}, Env: []string{"GOPROXY"}}, "KEY=VALUE"},
 		"server without image": {install.Options{TestImage: "golang:1.26"}, "need an image"},
 		"runner without image": {install.Options{RunnerImage: image}, "need an image"},
+		"bad test memory":      {install.Options{Image: image, APIServerCIDRs: []string{"10.0.0.1"}, TestMemory: "lots"}, "test memory"},
 		"runner by tag":        {install.Options{Image: image, APIServerCIDRs: []string{"10.0.0.1"}, RunnerImage: "registry.example.com/slipway/runner:v1"}, "runner image"},
 	}
 	for name, c := range cases {
@@ -289,10 +291,11 @@ func missing(want, have any, path string) string {
 }
 
 // TestManifestsPassTheRunnerImage: the server in the cluster is told the
-// runner image, so that test Pods check out with it.
+// runner image, so that test Pods check out with it, and the test Pods'
+// resources.
 func TestManifestsPassTheRunnerImage(t *testing.T) {
 	runner := strings.Replace(image, "/server@", "/runner@", 1)
-	objs, err := install.Manifests(install.Options{Image: image, RunnerImage: runner, APIServerCIDRs: []string{"10.0.0.1"}})
+	objs, err := install.Manifests(install.Options{Image: image, RunnerImage: runner, TestCPU: "1", TestMemory: "3Gi", APIServerCIDRs: []string{"10.0.0.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,12 +305,12 @@ func TestManifestsPassTheRunnerImage(t *testing.T) {
 		}
 		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
 		args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
-		for _, a := range args {
-			if a == "--runner-image="+runner {
-				return
+		for _, want := range []string{"--runner-image=" + runner, "--test-cpu=1", "--test-memory=3Gi"} {
+			if !slices.Contains(args, want) {
+				t.Fatalf("the server's arguments %v lack %s", args, want)
 			}
 		}
-		t.Fatalf("the server's arguments %v do not name the runner image", args)
+		return
 	}
 	t.Fatal("no Deployment among the manifests")
 }

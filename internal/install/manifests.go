@@ -95,6 +95,10 @@ type Options struct {
 	// TestImage is the default image of pipeline test steps; the runner
 	// image, else the server's default, when empty.
 	TestImage string
+	// TestCPU and TestMemory are each test step's CPU and memory as
+	// Kubernetes quantities: the test Pod's requests and limits, so they
+	// must fit on a node. The server's defaults (2 cores, 8Gi) when empty.
+	TestCPU, TestMemory string
 	// DefaultServiceAccount is what Applications apply as when neither
 	// they nor their Tenant name one; empty refuses them.
 	DefaultServiceAccount string
@@ -192,7 +196,7 @@ func convert(into *[]*unstructured.Unstructured, typed []runtime.Object) error {
 
 func (o Options) validate() error {
 	if o.Image == "" {
-		if o.ImagePullSecret != "" || len(o.Env) > 0 || o.TestImage != "" || o.RunnerImage != "" || o.DefaultServiceAccount != "" {
+		if o.ImagePullSecret != "" || len(o.Env) > 0 || o.TestImage != "" || o.RunnerImage != "" || o.TestCPU != "" || o.TestMemory != "" || o.DefaultServiceAccount != "" {
 			return errors.New("the server's settings need an image: without one only the definitions are installed")
 		}
 		return nil
@@ -204,6 +208,11 @@ func (o Options) validate() error {
 	if o.RunnerImage != "" {
 		if d, err := name.NewDigest(o.RunnerImage); err != nil || !strings.HasPrefix(d.DigestStr(), "sha256:") {
 			return fmt.Errorf("runner image %q is not pinned by digest: give REPOSITORY@sha256:HEX, as the server image", o.RunnerImage)
+		}
+	}
+	for flag, q := range map[string]string{"test CPU": o.TestCPU, "test memory": o.TestMemory} {
+		if v, err := resource.ParseQuantity(q); q != "" && (err != nil || v.Sign() <= 0) {
+			return fmt.Errorf("%s %q: want a positive quantity (e.g. 1, 500m, 3Gi)", flag, q)
 		}
 	}
 	if o.Replicas < 0 {
@@ -396,6 +405,12 @@ func serverArgs(opts Options) []string {
 	}
 	if opts.TestImage != "" {
 		args = append(args, "--test-image="+opts.TestImage)
+	}
+	if opts.TestCPU != "" {
+		args = append(args, "--test-cpu="+opts.TestCPU)
+	}
+	if opts.TestMemory != "" {
+		args = append(args, "--test-memory="+opts.TestMemory)
 	}
 	if opts.DefaultServiceAccount != "" {
 		args = append(args, "--default-service-account="+opts.DefaultServiceAccount)

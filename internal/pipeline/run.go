@@ -6,6 +6,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"errors"
@@ -259,6 +260,10 @@ type Engine struct {
 	// MaxLogBytes bounds each step's log; what a step writes beyond it is
 	// dropped and the log says so. DefaultMaxLogBytes when zero.
 	MaxLogBytes int64
+	// Limits bound the test step of runs whose Settings give none;
+	// DefaultLimits when zero. In a cluster, CPU and Memory become the
+	// test Pod's requests, so they must fit on a node.
+	Limits Limits
 }
 
 var (
@@ -300,7 +305,7 @@ func (e *Engine) Run(ctx context.Context, req Request) (*Result, error) {
 	s := req.Settings
 	s.Timeouts = withDefaults(s.Timeouts)
 	if s.Limits == (Limits{}) {
-		s.Limits = DefaultLimits
+		s.Limits = cmp.Or(e.Limits, DefaultLimits)
 	}
 	if s.BuilderID == "" {
 		s.BuilderID = "https://slipway.dev/pipeline/executor/" + e.Executor.Name()

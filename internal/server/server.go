@@ -74,6 +74,9 @@ type Options struct {
 	RunNamespace string
 	RunnerImage  string
 	TestImage    string
+	// TestCPU (thousandths of a core) and TestMemory (bytes) bound each
+	// test step in place of pipeline.DefaultLimits' when not zero.
+	TestCPU, TestMemory int64
 	Concurrency  int
 	// DefaultServiceAccount is what Applications apply as when neither
 	// they nor their Tenant name a ServiceAccount; empty refuses them.
@@ -104,6 +107,18 @@ func Scheme() *runtime.Scheme {
 		}
 	}
 	return s
+}
+
+// testLimits are pipeline.DefaultLimits with the CPU and memory opts give.
+func testLimits(opts Options) pipeline.Limits {
+	l := pipeline.DefaultLimits
+	if opts.TestCPU > 0 {
+		l.CPU = opts.TestCPU
+	}
+	if opts.TestMemory > 0 {
+		l.Memory = opts.TestMemory
+	}
+	return l
 }
 
 // newExecutor builds the test step's executor that opts name.
@@ -197,7 +212,7 @@ func Run(ctx context.Context, opts Options) error {
 	runs := &pipeline.RunReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
-		Engine:    &pipeline.Engine{Dir: opts.RunDir, Executor: executor, CacheDir: opts.CacheDir},
+		Engine:    &pipeline.Engine{Dir: opts.RunDir, Executor: executor, CacheDir: opts.CacheDir, Limits: testLimits(opts)},
 		Recorder:  mgr.GetEventRecorderFor("slipway-pipeline"),
 
 		AllowUnscopedCredentials: opts.AllowUnscopedCredentials,
