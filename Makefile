@@ -33,7 +33,7 @@ test: deps upstream
 
 ## deps: system packages the tests need (git for the git server, runc for isolated test steps,
 ## Prometheus and Alertmanager for the monitoring tests and `lab up --monitoring`, PostgreSQL for the
-## audit store, Chromium and a Korean font for the evidence pack)
+## audit store, Chromium and a Korean font for the evidence pack, a static busybox for the runner image)
 deps:
 	@command -v git >/dev/null || { echo "installing git"; apt-get update -qq && apt-get install -y -qq git; }
 	@command -v runc >/dev/null || { echo "installing runc"; apt-get update -qq && apt-get install -y -qq runc; }
@@ -42,6 +42,7 @@ deps:
 		{ [ ! -d /run/systemd/system ] || systemctl disable --now prometheus.service prometheus-alertmanager.service; }; }
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql"; apt-get update -qq && apt-get install -y -qq postgresql; }
 	@command -v chromium >/dev/null || { echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
+	@test -x /bin/busybox || { echo "installing busybox-static"; apt-get update -qq && apt-get install -y -qq busybox-static; }
 	@test -d /usr/share/fonts/truetype/nanum || { echo "installing fonts-nanum"; apt-get update -qq && apt-get install -y -qq fonts-nanum; }
 	$(GO) mod download
 

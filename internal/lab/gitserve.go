@@ -222,19 +222,29 @@ func changedFiles(c *object.Commit, pc *pushCommit) error {
 }
 
 func (n *notifier) notify(repo, ref, before, after string) {
+	status, err := n.deliver(context.Background(), n.webhook, repo, ref, before, after)
+	if err != nil {
+		n.log.Info("push notification failed", "webhook", n.webhook, "repo", repo, "error", err.Error())
+		return
+	}
+	n.log.Info("push notified", "repo", repo, "ref", ref, "after", after, "status", status)
+}
+
+// deliver posts the signed push event of ref moving from before to after
+// to url, within 10 s, and returns the answer's status code.
+func (n *notifier) deliver(ctx context.Context, url, repo, ref, before, after string) (int, error) {
 	if before == "" {
 		before = plumbing.ZeroHash.String()
 	}
 	body, err := json.Marshal(n.pushEvent(repo, ref, before, after))
 	if err != nil {
-		n.log.Error(err, "encoding a push event", "repo", repo)
-		return
+		return 0, fmt.Errorf("encoding the push event of %s: %w", repo, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.webhook, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return
+		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-GitHub-Event", "push")
@@ -242,9 +252,34 @@ func (n *notifier) notify(repo, ref, before, after string) {
 	req.Header.Set("X-Hub-Signature-256", webhook.Sign(n.secret, body))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		n.log.Info("push notification failed", "webhook", n.webhook, "repo", repo, "error", err.Error())
-		return
+		return 0, fmt.Errorf("delivering the push event of %s to %s: %w", repo, url, err)
 	}
 	resp.Body.Close()
-	n.log.Info("push notified", "repo", repo, "ref", ref, "after", after, "status", resp.StatusCode)
+	return resp.StatusCode, nil
+}
+
+// DeliverPush sends url the push event the lab's git server sends the
+// host's slipway server after each push (repo's branch moved from before
+// to after), signed with the lab's webhook secret: for a server the git
+// server does not deliver to, such as Slipway installed in the lab's
+// cluster, whose webhook address a hosted git service would be given.
+func (l *Lab) DeliverPush(ctx context.Context, url, repo, branch, before, after string) error {
+	st, err := loadState(l.Dir)
+	if err != nil {
+		return err
+	}
+	secret, err := os.ReadFile(l.WebhookSecretFile())
+	if err != nil {
+		return fmt.Errorf("reading the webhook secret: %w", err)
+	}
+	n := &notifier{root: l.path("git"), secret: bytes.TrimSpace(secret),
+		baseURL: "http://" + net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Git))}
+	status, err := n.deliver(ctx, url, repo, plumbing.NewBranchReferenceName(branch).String(), before, after)
+	if err != nil {
+		return err
+	}
+	if status/100 != 2 {
+		return fmt.Errorf("the push event of %s delivered to %s was answered %d", repo, url, status)
+	}
+	return nil
 }

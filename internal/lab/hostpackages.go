@@ -15,7 +15,9 @@ import (
 // hostPackages are the Debian packages real nodes need, each with a file
 // that shows it is installed: the container runtime and the OCI runtime,
 // the CNI plugins, iptables for kube-proxy and kubelet, conntrack for
-// kube-proxy's UDP clean-up, and ip for the lab's network.
+// kube-proxy's UDP clean-up, ip for the lab's network, and a static
+// busybox, the shell of the runner image that Slipway installed in the
+// cluster runs pipeline tests in.
 var hostPackages = []struct{ pkg, file string }{
 	{"containerd", "/usr/bin/containerd"},
 	{"runc", "/usr/sbin/runc"},
@@ -23,6 +25,7 @@ var hostPackages = []struct{ pkg, file string }{
 	{"iptables", "/usr/sbin/iptables"},
 	{"conntrack", "/usr/sbin/conntrack"},
 	{"iproute2", "/usr/sbin/ip"},
+	{"busybox-static", busyboxFile},
 }
 
 // ErrNotRoot means the real-node lab cannot run: it creates network

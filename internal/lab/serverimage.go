@@ -31,6 +31,12 @@ const (
 	RunnerImageRepository = "slipway/runner"
 )
 
+// What each pipeline test Pod of Slipway installed in the lab may use.
+const (
+	labTestCPU    = "1"
+	labTestMemory = "3Gi"
+)
+
 // busyboxFile is Debian's static busybox (package busybox-static), the
 // runner image's shell.
 const busyboxFile = "/bin/busybox"
@@ -299,7 +305,13 @@ func (l *Lab) ServerInstallOptions(images ServerImages) (install.ApplyOptions, e
 		return install.ApplyOptions{}, err
 	}
 	return install.ApplyOptions{
-		Options:       install.Options{Image: images.Server, RunnerImage: images.Runner},
+		Options: install.Options{
+			Image: images.Server, RunnerImage: images.Runner,
+			// The lab's workers share one small machine: a test Pod's
+			// requests (the server's default is 2 cores and 8Gi) must fit
+			// beside the workloads.
+			TestCPU: labTestCPU, TestMemory: labTestMemory,
+		},
 		WebhookSecret: secret,
 		RegistryCredentials: &install.RegistryCredentials{
 			Server: l.registryHost(st), Username: st.Registry.Username, Password: st.Registry.Password,

@@ -24,6 +24,7 @@ import (
 	"slipway.dev/slipway/internal/imagebuild"
 	"slipway.dev/slipway/internal/install"
 	"slipway.dev/slipway/internal/signing"
+	"slipway.dev/slipway/internal/testenv"
 )
 
 // TestServerImage builds Slipway's server image from this repository as
@@ -35,6 +36,9 @@ import (
 func TestServerImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds slipway and layers the Go toolchain")
+	}
+	if _, err := os.Stat(busyboxFile); err != nil {
+		testenv.MissingDependency(t, "the runner image needs Debian's busybox-static: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()

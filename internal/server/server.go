@@ -77,7 +77,7 @@ type Options struct {
 	// TestCPU (thousandths of a core) and TestMemory (bytes) bound each
 	// test step in place of pipeline.DefaultLimits' when not zero.
 	TestCPU, TestMemory int64
-	Concurrency  int
+	Concurrency         int
 	// DefaultServiceAccount is what Applications apply as when neither
 	// they nor their Tenant name a ServiceAccount; empty refuses them.
 	DefaultServiceAccount string
