@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -432,12 +433,12 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 		}
 	}
 	start := time.Now()
-	image, err := l.BuildServerImage(ctx, "")
+	images, err := l.BuildServerImage(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("server image %s built and pushed in %.1fs", image, time.Since(start).Seconds())
-	opts, err := l.ServerInstallOptions(image)
+	t.Logf("server image %s and runner image %s built and pushed in %.1fs", images.Server, images.Runner, time.Since(start).Seconds())
+	opts, err := l.ServerInstallOptions(images)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,6 +538,113 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 	})
 	t.Logf("killed the leader %s; %s leads %.1fs later", first, leader(), time.Since(killed).Seconds())
 	waitFor(t, 3*time.Minute, "the new leader completes the sync to two coffee replicas", synced(sha, 2))
+
+	var serving string
+	for pod := range serverPods() {
+		serving = pod
+	}
+	pipelineInCluster(t, ctx, l, info, c, serving)
+}
+
+// pipelineInCluster pushes a change to tea's source and follows it
+// through Slipway installed in the cluster: the signed push event reaches
+// the server pod named (as a git host's webhook would), the test step
+// runs in a Pod on a worker in the runner image (checked out by `slipway
+// checkout`), the server pod builds, signs and pushes the image and
+// promotes its digest into the ops repository, and the new build answers
+// through the edge.
+func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c client.Client, serverPod string) {
+	repo := lab.SourceRepo("tea")
+	repoURL := info.Git.URL + "/" + repo
+	before, _ := gittest.Head(t, repoURL, info.Git.Username, info.Git.Password, "brew.go")
+	brew := "brewed by Slipway in the cluster " + time.Now().UTC().Format(time.RFC3339)
+	pushed := time.Now()
+	sha, err := gitserver.CommitFiles(ctx, repoURL, gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}, gitserver.Commit{
+		Files: map[string][]byte{"brew.go": lab.BrewFile(brew)}, Message: "Brew in the cluster",
+		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The lab's git server sends its push events to the host's server,
+	// stopped now; the one in the cluster gets the same signed event at a
+	// pod's address (the host routes to pods; the Service's address
+	// exists only on the nodes).
+	var pod corev1.Pod
+	if err := c.Get(ctx, client.ObjectKey{Namespace: install.Namespace, Name: serverPod}, &pod); err != nil {
+		t.Fatal(err)
+	}
+	hook := fmt.Sprintf("http://%s/hooks/git", net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(install.Port)))
+	if err := l.DeliverPush(ctx, hook, repo, "main", before.Hash.String(), sha); err != nil {
+		t.Fatal(err)
+	}
+
+	// Test Pods are deleted when their step ends: note each one's node
+	// while the run goes on.
+	testPods := map[string]string{}
+	var run slipwayv1.PipelineRun
+	waitFor(t, 8*time.Minute, "the PipelineRun of "+sha[:12]+" succeeds", func() (bool, string) {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods, client.InNamespace(install.RunNamespace)); err == nil {
+			for _, p := range pods.Items {
+				if p.Annotations["slipway.dev/commit"] == sha && p.Spec.NodeName != "" {
+					testPods[p.Name] = p.Spec.NodeName
+				}
+			}
+		}
+		var runs slipwayv1.PipelineRunList
+		if err := c.List(ctx, &runs, client.InNamespace(lab.DemoNamespace), client.MatchingLabels{"slipway.dev/pipeline": "tea", "slipway.dev/commit": sha}); err != nil {
+			return false, err.Error()
+		}
+		if len(runs.Items) == 0 {
+			return false, "no run yet"
+		}
+		run = runs.Items[0]
+		if p := run.Status.Phase; p == slipwayv1.RunFailed || p == slipwayv1.RunCancelled {
+			t.Fatalf("PipelineRun %s %s: %+v", run.Name, p, run.Status)
+		}
+		return run.Status.Phase == slipwayv1.RunSucceeded, fmt.Sprintf("%s %s, steps %+v", run.Name, run.Status.Phase, run.Status.Steps)
+	})
+	t.Logf("PipelineRun %s succeeded %.1fs after the push: %s", run.Name, time.Since(pushed).Seconds(), run.Status.Image)
+	tested := false
+	for _, step := range run.Status.Steps {
+		tested = tested || step.Name == "test" && step.State == "Succeeded"
+	}
+	if !tested || run.Status.TestIsolation != "pod" {
+		t.Fatalf("PipelineRun %s: isolation %q, steps %+v; want the test step run in a pod", run.Name, run.Status.TestIsolation, run.Status.Steps)
+	}
+	if len(testPods) == 0 {
+		t.Fatalf("no test Pod of commit %s was seen on a node in %s", sha[:12], install.RunNamespace)
+	}
+	for p, node := range testPods {
+		if node != "worker-01" && node != "worker-02" {
+			t.Fatalf("test Pod %s ran on %q, not a worker", p, node)
+		}
+		t.Logf("test Pod %s ran on %s", p, node)
+	}
+	_, kustomization := gittest.Head(t, info.Git.OpsRepo, info.Git.Username, info.Git.Password, "apps/tea/kustomization.yaml")
+	if run.Status.Digest == "" || !strings.Contains(kustomization, run.Status.Digest) {
+		t.Fatalf("apps/tea/kustomization.yaml does not pin the run's digest %q:\n%s", run.Status.Digest, kustomization)
+	}
+
+	// The new build answers through the edge, ten times in a row once
+	// the rollout is done.
+	hc := lab.EdgeClient()
+	inARow := 0
+	waitFor(t, 3*time.Minute, "tea's new build answers through the edge", func() (bool, string) {
+		a, err := lab.Ask(ctx, hc, info.Edge.URL+"/tea")
+		switch {
+		case err != nil:
+			inARow = 0
+			return false, err.Error()
+		case !strings.Contains(a.Body, brew):
+			inARow = 0
+			return false, a.Body
+		}
+		inARow++
+		return inARow == 10, a.Body
+	})
+	t.Logf("tea's build of %s answers through the edge %.1fs after the push", sha[:12], time.Since(pushed).Seconds())
 }
 
 // requireRealNodes skips a real-node test in -short mode or without root,
