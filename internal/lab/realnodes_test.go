@@ -543,7 +543,7 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 	for pod := range serverPods() {
 		serving = pod
 	}
-	pipelineInCluster(t, ctx, l, info, c, serving)
+	pipelineInCluster(t, ctx, l, info, c, serving, images.Runner)
 }
 
 // pipelineInCluster pushes a change to tea's source and follows it
@@ -553,7 +553,7 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 // checkout`), the server pod builds, signs and pushes the image and
 // promotes its digest into the ops repository, and the new build answers
 // through the edge.
-func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c client.Client, serverPod string) {
+func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c client.Client, serverPod, runner string) {
 	repo := lab.SourceRepo("tea")
 	repoURL := info.Git.URL + "/" + repo
 	before, _ := gittest.Head(t, repoURL, info.Git.Username, info.Git.Password, "brew.go")
@@ -587,9 +587,15 @@ func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.
 		var pods corev1.PodList
 		if err := c.List(ctx, &pods, client.InNamespace(install.RunNamespace)); err == nil {
 			for _, p := range pods.Items {
-				if p.Annotations["slipway.dev/commit"] == sha && p.Spec.NodeName != "" {
-					testPods[p.Name] = p.Spec.NodeName
+				if p.Annotations["slipway.dev/commit"] != sha || p.Spec.NodeName == "" {
+					continue
 				}
+				checkout, test := p.Spec.InitContainers[0], p.Spec.Containers[0]
+				if checkout.Image != runner || checkout.Command[0] != "slipway" || test.Image != runner {
+					t.Fatalf("test Pod %s checks out with %v in %s and tests in %s; want slipway checkout and the tests in the runner image %s",
+						p.Name, checkout.Command, checkout.Image, test.Image, runner)
+				}
+				testPods[p.Name] = p.Spec.NodeName
 			}
 		}
 		var runs slipwayv1.PipelineRunList
@@ -606,6 +612,11 @@ func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.
 		return run.Status.Phase == slipwayv1.RunSucceeded, fmt.Sprintf("%s %s, steps %+v", run.Name, run.Status.Phase, run.Status.Steps)
 	})
 	t.Logf("PipelineRun %s succeeded %.1fs after the push: %s", run.Name, time.Since(pushed).Seconds(), run.Status.Image)
+	for _, step := range run.Status.Steps {
+		if step.Started != nil && step.Finished != nil {
+			t.Logf("  step %s %s in %.1fs", step.Name, step.State, step.Finished.Sub(step.Started.Time).Seconds())
+		}
+	}
 	tested := false
 	for _, step := range run.Status.Steps {
 		tested = tested || step.Name == "test" && step.State == "Succeeded"
