@@ -56,6 +56,7 @@ func (l *Lab) ServeGit(ctx context.Context, log logr.Logger) error {
 	n := &notifier{
 		root: root, secret: bytes.TrimSpace(secret), log: log,
 		webhook: "http://127.0.0.1:" + strconv.Itoa(st.Ports.Server) + "/hooks/git",
+		routed:  l.webhookRouteFile(),
 		baseURL: "http://" + net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Git)),
 		next:    srv.Handler(),
 	}
@@ -84,10 +85,13 @@ func sourceRepos() []string {
 }
 
 type notifier struct {
-	root, webhook, baseURL string
-	secret                 []byte
-	log                    logr.Logger
-	next                   http.Handler
+	// webhook is the host's slipway server's; routed names a file that,
+	// when it holds a URL, sends deliveries there instead (read at each
+	// delivery, so that routing changes without a restart).
+	root, webhook, routed, baseURL string
+	secret                         []byte
+	log                            logr.Logger
+	next                           http.Handler
 }
 
 func (n *notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -222,9 +226,13 @@ func changedFiles(c *object.Commit, pc *pushCommit) error {
 }
 
 func (n *notifier) notify(repo, ref, before, after string) {
-	status, err := n.deliver(context.Background(), n.webhook, repo, ref, before, after)
+	url := n.webhook
+	if b, err := os.ReadFile(n.routed); err == nil && len(bytes.TrimSpace(b)) > 0 {
+		url = string(bytes.TrimSpace(b))
+	}
+	status, err := n.deliver(context.Background(), url, repo, ref, before, after)
 	if err != nil {
-		n.log.Info("push notification failed", "webhook", n.webhook, "repo", repo, "error", err.Error())
+		n.log.Info("push notification failed", "webhook", url, "repo", repo, "error", err.Error())
 		return
 	}
 	n.log.Info("push notified", "repo", repo, "ref", ref, "after", after, "status", status)
@@ -256,30 +264,4 @@ func (n *notifier) deliver(ctx context.Context, url, repo, ref, before, after st
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
-}
-
-// DeliverPush sends url the push event the lab's git server sends the
-// host's slipway server after each push (repo's branch moved from before
-// to after), signed with the lab's webhook secret: for a server the git
-// server does not deliver to, such as Slipway installed in the lab's
-// cluster, whose webhook address a hosted git service would be given.
-func (l *Lab) DeliverPush(ctx context.Context, url, repo, branch, before, after string) error {
-	st, err := loadState(l.Dir)
-	if err != nil {
-		return err
-	}
-	secret, err := os.ReadFile(l.WebhookSecretFile())
-	if err != nil {
-		return fmt.Errorf("reading the webhook secret: %w", err)
-	}
-	n := &notifier{root: l.path("git"), secret: bytes.TrimSpace(secret),
-		baseURL: "http://" + net.JoinHostPort(st.serviceHost(), strconv.Itoa(st.Ports.Git))}
-	status, err := n.deliver(ctx, url, repo, plumbing.NewBranchReferenceName(branch).String(), before, after)
-	if err != nil {
-		return err
-	}
-	if status/100 != 2 {
-		return fmt.Errorf("the push event of %s delivered to %s was answered %d", repo, url, status)
-	}
-	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -486,6 +485,12 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 		_, ok := serverPods()[leader()]
 		return ok, "leader " + leader()
 	})
+	// Push events from now on go to the server pods, through the edge.
+	hook, err := l.RouteWebhooksToCluster(ctx, c, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the lab's git server delivers push events to %s", hook)
 
 	_, deployment := gittest.Head(t, info.Git.OpsRepo, info.Git.Username, info.Git.Password, "apps/coffee/deployment.yaml")
 	if !strings.Contains(deployment, "replicas: 2") {
@@ -539,24 +544,18 @@ func inCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c 
 	t.Logf("killed the leader %s; %s leads %.1fs later", first, leader(), time.Since(killed).Seconds())
 	waitFor(t, 3*time.Minute, "the new leader completes the sync to two coffee replicas", synced(sha, 2))
 
-	var serving string
-	for pod := range serverPods() {
-		serving = pod
-	}
-	pipelineInCluster(t, ctx, l, info, c, serving, images.Runner)
+	pipelineInCluster(t, ctx, info, c, images.Runner)
 }
 
 // pipelineInCluster pushes a change to tea's source and follows it
-// through Slipway installed in the cluster: the signed push event reaches
-// the server pod named (as a git host's webhook would), the test step
-// runs in a Pod on a worker in the runner image (checked out by `slipway
+// through Slipway installed in the cluster: the git server's signed push
+// event reaches the server pods through the edge, the test step runs in a
+// Pod on a worker in the runner image (checked out by `slipway
 // checkout`), the server pod builds, signs and pushes the image and
-// promotes its digest into the ops repository, and the new build answers
-// through the edge.
-func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.Info, c client.Client, serverPod, runner string) {
-	repo := lab.SourceRepo("tea")
-	repoURL := info.Git.URL + "/" + repo
-	before, _ := gittest.Head(t, repoURL, info.Git.Username, info.Git.Password, "brew.go")
+// promotes its digest into the ops repository, whose push event starts
+// the sync, and the new build answers through the edge.
+func pipelineInCluster(t *testing.T, ctx context.Context, info *lab.Info, c client.Client, runner string) {
+	repoURL := info.Git.URL + "/" + lab.SourceRepo("tea")
 	brew := "brewed by Slipway in the cluster " + time.Now().UTC().Format(time.RFC3339)
 	pushed := time.Now()
 	sha, err := gitserver.CommitFiles(ctx, repoURL, gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}, gitserver.Commit{
@@ -564,18 +563,6 @@ func pipelineInCluster(t *testing.T, ctx context.Context, l *lab.Lab, info *lab.
 		Author: gitserver.Signature{Name: "Dev", Email: "dev@example.com"},
 	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	// The lab's git server sends its push events to the host's server,
-	// stopped now; the one in the cluster gets the same signed event at a
-	// pod's address (the host routes to pods; the Service's address
-	// exists only on the nodes).
-	var pod corev1.Pod
-	if err := c.Get(ctx, client.ObjectKey{Namespace: install.Namespace, Name: serverPod}, &pod); err != nil {
-		t.Fatal(err)
-	}
-	hook := fmt.Sprintf("http://%s/hooks/git", net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(install.Port)))
-	if err := l.DeliverPush(ctx, hook, repo, "main", before.Hash.String(), sha); err != nil {
 		t.Fatal(err)
 	}
 
