@@ -28,6 +28,9 @@ func (l *Lab) webhookRouteFile() string { return l.path("webhook-route") }
 // webhook at the server's Service: an Ingress takes the edge's /hooks/git
 // to Service slipway-system/slipway-server, and from now on the lab's git
 // server delivers every push event there instead of to the host's server.
+// The route is the lab's, kept in its directory with the cluster's
+// state: it holds across `lab down` and `up` (where the in-cluster server
+// comes back too) until `lab down --purge`.
 // It needs real nodes (the edge and the ingress controller) and returns
 // the webhook's URL once the edge routes it to the server (which answers
 // a GET with 405, where the ingress controller would answer 404).
