@@ -1,7 +1,8 @@
 // Package upstream provides the pinned upstream binaries the lab and the
 // tests run: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 // and KWOK, and for the lab's real nodes kubelet, kube-proxy, CoreDNS,
-// Traefik and MetalLB. They come from a directory of release binaries when
+// Traefik and MetalLB; and, only for the benchmarks, the peers Slipway is
+// compared with (Flux's controllers). They come from a directory of release binaries when
 // the user has one, or are built once from the Go module proxy and cached.
 package upstream
 
@@ -27,6 +28,16 @@ var (
 
 // KWOKStages is the file, next to the binaries, holding KWOK's stage configs.
 const KWOKStages = "kwok-stages.yaml"
+
+// FluxCRDs is the file, next to the peer binaries, holding the CRDs of
+// Flux's source-controller and kustomize-controller, from each module's
+// config/crd/bases at the version the binaries are built from.
+const FluxCRDs = "flux-crds.yaml"
+
+// Peers are the binaries of the systems the benchmarks compare Slipway
+// with. Neither the lab nor the tests need them: only a benchmark builds
+// them (EnsurePeers), once, into PeerBinDir.
+var Peers = []string{"source-controller", "kustomize-controller"}
 
 // MetalLBManifests is the file, next to the node binaries, holding
 // MetalLB's own installation manifests (CRDs, RBAC, controller and speaker)
@@ -65,6 +76,11 @@ func NodeBinDir() string {
 		version.Kubernetes, version.CoreDNS, version.Traefik, version.MetalLB))
 }
 
+// PeerBinDir is where the peers' binaries are cached, apart from the lab's.
+func PeerBinDir() string {
+	return filepath.Join(CacheDir(), "bin", "peers_flux-"+version.Flux)
+}
+
 // Missing lists which of names (by default every binary and the KWOK
 // stages file) are absent from dir.
 func Missing(dir string, names ...string) []string {
@@ -98,6 +114,13 @@ func EnsureNodes(ctx context.Context, dir string, progress Progress) error {
 	return ensure(ctx, dir, nodeSet(), progress)
 }
 
+// EnsurePeers makes Flux's source-controller and kustomize-controller and
+// their CRDs (FluxCRDs) present in dir, building what is missing: minutes
+// on 2 cores the first time.
+func EnsurePeers(ctx context.Context, dir string, progress Progress) error {
+	return ensure(ctx, dir, peerSet(), progress)
+}
+
 // A fileSet is what one cache directory holds: the builds that make its
 // binaries and the data files read from upstream modules beside them.
 type fileSet struct {
@@ -126,6 +149,11 @@ func controlPlaneSet() fileSet {
 func nodeSet() fileSet {
 	return fileSet{builds: []build{kubernetesNodeBuild(), corednsBuild(), traefikBuild(), metallbBuild()},
 		data: map[string]func(context.Context) ([]byte, error){MetalLBManifests: metallbManifests}}
+}
+
+func peerSet() fileSet {
+	return fileSet{builds: []build{fluxSourceBuild(), fluxKustomizeBuild()},
+		data: map[string]func(context.Context) ([]byte, error){FluxCRDs: fluxCRDs}}
 }
 
 func ensure(ctx context.Context, dir string, set fileSet, progress Progress) error {
@@ -321,6 +349,50 @@ tool (
 	}}
 }
 
+// fluxSourceBuild wraps Flux's source-controller, repeating the replace
+// of its go.mod and pinning github.com/fluxcd/pkg/artifact to the version
+// it builds with.
+func fluxSourceBuild() build {
+	gomod := fmt.Sprintf(`module slipway.dev/upstream/flux-source-controller
+
+go 1.26.0
+
+require github.com/fluxcd/source-controller %s
+
+replace (
+	github.com/fluxcd/pkg/artifact => github.com/fluxcd/pkg/artifact %s
+	github.com/opencontainers/go-digest => github.com/opencontainers/go-digest v1.0.1-0.20220411205349-bde1400a84be
+)
+
+tool github.com/fluxcd/source-controller
+`, version.Flux, version.FluxArtifact)
+	return build{name: "flux-source-controller", gomod: gomod, ldflags: "-s -w",
+		binaries: []binary{{"source-controller", "github.com/fluxcd/source-controller"}}}
+}
+
+// fluxKustomizeBuild wraps Flux's kustomize-controller, repeating the
+// replaces of its go.mod (its ./api replace is not needed: that module is
+// published at the same version).
+func fluxKustomizeBuild() build {
+	gomod := fmt.Sprintf(`module slipway.dev/upstream/flux-kustomize-controller
+
+go 1.26.0
+
+require github.com/fluxcd/kustomize-controller %s
+
+replace (
+	github.com/opencontainers/go-digest => github.com/opencontainers/go-digest v1.0.1-0.20220411205349-bde1400a84be
+	gopkg.in/yaml.v3 => gopkg.in/yaml.v3 v3.0.1
+	sigs.k8s.io/kustomize/api => sigs.k8s.io/kustomize/api v0.21.1
+	sigs.k8s.io/kustomize/kyaml => sigs.k8s.io/kustomize/kyaml v0.21.1
+)
+
+tool github.com/fluxcd/kustomize-controller
+`, version.Flux)
+	return build{name: "flux-kustomize-controller", gomod: gomod, ldflags: "-s -w",
+		binaries: []binary{{"kustomize-controller", "github.com/fluxcd/kustomize-controller"}}}
+}
+
 // run builds bins into out, in work for a wrapper module.
 func (b build) run(ctx context.Context, work, out string, bins []binary, progress Progress) error {
 	if b.gomod == "" {
@@ -405,8 +477,23 @@ func metallbManifests(ctx context.Context) ([]byte, error) {
 	return moduleFiles(ctx, "go.universe.tf/metallb@"+version.MetalLB, []string{"config/manifests/metallb-native.yaml"})
 }
 
+// fluxCRDs reads the CRDs the two Flux controllers serve from their
+// modules, so that they always match the binaries.
+func fluxCRDs(ctx context.Context) ([]byte, error) {
+	var out []byte
+	for _, m := range []string{"github.com/fluxcd/source-controller", "github.com/fluxcd/kustomize-controller"} {
+		crds, err := moduleFiles(ctx, m+"@"+version.Flux, []string{"config/crd/bases/*.yaml"})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, crds...)
+	}
+	return out, nil
+}
+
 // moduleFiles downloads module (path@version) and joins the named files of
-// its source into one multi-document YAML stream.
+// its source (each name may be a pattern of filepath.Match; its matches are
+// read in order) into one multi-document YAML stream.
 func moduleFiles(ctx context.Context, module string, files []string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -421,13 +508,19 @@ func moduleFiles(ctx context.Context, module string, files []string) ([]byte, er
 		return nil, fmt.Errorf("go mod download %s gave no source directory: %v %s", module, err, info.Error)
 	}
 	var out []byte
-	for _, f := range files {
-		content, err := os.ReadFile(filepath.Join(info.Dir, f))
-		if err != nil {
-			return nil, fmt.Errorf("reading %s from %s: %w", f, module, err)
+	for _, pattern := range files {
+		matches, err := filepath.Glob(filepath.Join(info.Dir, pattern))
+		if err != nil || len(matches) == 0 {
+			return nil, fmt.Errorf("reading %s from %s: no such file (%v)", pattern, module, err)
 		}
-		out = append(out, "---\n"...)
-		out = append(out, content...)
+		for _, f := range matches {
+			content, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("reading %s from %s: %w", pattern, module, err)
+			}
+			out = append(out, "---\n"...)
+			out = append(out, content...)
+		}
 	}
 	return out, nil
 }

@@ -77,3 +77,29 @@ func TestNodeSetHoldsWhatTheLabRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestPeersAreBuiltOnlyOnRequest: the benchmarks read the peers' binaries
+// and Flux's CRDs from PeerBinDir by name, and neither the lab's builds
+// (Ensure, EnsureNodes) nor the dry run that `make test` runs include them,
+// so a test never starts the minutes-long Flux build.
+func TestPeersAreBuiltOnlyOnRequest(t *testing.T) {
+	peers := map[string]bool{}
+	for _, n := range peerSet().names() {
+		peers[n] = true
+	}
+	for _, want := range append(append([]string{}, Peers...), FluxCRDs) {
+		if !peers[want] {
+			t.Errorf("the peers' set does not provide %s (it has %v)", want, peers)
+		}
+	}
+	for _, set := range []fileSet{controlPlaneSet(), nodeSet()} {
+		for _, n := range set.names() {
+			if peers[n] {
+				t.Errorf("%s is in a set the lab or the dry run builds", n)
+			}
+		}
+	}
+	if dir := PeerBinDir(); dir == DefaultBinDir() || dir == NodeBinDir() {
+		t.Errorf("PeerBinDir %s is shared with the lab's binaries", dir)
+	}
+}

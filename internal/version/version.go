@@ -18,3 +18,14 @@ const (
 	Traefik = "v3.6.12"
 	MetalLB = "v0.15.2"
 )
+
+// Peer versions the benchmarks compare Slipway with: Flux's
+// source-controller and kustomize-controller (one release number for
+// both), built from the Go module proxy only when a benchmark asks.
+const (
+	Flux = "v1.9.6"
+	// FluxArtifact is the github.com/fluxcd/pkg/artifact version
+	// source-controller v1.9.6 builds with from the module proxy, in place
+	// of the one its go.mod requires.
+	FluxArtifact = "v0.18.0"
+)
