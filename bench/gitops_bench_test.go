@@ -25,7 +25,7 @@ import (
 
 const benchNamespace = "bench"
 
-// appCounts reads SLIPWAY_BENCH_APPS (e.g. "100,1000").
+// appCounts reads SLIPWAY_BENCH_APPS (e.g. "100,1000", the default).
 func appCounts(b *testing.B) []int {
 	spec := os.Getenv("SLIPWAY_BENCH_APPS")
 	if spec == "" {
@@ -58,32 +58,10 @@ func BenchmarkGitOpsScale(b *testing.B) {
 }
 
 func runScale(b *testing.B, n int) {
-	exe := filepath.Join(b.TempDir(), "slipway")
-	if out, err := exec.Command("go", "build", "-o", exe, "slipway.dev/slipway/cmd/slipway").CombinedOutput(); err != nil {
-		b.Fatalf("building slipway: %v\n%s", err, out)
-	}
-	// SLIPWAY_BENCH_AUDIT=postgres keeps the audit trail in PostgreSQL.
-	l := &lab.Lab{Dir: b.TempDir(), BinDir: testenv.BinDir(), Slipway: exe, Audit: os.Getenv("SLIPWAY_BENCH_AUDIT")}
-	defer func() { _ = l.Down(true) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	info, err := l.Up(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c, _, err := l.Client()
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The two workers hold 110 pods each, as real nodes do: add simulated
-	// workers so every Application's pod has room.
-	var extra []string
-	for i := 0; i < n/100+1; i++ {
-		extra = append(extra, fmt.Sprintf("bench-worker-%02d", i))
-	}
-	if err := l.AddWorkers(ctx, extra...); err != nil {
-		b.Fatal(err)
-	}
+	l, info, c := labForApps(b, ctx, buildSlipway(b), n)
+	defer func() { _ = l.Down(true) }()
 	auth := gitserver.BasicAuth{Username: info.Git.Username, Password: info.Git.Password}
 
 	rev1 := push(b, ctx, info.Git.OpsRepo, auth, n, "v1")
@@ -112,6 +90,43 @@ func runScale(b *testing.B, n int) {
 	b.ReportMetric(peak, "MiB-peak-rss")
 	fmt.Printf("| %d Applications × 10 objects | first sync %.1f s | commit → all Synced+Healthy %.1f s | steady CPU %.1f%% | peak RSS %.0f MiB |\n",
 		n, initial.Seconds(), update.Seconds(), steadyCPU, peak)
+}
+
+// buildSlipway builds the slipway executable the lab runs.
+func buildSlipway(b *testing.B) string {
+	exe := filepath.Join(b.TempDir(), "slipway")
+	if out, err := exec.Command("go", "build", "-o", exe, "slipway.dev/slipway/cmd/slipway").CombinedOutput(); err != nil {
+		b.Fatalf("building slipway: %v\n%s", err, out)
+	}
+	return exe
+}
+
+// labForApps starts a fresh lab (its Down is the caller's) with room for
+// n Applications' pods.
+func labForApps(b *testing.B, ctx context.Context, exe string, n int) (*lab.Lab, *lab.Info, client.Client) {
+	// SLIPWAY_BENCH_AUDIT=postgres keeps the audit trail in PostgreSQL.
+	l := &lab.Lab{Dir: b.TempDir(), BinDir: testenv.BinDir(), Slipway: exe, Audit: os.Getenv("SLIPWAY_BENCH_AUDIT")}
+	info, err := l.Up(ctx)
+	if err != nil {
+		_ = l.Down(true)
+		b.Fatal(err)
+	}
+	c, _, err := l.Client()
+	if err != nil {
+		_ = l.Down(true)
+		b.Fatal(err)
+	}
+	// The two workers hold 110 pods each, as real nodes do: add simulated
+	// workers so every Application's pod has room.
+	var extra []string
+	for i := 0; i < n/100+1; i++ {
+		extra = append(extra, fmt.Sprintf("bench-worker-%02d", i))
+	}
+	if err := l.AddWorkers(ctx, extra...); err != nil {
+		_ = l.Down(true)
+		b.Fatal(err)
+	}
+	return l, info, c
 }
 
 // push commits n application directories; version changes every one of them.
@@ -166,6 +181,17 @@ metadata:
 		fmt.Fprintf(&sb, "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-config-%d\ndata:\n  version: %s\n", name, i, version)
 	}
 	return sb.String()
+}
+
+// pollEvery is how often the benchmarks list n objects to see whether all
+// are ready: listing thousands is itself load on the API server and on
+// this process, so large runs poll gently and small ones closely enough
+// that the poll does not dominate what it measures.
+func pollEvery(n int) time.Duration {
+	if n <= 200 {
+		return 500 * time.Millisecond
+	}
+	return 2 * time.Second
 }
 
 func createApps(b *testing.B, ctx context.Context, c client.Client, info *lab.Info, n int) {
@@ -226,8 +252,6 @@ func waitAll(b *testing.B, ctx context.Context, c client.Client, n int, revision
 		if ctx.Err() != nil {
 			b.Fatalf("only %d of %d Applications Ready at %s", ready, n, revision)
 		}
-		// Listing thousands of Applications is itself load on the API server
-		// and on this process: poll gently.
-		time.Sleep(2 * time.Second)
+		time.Sleep(pollEvery(n))
 	}
 }

@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
@@ -140,14 +142,25 @@ func reportErrors(b *testing.B, info *lab.Info) {
 
 // serverMetrics reads the server's /metrics in the text format.
 func serverMetrics(b *testing.B, info *lab.Info) string {
-	resp, err := http.Get(info.Server.Metrics)
+	return metricsText(b, http.DefaultClient, info.Server.Metrics)
+}
+
+// metricsText reads a Prometheus endpoint in the text format.
+func metricsText(b *testing.B, hc *http.Client, url string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		b.Fatalf("reading the server's metrics: %v", err)
+		b.Fatal(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		b.Fatalf("reading the metrics at %s: %v", url, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		b.Fatal(err)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("reading the metrics at %s: %v %s", url, err, resp.Status)
 	}
 	return string(body)
 }
@@ -156,8 +169,14 @@ func serverMetrics(b *testing.B, info *lab.Info) string {
 // by HTTP method (client-go's rest_client_requests_total; server-side
 // apply and its dry-run are both PATCH).
 func apiRequests(b *testing.B, info *lab.Info) map[string]float64 {
+	return clientRequests(b, info.Server.Metrics)
+}
+
+// clientRequests counts the requests a controller exposing client-go's
+// metrics at url has made, by HTTP method.
+func clientRequests(b *testing.B, url string) map[string]float64 {
 	by := map[string]float64{}
-	for _, line := range strings.Split(serverMetrics(b, info), "\n") {
+	for _, line := range strings.Split(metricsText(b, http.DefaultClient, url), "\n") {
 		labels, ok := strings.CutPrefix(line, "rest_client_requests_total{")
 		if !ok {
 			continue
@@ -169,6 +188,33 @@ func apiRequests(b *testing.B, info *lab.Info) map[string]float64 {
 		by[method] += f
 	}
 	return by
+}
+
+// apiserverRequests is the API server's own count of the requests it has
+// served (apiserver_request_total over every verb, resource and code):
+// whoever made them.
+func apiserverRequests(b *testing.B, cfg *rest.Config) float64 {
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(metricsText(b, hc, cfg.Host+"/metrics"), "\n") {
+		if strings.HasPrefix(line, "apiserver_request_total{") {
+			f, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			total += f
+		}
+	}
+	return total
+}
+
+// sum adds up counts by method.
+func sum(by map[string]float64) float64 {
+	var total float64
+	for _, v := range by {
+		total += v
+	}
+	return total
 }
 
 // reportRequests reports the requests per Application made between two
