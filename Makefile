@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 RBAC_GEN := rbac:roleName=slipway-server,fileName=slipway-server.yaml,headerFile=hack/rbac-header.yaml.txt
 LDFLAGS := -X slipway.dev/slipway/internal/version.Version=$(VERSION)
 
-.PHONY: all build demo demo-real test test-short deps upstream generate verify bench fuzz lint clean
+.PHONY: all build demo demo-real test test-short deps upstream generate verify bench bench-peers fuzz lint clean
 
 all: build
 
@@ -56,9 +56,15 @@ generate:
 		crd:crdVersions=v1 output:crd:artifacts:config=config/crd
 	$(GO) tool controller-gen $(RBAC_GEN) paths=./internal/... output:rbac:artifacts:config=config/rbac
 
-## bench: scale and speed scenarios (see docs/benchmarks.md)
+## bench: scale and speed scenarios (see docs/benchmarks.md), bench-peers' included
 bench: deps upstream
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 240m ./bench/...
+
+## bench-peers: Slipway beside Flux (built from the Go module proxy the first time: minutes) and a
+## direct server-side apply, each on a fresh lab; SLIPWAY_BENCH_APPS=100,1000 (5000 on request),
+## SLIPWAY_BENCH_PEER_RUNS=3; writes docs/benchmarks-peers.{json,md,png}
+bench-peers: deps upstream
+	$(GO) test -run '^$$' -bench GitOpsPeers -benchtime 1x -timeout 240m ./bench/
 
 ## fuzz: run each fuzz target for a short while
 fuzz:

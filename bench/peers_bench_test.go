@@ -335,8 +335,12 @@ const fluxNamespace = "bench-flux"
 
 func runFluxPeer(b *testing.B, ctx context.Context, c client.Client, cfg *rest.Config, l *lab.Lab, info *lab.Info, n int, res *peerRun) {
 	binDir := upstream.PeerBinDir()
-	applyYAML(b, ctx, c, filepath.Join(binDir, upstream.FluxCRDs), "")
-	waitCRDsEstablished(b, ctx, c, "gitrepositories.source.toolkit.fluxcd.io", "kustomizations.kustomize.toolkit.fluxcd.io")
+	// Every kind the controllers watch must be served before they start.
+	var crds []string
+	for _, o := range applyYAML(b, ctx, c, filepath.Join(binDir, upstream.FluxCRDs)) {
+		crds = append(crds, o.GetName())
+	}
+	waitCRDsEstablished(b, ctx, c, crds...)
 	flux := startFlux(b, ctx, binDir, filepath.Join(info.Dir, "flux"), l.Kubeconfig())
 	defer flux.stop()
 
@@ -587,14 +591,14 @@ func waitOK(ctx context.Context, url string, timeout time.Duration) error {
 	return fmt.Errorf("waiting for %s: %w (last: %v)", url, ctx.Err(), last)
 }
 
-// applyYAML server-side applies every document of a multi-document file,
-// in namespace ns when it is not empty.
-func applyYAML(b *testing.B, ctx context.Context, c client.Client, path, ns string) {
+// applyYAML server-side applies every document of a multi-document file
+// and returns what it applied.
+func applyYAML(b *testing.B, ctx context.Context, c client.Client, path string) []*unstructured.Unstructured {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		b.Fatal(err)
 	}
-	objs, err := decodeObjects(raw, ns)
+	objs, err := decodeObjects(raw, "")
 	if err != nil {
 		b.Fatalf("%s: %v", path, err)
 	}
@@ -603,6 +607,7 @@ func applyYAML(b *testing.B, ctx context.Context, c client.Client, path, ns stri
 			b.Fatalf("applying %s %s from %s: %v", o.GetKind(), o.GetName(), path, err)
 		}
 	}
+	return objs
 }
 
 func decodeObjects(raw []byte, ns string) ([]*unstructured.Unstructured, error) {

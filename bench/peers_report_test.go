@@ -15,6 +15,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 
 	"slipway.dev/slipway/internal/version"
 )
@@ -195,30 +197,57 @@ func joinFloats(xs []float64) string {
 	return strings.Join(parts, ", ")
 }
 
-// peerPlot draws the median time from commit to all Ready, one group of
-// bars per N, one bar per system.
+// peerPlot draws, one group of bars per N and one bar per system, the
+// median time from commit to all Ready and the median CPU seconds the
+// system spent on it, side by side.
 func peerPlot(reports []peerReport, path string) error {
+	update, err := barPlot(reports, "Commit → all N Ready (median)", "seconds", func(s peerSummary) float64 { return s.Update.Median })
+	if err != nil {
+		return err
+	}
+	cpu, err := barPlot(reports, "CPU of the system, commit → all Ready (median)", "CPU seconds", func(s peerSummary) float64 { return s.CPU.Median })
+	if err != nil {
+		return err
+	}
+	img := vgimg.New(12*vg.Inch, 4*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Points(20), PadTop: vg.Points(5), PadBottom: vg.Points(5), PadLeft: vg.Points(5), PadRight: vg.Points(5)}
+	plots := [][]*plot.Plot{{update, cpu}}
+	canvases := plot.Align(plots, tiles, dc)
+	update.Draw(canvases[0][0])
+	cpu.Draw(canvases[0][1])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+func barPlot(reports []peerReport, title, unit string, value func(peerSummary) float64) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = "Commit → all N Ready (median of the runs)"
-	p.Y.Label.Text = "seconds"
+	p.Title.Text = title
+	p.Y.Label.Text = unit
 	var groups []string
 	for _, r := range reports {
 		groups = append(groups, fmt.Sprintf("N = %d", r.N))
 	}
 	width := vg.Points(22)
-	systems := []string{systemSlipway, systemFlux, systemApply}
-	for i, system := range systems {
+	for i, system := range []string{systemSlipway, systemFlux, systemApply} {
 		values := make(plotter.Values, len(reports))
 		for j, r := range reports {
 			for _, s := range summarize(r.Results) {
 				if s.System == system {
-					values[j] = s.Update.Median
+					values[j] = value(s)
 				}
 			}
 		}
 		bars, err := plotter.NewBarChart(values, width)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		bars.LineStyle.Width = vg.Length(0)
 		bars.Color = plotutil.Color(i)
@@ -229,5 +258,5 @@ func peerPlot(reports []peerReport, path string) error {
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.NominalX(groups...)
-	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+	return p, nil
 }
