@@ -234,6 +234,10 @@ type build struct {
 	version  string
 	binaries []binary
 	ldflags  string
+	// partialTidy resolves the wrapper with `go mod tidy -e`: for a module
+	// some of whose tests import what the module proxy does not serve,
+	// which the binary does not need.
+	partialTidy bool
 }
 
 type binary struct{ name, pkg string }
@@ -366,7 +370,9 @@ replace (
 
 tool github.com/fluxcd/source-controller
 `, version.Flux, version.FluxArtifact)
-	return build{name: "flux-source-controller", gomod: gomod, ldflags: "-s -w",
+	// Its controller tests import github.com/fluxcd/pkg/helmtestserver
+	// v0.40.2, which the module proxy does not serve.
+	return build{name: "flux-source-controller", gomod: gomod, ldflags: "-s -w", partialTidy: true,
 		binaries: []binary{{"source-controller", "github.com/fluxcd/source-controller"}}}
 }
 
@@ -403,7 +409,7 @@ func (b build) run(ctx context.Context, work, out string, bins []binary, progres
 		}
 		return nil
 	}
-	if err := prepareWrapper(ctx, work, b.gomod, progress); err != nil {
+	if err := prepareWrapper(ctx, work, b.gomod, b.partialTidy, progress); err != nil {
 		return err
 	}
 	for _, bin := range bins {
@@ -426,7 +432,7 @@ func (b build) dryRun(ctx context.Context, work string) error {
 		}
 		return nil
 	}
-	if err := prepareWrapper(ctx, work, b.gomod, func(string, ...any) {}); err != nil {
+	if err := prepareWrapper(ctx, work, b.gomod, b.partialTidy, func(string, ...any) {}); err != nil {
 		return err
 	}
 	for _, bin := range b.binaries {
@@ -533,7 +539,7 @@ func exitDetail(err error) string {
 	return ""
 }
 
-func prepareWrapper(ctx context.Context, work, gomod string, progress Progress) error {
+func prepareWrapper(ctx context.Context, work, gomod string, partialTidy bool, progress Progress) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
@@ -545,7 +551,11 @@ func prepareWrapper(ctx context.Context, work, gomod string, progress Progress) 
 		return err
 	}
 	progress("resolving modules in %s", work)
-	cmd := exec.CommandContext(ctx, "go", "mod", "tidy")
+	args := []string{"mod", "tidy"}
+	if partialTidy {
+		args = append(args, "-e")
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = work
 	cmd.Env = goEnv()
 	if b, err := cmd.CombinedOutput(); err != nil {
