@@ -197,25 +197,31 @@ func joinFloats(xs []float64) string {
 	return strings.Join(parts, ", ")
 }
 
-// peerPlot draws, one group of bars per N and one bar per system, the
-// median time from commit to all Ready and the median CPU seconds the
-// system spent on it, side by side.
+// peerPlot draws, one row per N, the time from commit to all Ready and
+// the CPU seconds the system spent on it: a bar per system at the median,
+// whiskers from the fastest to the slowest run.
 func peerPlot(reports []peerReport, path string) error {
-	update, err := barPlot(reports, "Commit → all N Ready (median)", "seconds", func(s peerSummary) float64 { return s.Update.Median })
-	if err != nil {
-		return err
+	var rows [][]*plot.Plot
+	for _, r := range reports {
+		update, err := barPlot(r, "commit → all Ready", "seconds", func(s peerSummary) spread { return s.Update })
+		if err != nil {
+			return err
+		}
+		cpu, err := barPlot(r, "CPU of the system, commit → all Ready", "CPU seconds", func(s peerSummary) spread { return s.CPU })
+		if err != nil {
+			return err
+		}
+		rows = append(rows, []*plot.Plot{update, cpu})
 	}
-	cpu, err := barPlot(reports, "CPU of the system, commit → all Ready (median)", "CPU seconds", func(s peerSummary) float64 { return s.CPU.Median })
-	if err != nil {
-		return err
+	img := vgimg.New(12*vg.Inch, vg.Length(len(rows))*3.5*vg.Inch)
+	tiles := draw.Tiles{Rows: len(rows), Cols: 2, PadX: vg.Points(30), PadY: vg.Points(20),
+		PadTop: vg.Points(5), PadBottom: vg.Points(5), PadLeft: vg.Points(5), PadRight: vg.Points(10)}
+	canvases := plot.Align(rows, tiles, draw.New(img))
+	for i, row := range rows {
+		for j, p := range row {
+			p.Draw(canvases[i][j])
+		}
 	}
-	img := vgimg.New(12*vg.Inch, 4*vg.Inch)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Points(20), PadTop: vg.Points(5), PadBottom: vg.Points(5), PadLeft: vg.Points(5), PadRight: vg.Points(5)}
-	plots := [][]*plot.Plot{{update, cpu}}
-	canvases := plot.Align(plots, tiles, dc)
-	update.Draw(canvases[0][0])
-	cpu.Draw(canvases[0][1])
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -227,36 +233,37 @@ func peerPlot(reports []peerReport, path string) error {
 	return f.Close()
 }
 
-func barPlot(reports []peerReport, title, unit string, value func(peerSummary) float64) (*plot.Plot, error) {
+// barPlot is one N's measure: a bar per system at the median and whiskers
+// over the range of the runs.
+func barPlot(r peerReport, title, unit string, measure func(peerSummary) spread) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = title
+	p.Title.Text = fmt.Sprintf("N = %d, %d run(s): %s", r.N, r.Runs, title)
 	p.Y.Label.Text = unit
-	var groups []string
-	for _, r := range reports {
-		groups = append(groups, fmt.Sprintf("N = %d", r.N))
+	var medians plotter.Values
+	var names []string
+	var whiskers struct {
+		plotter.XYs
+		plotter.YErrors
 	}
-	width := vg.Points(22)
-	for i, system := range []string{systemSlipway, systemFlux, systemApply} {
-		values := make(plotter.Values, len(reports))
-		for j, r := range reports {
-			for _, s := range summarize(r.Results) {
-				if s.System == system {
-					values[j] = value(s)
-				}
-			}
-		}
-		bars, err := plotter.NewBarChart(values, width)
-		if err != nil {
-			return nil, err
-		}
-		bars.LineStyle.Width = vg.Length(0)
-		bars.Color = plotutil.Color(i)
-		bars.Offset = vg.Length(i-1) * width
-		p.Add(bars)
-		p.Legend.Add(systemNames[system], bars)
+	for i, s := range summarize(r.Results) {
+		m := measure(s)
+		medians = append(medians, m.Median)
+		names = append(names, systemNames[s.System])
+		whiskers.XYs = append(whiskers.XYs, plotter.XY{X: float64(i), Y: m.Median})
+		whiskers.YErrors = append(whiskers.YErrors, struct{ Low, High float64 }{m.Median - m.Min, m.Max - m.Median})
 	}
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.NominalX(groups...)
+	bars, err := plotter.NewBarChart(medians, vg.Points(50))
+	if err != nil {
+		return nil, err
+	}
+	bars.LineStyle.Width = 0
+	bars.Color = plotutil.Color(2)
+	errorBars, err := plotter.NewYErrorBars(whiskers)
+	if err != nil {
+		return nil, err
+	}
+	p.Add(bars, errorBars)
+	p.NominalX(names...)
+	p.Y.Min = 0
 	return p, nil
 }
