@@ -81,7 +81,9 @@ func BenchmarkGitOpsPeers(b *testing.B) {
 	exe := buildSlipway(b)
 	if slices.Contains(systems, systemFlux) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
-		err := upstream.EnsurePeers(ctx, upstream.PeerBinDir(), b.Logf)
+		// Printed as it goes: the first build takes minutes.
+		progress := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+		err := upstream.EnsurePeers(ctx, upstream.PeerBinDir(), progress)
 		cancel()
 		if err != nil {
 			b.Fatalf("building Flux %s: %v", version.Flux, err)
@@ -97,7 +99,7 @@ func BenchmarkGitOpsPeers(b *testing.B) {
 				for r := 0; r < runs; r++ {
 					for _, s := range systems {
 						res := runPeer(b, exe, s, n, r)
-						b.Logf("%s N=%d run %d: %s", s, n, r+1, res)
+						fmt.Printf("%s N=%d run %d: %s\n", s, n, r+1, res)
 						results = append(results, res)
 					}
 				}
