@@ -1,6 +1,9 @@
 package v1alpha1
 
 import (
+	"path"
+	"strings"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -82,6 +85,16 @@ type ApplicationSource struct {
 	// `identity` and `known_hosts` (SSH).
 	// +optional
 	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`
+}
+
+// HoldsFile reports whether file (a path from the repository's root) lies
+// below the source's path, so that changing it changes what the
+// Application renders. A kustomize overlay elsewhere that includes the
+// file is not recognised.
+func (s ApplicationSource) HoldsFile(file string) bool {
+	dir := strings.Trim(path.Clean("/"+s.Path), "/")
+	file = strings.Trim(path.Clean("/"+file), "/")
+	return dir == "" || strings.HasPrefix(file, dir+"/")
 }
 
 // ApplicationDestination says where the manifests go.

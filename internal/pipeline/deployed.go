@@ -3,7 +3,6 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 	"time"
@@ -116,7 +115,10 @@ func (r *RunReconciler) recordDeployment(ctx context.Context, run *slipwayv1.Pip
 	var by string
 	for i := range apps.Items {
 		app := &apps.Items[i]
-		if !deploysPath(app.Spec.Source.Path, promo.Path) {
+		// Every Application of an ops repository moves to each of its
+		// commits, so the revision alone does not say which one carries
+		// the image.
+		if !app.Spec.Source.HoldsFile(promo.Path) {
 			continue
 		}
 		if t, ok := runningSince(app, run.Status.PromotionCommit, now); ok && (by == "" || t.Before(at)) {
@@ -232,16 +234,6 @@ func appliedAt(app *slipwayv1.Application) time.Time {
 		return app.Status.LastAppliedAt.Time
 	}
 	return time.Time{}
-}
-
-// deploysPath reports whether an Application rendering appPath deploys the
-// promoted file. Every Application of an ops repository moves to each of its
-// commits, so the revision alone does not say which one carries the image.
-// A kustomize overlay elsewhere that includes the file is not recognised.
-func deploysPath(appPath, file string) bool {
-	dir := strings.Trim(path.Clean("/"+appPath), "/")
-	file = strings.Trim(path.Clean("/"+file), "/")
-	return dir == "" || strings.HasPrefix(file, dir+"/")
 }
 
 // normalizeRepoURL lets https://host/ops.git and https://host/ops/ match.

@@ -74,8 +74,8 @@ func TestDeploysPath(t *testing.T) {
 		"": true, ".": true, "apps": true, "apps/tea": true, "./apps/tea/": true, "/apps/tea": true,
 		"apps/te": false, "apps/coffee": false, "apps/tea/kustomization.yaml": false,
 	} {
-		if got := deploysPath(appPath, file); got != want {
-			t.Errorf("deploysPath(%q, %q) = %v", appPath, file, got)
+		if got := (slipwayv1.ApplicationSource{Path: appPath}).HoldsFile(file); got != want {
+			t.Errorf("path %q holds %q: %v", appPath, file, got)
 		}
 	}
 	if normalizeRepoURL("https://git.example/ops.git/") != normalizeRepoURL("https://git.example/ops") {

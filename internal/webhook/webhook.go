@@ -8,6 +8,7 @@ package webhook
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -20,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -455,7 +457,27 @@ func (h *Handler) following(ctx context.Context, push *Push) ([]slipwayv1.Applic
 			apps = append(apps, app)
 		}
 	}
+	wakeOrder(apps, push.ChangedFiles)
 	return apps, nil
+}
+
+// wakeOrder puts the Applications whose path holds a changed file first:
+// the others only move to the new revision, and thousands of them queued
+// ahead would delay the deployments the push is for. Nil changed files (the
+// sender did not list them all) leave the order as it is.
+func wakeOrder(apps []slipwayv1.Application, changed []string) {
+	if changed == nil {
+		return
+	}
+	rank := func(app slipwayv1.Application) int {
+		for _, f := range changed {
+			if app.Spec.Source.HoldsFile(f) {
+				return 0
+			}
+		}
+		return 1
+	}
+	slices.SortStableFunc(apps, func(a, b slipwayv1.Application) int { return cmp.Compare(rank(a), rank(b)) })
 }
 
 // triggerWorkers bounds the parallel annotation patches.

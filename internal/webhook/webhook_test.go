@@ -1,10 +1,13 @@
 package webhook
 
 import (
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+
+	slipwayv1 "slipway.dev/slipway/api/v1alpha1"
 )
 
 func TestVerify(t *testing.T) {
@@ -146,5 +149,36 @@ func TestChangedFilesOnlyWithinSenderLimits(t *testing.T) {
 				t.Fatalf("commit list counted complete = %v, want %v (ChangedFiles %q)", got, tc.complete, push.ChangedFiles)
 			}
 		})
+	}
+}
+
+// TestWakeOrder: the Applications whose path a push changed are woken
+// first, the others keep their order; without a full list of changed files
+// nothing moves.
+func TestWakeOrder(t *testing.T) {
+	apps := func(paths ...string) []slipwayv1.Application {
+		out := make([]slipwayv1.Application, len(paths))
+		for i, p := range paths {
+			out[i].Name = fmt.Sprintf("app-%d", i)
+			out[i].Spec.Source.Path = p
+		}
+		return out
+	}
+	names := func(list []slipwayv1.Application) string {
+		var out []string
+		for _, a := range list {
+			out = append(out, a.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	list := apps("apps/a", "apps/b", "apps/c", "apps/bb", "apps/b")
+	wakeOrder(list, []string{"apps/b/deployment.yaml", "README.md"})
+	if got, want := names(list), "app-1 app-4 app-0 app-2 app-3"; got != want {
+		t.Errorf("order %s, want %s", got, want)
+	}
+	list = apps("apps/a", "apps/b")
+	wakeOrder(list, nil)
+	if got, want := names(list), "app-0 app-1"; got != want {
+		t.Errorf("order without the changed files %s, want %s", got, want)
 	}
 }
