@@ -224,12 +224,20 @@ func desiredDigest(o *unstructured.Unstructured) (string, error) {
 // and the fields Slipway's field manager owns. Whoever changes, removes
 // or takes over one of those fields (kubectl edit, another controller's
 // update or apply) changes Slipway's managed-fields entry, and whoever
-// deletes and recreates the object changes its uid; changes to other
-// fields (status, a controller's own annotations) do not count, as a
-// re-apply would not undo them either.
+// deletes and recreates the object changes its uid. A writer may also
+// send managed fields of its own making with a change, so the API
+// server's own count of changes is in the digest too: the generation of
+// objects whose spec it versions (a Deployment's status updates do not
+// move it), else the resourceVersion (a ConfigMap's moves only when
+// someone writes it).
 func liveDigest(live *unstructured.Unstructured) string {
 	h := sha256.New()
 	h.Write([]byte(live.GetUID()))
+	if g := live.GetGeneration(); g > 0 {
+		fmt.Fprintf(h, "\x00generation %d", g)
+	} else {
+		fmt.Fprintf(h, "\x00resourceVersion %s", live.GetResourceVersion())
+	}
 	for _, f := range live.GetManagedFields() {
 		if f.Manager != FieldManager {
 			continue

@@ -181,7 +181,7 @@ func TestApplyOnlyWhatChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	_, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "B", "c"))
+	inv, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "B", "c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +196,41 @@ func TestApplyOnlyWhatChanged(t *testing.T) {
 		if !managedBy(cm.ManagedFields, gitops.FieldManager) {
 			t.Errorf("cm-%d: Slipway does not manage it after the repair", i)
 		}
+	}
+
+	// A writer who changes a value and then puts the managed fields back
+	// as they were does not hide the change.
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-1"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	before = []string{cm.ResourceVersion}
+	original := cm.ManagedFields
+	cm.Data["value"] = "forged"
+	if err := env.Client.Update(testCtx, cm, client.FieldOwner("forger")); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-1"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	cm.ManagedFields = original
+	if err := env.Client.Update(testCtx, cm, client.FieldOwner("forger")); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-1"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(cm.ManagedFields) != fmt.Sprint(original) || cm.Data["value"] != "forged" {
+		t.Fatalf("the forgery did not take: value %q, managed fields %v", cm.Data["value"], cm.ManagedFields)
+	}
+	if _, actions, err = gitops.ApplyTracked(testCtx, c, nil, inv, desiredSet(ns, "a", "B", "c")); err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, ns, actions, ssa.UnchangedAction, ssa.ConfiguredAction, ssa.UnchangedAction)
+	if err := env.Client.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "cm-1"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data["value"] != "B" {
+		t.Fatalf("a change whose managed fields were put back was not repaired: value %q (resourceVersion was %s)", cm.Data["value"], before[0])
 	}
 }
 
