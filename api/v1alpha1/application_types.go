@@ -298,11 +298,12 @@ type InventoryEntry struct {
 	// Version is the API version the object was applied with.
 	Version string `json:"v"`
 	// Applied is a digest of the object as the last sync applied it, and
-	// Live a digest of what the cluster held of Slipway's part of it right
-	// after: its uid and Slipway's managed fields. A sync skips the dry-run
-	// and the apply of an object whose desired digest is still Applied and
-	// whose live digest is still Live (nobody changed or took over a field
-	// Slipway set). Empty for objects that are always applied.
+	// Live a digest of the live object right after: its uid, Slipway's
+	// managed fields and the API server's count of changes (generation, or
+	// resourceVersion for kinds without one). A sync skips the dry-run and
+	// the apply of an object whose desired digest is still Applied and
+	// whose live digest is still Live. Empty for objects that are always
+	// applied.
 	// +optional
 	Applied string `json:"applied,omitempty"`
 	// +optional
